@@ -1,0 +1,338 @@
+/*
+ * libfree — fast CPU decoding for LLaMA-style models with FREE early exit.
+ *
+ * A 15-line program that loads a model and streams a completion:
+ *
+ *     #include <free/free.h>
+ *     #include <stdio.h>
+ *
+ *     static int on_token(void *user, int32_t token, const char *piece, size_t len,
+ *                         const free_step_info *info) {
+ *         (void)user; (void)token; (void)info;
+ *         fwrite(piece, 1, len, stdout);
+ *         return 0;                           // non-zero stops generation
+ *     }
+ *
+ *     int main(void) {
+ *         free_model *model; free_ctx *ctx;
+ *         if (free_model_load("models/free-llama-22M.gguf", NULL, &model)) return 1;
+ *         free_ctx_params p; free_ctx_params_init(&p, sizeof p);
+ *         p.exit_mode = FREE_EXIT_FREE;        // early exit; FREE_EXIT_NONE = full depth
+ *         if (free_ctx_create(model, &p, &ctx)) return 1;
+ *         free_decode(ctx, "In the beginning", -1, 64, on_token, NULL);
+ *         free_ctx_destroy(ctx); free_model_destroy(model);
+ *     }
+ *
+ * Threading: a free_model is immutable after loading and may be shared by any number of
+ * threads and contexts at once. A free_ctx is one decoding stream: use it from one thread
+ * at a time. Logging settings are process-wide.
+ *
+ * Ownership: every *_create / *_load has exactly one *_destroy; destroying NULL does
+ * nothing. A context must be destroyed before the model it was created from.
+ *
+ * Errors: every function that can fail returns a free_status (FREE_OK == 0, errors are
+ * negative and pinned forever). The detailed message of the last failure is available from
+ * free_ctx_last_error(ctx) for context calls and from free_last_error() (per thread) for
+ * every call.
+ *
+ * ABI: params and result structs begin with a `size` field that the caller sets (the
+ * *_init functions do it); fields are only ever appended, so a program built against an
+ * older header keeps working with a newer library.
+ */
+#ifndef FREE_FREE_H
+#define FREE_FREE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "free/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FREE_API __declspec(dllimport)
+#elif defined(__GNUC__)
+#define FREE_API __attribute__((visibility("default")))
+#else
+#define FREE_API
+#endif
+
+/* ---------------------------------------------------------------------------------- */
+/* Status                                                                             */
+
+/* Status values are pinned: a value, once released, never changes meaning. */
+typedef enum free_status {
+    FREE_OK = 0,
+    FREE_ERR_INVALID_ARG = -1,      /* a NULL pointer, a bad size, an out-of-range value */
+    FREE_ERR_NOMEM = -2,            /* an allocation failed */
+    FREE_ERR_IO = -3,               /* the file could not be opened, read or mapped */
+    FREE_ERR_FORMAT = -4,           /* the file is malformed, truncated or inconsistent */
+    FREE_ERR_UNSUPPORTED = -5,      /* valid but not supported: version, type, architecture,
+                                       or a params struct with unknown non-zero fields */
+    FREE_ERR_MODEL = -6,            /* a tensor is missing or has the wrong shape */
+    FREE_ERR_CONTEXT_FULL = -7,     /* the context has no room for more tokens */
+    FREE_ERR_TOKEN = -8,            /* a token id outside the vocabulary */
+    FREE_ERR_BUFFER_TOO_SMALL = -9, /* the output buffer is too small; the needed size is
+                                       reported */
+    FREE_ERR_STATE = -10,           /* the call is not valid in the context's state */
+    FREE_ERR_ABORTED = -11,         /* the abort callback asked to stop */
+    FREE_ERR_INTERNAL = -12         /* a bug in libfree: please report it */
+} free_status;
+
+/* A static, English description of a status ("invalid argument", ...). Never NULL. */
+FREE_API const char *free_strerror(free_status status);
+
+/* The message of the last failure of a libfree call on the calling thread ("tensor
+ * blk.3.attn_q.weight: shape [288,300] does not match embedding_length 288"); "" when
+ * none. Valid until the next failing call on this thread. */
+FREE_API const char *free_last_error(void);
+
+/* ---------------------------------------------------------------------------------- */
+/* Version                                                                            */
+
+/* "MAJOR.MINOR.PATCH", equal to FREE_VERSION_STRING of the header the library was built
+ * with. */
+FREE_API const char *free_version_string(void);
+/* FREE_VERSION_NUMBER of the library: MAJOR * 10000 + MINOR * 100 + PATCH. */
+FREE_API uint32_t free_version_number(void);
+
+/* ---------------------------------------------------------------------------------- */
+/* Logging                                                                            */
+
+typedef enum free_log_level {
+    FREE_LOG_ERROR = 0,
+    FREE_LOG_WARN = 1,
+    FREE_LOG_INFO = 2,
+    FREE_LOG_DEBUG = 3
+} free_log_level;
+
+/* Receives one formatted, NUL-terminated message without a trailing newline. */
+typedef void (*free_log_fn)(void *user, free_log_level level, const char *message);
+
+/* Installs a process-wide log callback (NULL restores the default, which prints ERROR
+ * and WARN messages to stderr) and the most verbose level delivered. Thread-safe. */
+FREE_API void free_log_set(free_log_fn fn, void *user, free_log_level max_level);
+
+/* ---------------------------------------------------------------------------------- */
+/* Model                                                                              */
+
+typedef struct free_model free_model;
+
+typedef struct free_model_params {
+    size_t size;          /* sizeof(free_model_params), set by free_model_params_init */
+    int32_t vocab_only;   /* non-zero: load the tokenizer only (no tensors needed) */
+} free_model_params;
+
+/* Fills p with defaults. size is the caller's sizeof(*p). Returns FREE_ERR_INVALID_ARG
+ * when p is NULL or size is smaller than the first release's struct. */
+FREE_API free_status free_model_params_init(free_model_params *p, size_t size);
+
+/* Maps a GGUF file (v2 or v3, general.architecture "llama", F32/F16 weights) and checks
+ * every size, offset and shape against the file. params may be NULL for defaults. On
+ * success *out owns the model; on failure *out is NULL and free_last_error() says why. */
+FREE_API free_status free_model_load(const char *path, const free_model_params *params,
+                                     free_model **out);
+FREE_API void free_model_destroy(free_model *model);
+
+FREE_API int32_t free_model_n_layers(const free_model *model);
+/* The exit layer the file asks for (free.exit_layer), or 0 when it has none. */
+FREE_API int32_t free_model_exit_layer(const free_model *model);
+FREE_API int32_t free_model_n_vocab(const free_model *model);
+FREE_API int32_t free_model_n_embd(const free_model *model);
+FREE_API int32_t free_model_n_ctx_train(const free_model *model);
+/* general.architecture ("llama"). Owned by the model. */
+FREE_API const char *free_model_architecture(const free_model *model);
+/* Number of weights in all tensors. */
+FREE_API uint64_t free_model_n_params(const free_model *model);
+/* A one-line description ("llama, 12 layers, dim 384, vocab 4096, F16"). Owned by the
+ * model. */
+FREE_API const char *free_model_describe(const free_model *model);
+
+/* ---------------------------------------------------------------------------------- */
+/* Tokens                                                                             */
+
+FREE_API int32_t free_token_bos(const free_model *model);
+FREE_API int32_t free_token_eos(const free_model *model);
+
+/* Converts len bytes of text (len < 0: NUL-terminated) into token ids, with a leading BOS
+ * when add_bos is non-zero. Invalid UTF-8 is encoded through byte tokens. Writes at most
+ * cap ids to out and the count to *n_out; when cap is too small returns
+ * FREE_ERR_BUFFER_TOO_SMALL with the needed count in *n_out (out may be NULL then). */
+FREE_API free_status free_tokenize(const free_model *model, const char *text, ptrdiff_t len,
+                                   int add_bos, int32_t *out, size_t cap, size_t *n_out);
+
+/* The raw bytes token contributes to text (byte tokens give their byte, "▁" becomes a
+ * space, control tokens give nothing). Not NUL-terminated. Same buffer rule as above. */
+FREE_API free_status free_token_to_piece(const free_model *model, int32_t token, char *buf,
+                                         size_t cap, size_t *n_out);
+
+/* Decodes n tokens into text as SentencePiece does (byte tokens assembled, the leading
+ * space of the first piece removed, control tokens skipped, invalid UTF-8 replaced by
+ * U+FFFD). Writes a NUL terminator when room remains; *n_out excludes it. */
+FREE_API free_status free_detokenize(const free_model *model, const int32_t *tokens,
+                                     size_t n, char *buf, size_t cap, size_t *n_out);
+
+/* ---------------------------------------------------------------------------------- */
+/* Context                                                                            */
+
+typedef struct free_ctx free_ctx;
+
+typedef enum free_exit_mode {
+    FREE_EXIT_NONE = 0,   /* every token through all layers (the baseline) */
+    FREE_EXIT_FREE = 1,   /* FREE early exit with synchronized parallel decoding */
+    FREE_EXIT_VERIFY = 2  /* lossless: shallow drafts checked by the deep pass */
+} free_exit_mode;
+
+typedef enum free_bmm_rule {
+    FREE_BMM_RULE_GRID = 0,       /* the reference rule: a 10-point grid on [0.3, 0.9] */
+    FREE_BMM_RULE_CONTINUOUS = 1  /* bisection for where the posterior crosses zeta */
+} free_bmm_rule;
+
+/* Returns non-zero to abort a long computation (checked between batches). */
+typedef int (*free_abort_fn)(void *user);
+
+typedef struct free_ctx_params {
+    size_t size;               /* sizeof(free_ctx_params), set by free_ctx_params_init */
+    int32_t n_ctx;             /* tokens of context; 0 = the model's training context */
+    int32_t n_threads;         /* compute threads; 0 = all cores (at most 8) */
+    int32_t n_batch;           /* rows per batched pass (prefill, synchronization); 0 = 64 */
+    /* sampling */
+    float temperature;         /* 0 = greedy (default) */
+    int32_t top_k;             /* 0 = off */
+    float top_p;               /* 1 = off */
+    uint64_t seed;             /* the same seed gives the same text */
+    /* early exit */
+    int32_t exit_mode;         /* free_exit_mode; default FREE_EXIT_NONE */
+    int32_t exit_layer;        /* Ls; 0 = the file's free.exit_layer, else n_layers / 4 */
+    float threshold;           /* confidence threshold lambda; default 0.9 */
+    int32_t max_queue;         /* early-exit queue bound; 0 = up to the context */
+    /* adaptive threshold (Beta mixture) */
+    int32_t adaptive;          /* non-zero: learn the threshold while decoding */
+    float zeta;                /* posterior level; default 0.4 */
+    float threshold_min;       /* bounds for the learned threshold; default 0.05 .. 0.99 */
+    float threshold_max;
+    int32_t bmm_rule;          /* free_bmm_rule; default FREE_BMM_RULE_GRID */
+    int32_t bmm_min_per_class; /* samples needed in each class before a fit; default 8 */
+    int32_t bmm_max_updates;   /* fits before the threshold freezes; default 300 */
+    int32_t bmm_refit_every;   /* also refit every N new samples; 0 = per generation only */
+    int32_t bmm_capacity;      /* samples kept (a ring); default 4096 */
+    const char *calibration;   /* text from free_ctx_export_calibration, or NULL; copied */
+    /* cancellation */
+    free_abort_fn abort_fn;    /* may be NULL */
+    void *abort_user;
+} free_ctx_params;
+
+/* Fills p with defaults (see the field comments). */
+FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size);
+
+/* Creates a decoding context on model; params may be NULL for defaults. */
+FREE_API free_status free_ctx_create(const free_model *model, const free_ctx_params *params,
+                                     free_ctx **out);
+FREE_API void free_ctx_destroy(free_ctx *ctx);
+
+/* Changes sampling, exit mode, threshold, exit layer, queue bound and adaptive settings
+ * between generations (n_ctx, n_threads and n_batch are fixed at creation and ignored
+ * here). Synchronizes a pending early-exit queue first. */
+FREE_API free_status free_ctx_set_params(free_ctx *ctx, const free_ctx_params *params);
+
+/* Forgets every token (KV caches, queue, pending token). Keeps the learned threshold and
+ * the statistics. */
+FREE_API free_status free_ctx_reset(free_ctx *ctx);
+
+/* The detailed message of this context's last failure ("" when none). Owned by ctx. */
+FREE_API const char *free_ctx_last_error(const free_ctx *ctx);
+
+/* Tokens held by the context (prompt + generated, including one not yet evaluated). */
+FREE_API int32_t free_ctx_n_past(const free_ctx *ctx);
+FREE_API int32_t free_ctx_n_ctx(const free_ctx *ctx);
+
+/* ---------------------------------------------------------------------------------- */
+/* Decoding                                                                           */
+
+/* How a token was produced. */
+typedef struct free_step_info {
+    size_t size;          /* sizeof(free_step_info), set by the caller */
+    int32_t position;     /* position of the token in the context */
+    int32_t layers;       /* layers run to choose it: the exit layer or n_layers */
+    int32_t early_exit;   /* non-zero when chosen by the shallow exit head */
+    float confidence;     /* shallow top-1 minus top-2 probability (0 when not computed) */
+    float threshold;      /* threshold in force */
+    int32_t is_eos;       /* non-zero when the token is end-of-sequence */
+} free_step_info;
+
+/* Appends n tokens and runs them through all layers in batches (synchronizing a pending
+ * early-exit queue first). The next free_step samples from the last row. */
+FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n);
+
+/* Like free_prefill, and writes the full-depth logits of every appended row to
+ * logits[n][n_vocab] (logits may be NULL). */
+FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, float *logits);
+
+/* Produces the next final token into *token, and into *info (may be NULL; set its size)
+ * how it was produced. Returns FREE_ERR_STATE when nothing was prefilled and
+ * FREE_ERR_CONTEXT_FULL when the context has no room. */
+FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *info);
+
+/* Receives each final token with the text it completes (complete UTF-8 only: a token that
+ * ends mid-character gives len 0 and its bytes come with a later token). Return non-zero
+ * to stop. */
+typedef int (*free_token_fn)(void *user, int32_t token, const char *piece, size_t len,
+                             const free_step_info *info);
+
+/* Tokenizes prompt (len < 0: NUL-terminated; a BOS is added when the context is empty;
+ * NULL or "" continues from the current state), prefills it, and generates up to
+ * max_tokens tokens, streaming them to fn (may be NULL). Stops at end-of-sequence (not
+ * streamed), after max_tokens, when fn returns non-zero, or with FREE_ERR_CONTEXT_FULL
+ * when the context is full. */
+FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t len,
+                                 int32_t max_tokens, free_token_fn fn, void *user);
+
+/* ---------------------------------------------------------------------------------- */
+/* Statistics and calibration                                                         */
+
+typedef struct free_stats {
+    size_t size;                 /* sizeof(free_stats), set by the caller */
+    int32_t exit_mode;           /* free_exit_mode in force */
+    int32_t exit_layer;          /* Ls in force */
+    int32_t n_layers;
+    int32_t n_threads;
+    float threshold;             /* threshold in force now */
+    uint64_t prompt_tokens;      /* tokens prefilled */
+    uint64_t tokens;             /* final tokens produced by free_step */
+    uint64_t shallow_exits;      /* tokens chosen by the shallow exit head */
+    uint64_t deep_passes;        /* batched passes through the deep layers while decoding */
+    uint64_t sync_rows;          /* rows in those passes */
+    double mean_sync_rows;       /* sync_rows / deep_passes */
+    uint64_t drafts_rejected;    /* VERIFY: drafts replaced by the deep token */
+    double avg_layers_per_token; /* layers run per produced token */
+    uint64_t agreement_checked;  /* produced tokens whose deep greedy choice is known */
+    uint64_t agreement_matched;  /* ... and equal to it */
+    double prefill_ms, decode_ms, shallow_ms, deep_ms, head_ms;
+    /* adaptive threshold */
+    int32_t adaptive;
+    int32_t bmm_fits;
+    int32_t bmm_frozen;
+    uint64_t bmm_samples_agree;
+    uint64_t bmm_samples_disagree;
+    double bmm_alpha_agree, bmm_beta_agree;
+    double bmm_alpha_disagree, bmm_beta_disagree;
+} free_stats;
+
+/* Fills *stats (set stats->size first) with totals since the context was created or its
+ * statistics were last reset. */
+FREE_API free_status free_ctx_stats(const free_ctx *ctx, free_stats *stats);
+FREE_API free_status free_ctx_reset_stats(free_ctx *ctx);
+
+/* Writes the learned threshold state as a small text (NUL-terminated) to buf, for
+ * free_ctx_params.calibration. Same buffer rule as free_tokenize; *n_out excludes the
+ * NUL. */
+FREE_API free_status free_ctx_export_calibration(const free_ctx *ctx, char *buf, size_t cap,
+                                                 size_t *n_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,2 @@
+/* api: placeholder until the module lands. */
+typedef int fr_placeholder_api;

@@ -1,0 +1,2 @@
+/* block: placeholder until the module lands. */
+typedef int fr_placeholder_block;

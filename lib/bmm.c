@@ -1,0 +1,2 @@
+/* bmm: placeholder until the module lands. */
+typedef int fr_placeholder_bmm;

@@ -1,0 +1,2 @@
+/* context: placeholder until the module lands. */
+typedef int fr_placeholder_context;

@@ -1,0 +1,2 @@
+/* deep: placeholder until the module lands. */
+typedef int fr_placeholder_deep;

@@ -1,0 +1,2 @@
+/* gguf: placeholder until the module lands. */
+typedef int fr_placeholder_gguf;

@@ -1,0 +1,2 @@
+/* kernels: placeholder until the module lands. */
+typedef int fr_placeholder_kernels;

@@ -1,0 +1,51 @@
+/* Numeric primitives. Matrices follow GGUF's layout: a weight W of shape
+ * [rows = out_features][cols = in_features], row-major, so y = W x is a dot product of x
+ * with each row. Activations are always F32. */
+#ifndef FREE_KERNELS_H
+#define FREE_KERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+typedef struct fr_pool fr_pool; /* threadpool.h */
+
+typedef uint16_t fr_f16;
+
+/* A weight matrix in the mapping: type is a gguf_tensor_type (F32 or F16 for now). */
+typedef struct fr_matrix {
+    const void *data;
+    uint32_t type;
+    int64_t rows; /* output features */
+    int64_t cols; /* input features */
+} fr_matrix;
+
+/* Y[n][W.rows] = X[n][W.cols] * W^T. One row (n == 1) is a matrix-vector product (cblas
+ * sgemv for F32, the F16 kernel for F16); several rows use sgemm / a batched F16 path, so
+ * each weight is read once for all rows. Work is split across pool (may be NULL). */
+void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *pool);
+
+/* Copies row `row` of an embedding matrix (F32 or F16) into out[W.cols] as F32. */
+void fr_get_row(const fr_matrix *W, int64_t row, float *out);
+
+/* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i], i < n. out may equal x. */
+void fr_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
+/* In-place RoPE, llama.cpp's "normal" type (adjacent pairs (2i, 2i+1)), on n_heads heads
+ * of head_dim floats each at position pos; only the first rope_dim dims of each head are
+ * rotated; theta_i = pos * freq_base^(-2i/rope_dim). */
+void fr_rope(float *x, int n_heads, int head_dim, int rope_dim, int32_t pos, float freq_base);
+
+/* In-place softmax over x[0..n). */
+void fr_softmax(float *x, int n);
+
+/* gate[i] = silu(gate[i]) * up[i], i < n. */
+void fr_silu_mul(float *gate, const float *up, int n);
+
+float fr_f16_to_f32(fr_f16 h);
+fr_f16 fr_f32_to_f16(float f); /* round to nearest even */
+void fr_f16_to_f32_row(const fr_f16 *src, float *dst, int64_t n);
+
+/* Name of the F16 kernel chosen at run time ("avx2-f16c", "portable", ...). */
+const char *fr_kernels_f16_impl(void);
+
+#endif

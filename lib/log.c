@@ -1,0 +1,2 @@
+/* log: placeholder until the module lands. */
+typedef int fr_placeholder_log;

@@ -1,0 +1,2 @@
+/* model: placeholder until the module lands. */
+typedef int fr_placeholder_model;

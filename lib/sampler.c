@@ -1,0 +1,2 @@
+/* sampler: placeholder until the module lands. */
+typedef int fr_placeholder_sampler;

@@ -1,0 +1,2 @@
+/* shallow: placeholder until the module lands. */
+typedef int fr_placeholder_shallow;

@@ -1,0 +1,2 @@
+/* tokenizer: placeholder until the module lands. */
+typedef int fr_placeholder_tokenizer;

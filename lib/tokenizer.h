@@ -1,0 +1,50 @@
+/* SentencePiece-style ("llama") tokenizer built from a GGUF vocabulary: score-driven BPE
+ * merges, byte fallback <0xNN>, add_space_prefix, control / unknown tokens, BOS / EOS. */
+#ifndef FREE_TOKENIZER_H
+#define FREE_TOKENIZER_H
+
+#include "gguf.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct fr_tokenizer fr_tokenizer;
+
+/* Reads tokenizer.ggml.* from f (model "llama"; tokens, scores, token_type, bos/eos/unk
+ * ids, add_space_prefix, add_bos_token). Copies what it needs: f may be closed after. */
+free_status fr_tokenizer_load(const gguf_file *f, fr_tokenizer **out, fr_error *err);
+void fr_tokenizer_destroy(fr_tokenizer *t);
+
+int32_t fr_tokenizer_n_vocab(const fr_tokenizer *t);
+int32_t fr_tokenizer_bos(const fr_tokenizer *t);
+int32_t fr_tokenizer_eos(const fr_tokenizer *t);
+
+/* Encodes len bytes of text. Writes min(needed, cap) ids to out and the needed count to
+ * *n_out; returns FREE_ERR_BUFFER_TOO_SMALL when cap < needed. */
+free_status fr_tokenize(const fr_tokenizer *t, const char *text, size_t len, bool add_bos,
+                        int32_t *out, size_t cap, size_t *n_out, fr_error *err);
+
+/* Raw bytes of a token's piece: "▁" -> ' ', <0xNN> -> the byte, control tokens -> "".
+ * Points into the tokenizer; FREE_ERR_TOKEN for ids outside the vocabulary. */
+free_status fr_token_bytes(const fr_tokenizer *t, int32_t token, const char **bytes,
+                           size_t *len, fr_error *err);
+
+/* Streaming decoder: feeds tokens, emits only complete, valid UTF-8. Invalid sequences
+ * become U+FFFD. The first piece's leading space (from add_space_prefix) is dropped when
+ * the stream starts at the beginning of a text. */
+typedef struct fr_detok {
+    unsigned char pending[4];
+    int n_pending;
+    bool at_start; /* true: the next piece starts the text */
+} fr_detok;
+
+void fr_detok_init(fr_detok *d, bool at_start);
+/* Appends token's text to out (at most cap bytes; 16 + the longest piece always fit
+ * when cap >= fr_tokenizer_max_piece(t) + 16). Returns the bytes written. */
+size_t fr_detok_push(const fr_tokenizer *t, fr_detok *d, int32_t token, char *out,
+                     size_t cap);
+/* Flushes incomplete bytes at the end of a stream (as U+FFFD). Returns bytes written. */
+size_t fr_detok_flush(fr_detok *d, char *out, size_t cap);
+size_t fr_tokenizer_max_piece(const fr_tokenizer *t);
+
+#endif

@@ -1,2 +1,388 @@
-/* context: placeholder until the module lands. */
-typedef int fr_placeholder_context;
+/* Context life cycle: parameters, buffers, reset, statistics, calibration export. */
+#include "context.h"
+#include "log.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+free_status fr_ctx_fail(struct free_ctx *ctx, free_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err.msg, sizeof ctx->err.msg, fmt, ap);
+    va_end(ap);
+    ctx->err.status = status;
+    return fr_report(&ctx->err);
+}
+
+free_status fr_ctx_report(struct free_ctx *ctx, const fr_error *err)
+{
+    if (err != &ctx->err)
+        ctx->err = *err;
+    return fr_report(&ctx->err);
+}
+
+FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
+{
+    if (!p || size < sizeof *p)
+        return fr_report_msg(FREE_ERR_INVALID_ARG,
+                             "free_ctx_params_init: params is NULL or size %zu < %zu", size,
+                             sizeof *p);
+    memset(p, 0, size);
+    p->size = size;
+    p->top_p = 1.0f;
+    p->exit_mode = FREE_EXIT_NONE;
+    p->threshold = 0.9f;
+    p->zeta = 0.4f;
+    p->threshold_min = 0.05f;
+    p->threshold_max = 0.99f;
+    p->bmm_rule = FREE_BMM_RULE_GRID;
+    p->bmm_min_per_class = 8;
+    p->bmm_max_updates = 300;
+    p->bmm_capacity = 4096;
+    return FREE_OK;
+}
+
+static bool tail_is_zero(const void *p, size_t known, size_t size)
+{
+    const unsigned char *b = p;
+    for (size_t i = known; i < size; i++)
+        if (b[i])
+            return false;
+    return true;
+}
+
+/* Copies the caller's params over the defaults and checks every field. */
+static free_status normalise_params(const struct free_model *m, const free_ctx_params *in,
+                                    free_ctx_params *out, fr_error *err)
+{
+    free_ctx_params_init(out, sizeof *out);
+    if (in) {
+        if (in->size < sizeof *in)
+            return fr_fail(err, FREE_ERR_INVALID_ARG,
+                           "free_ctx_params.size %zu is smaller than any released struct (%zu)",
+                           in->size, sizeof *in);
+        if (!tail_is_zero(in, sizeof *in, in->size))
+            return fr_fail(err, FREE_ERR_UNSUPPORTED,
+                           "free_ctx_params has %zu bytes of fields this library (%s) does not "
+                           "know, and they are not zero", in->size - sizeof *in,
+                           FREE_VERSION_STRING);
+        memcpy(out, in, sizeof *out);
+        out->size = sizeof *out;
+    }
+    const fr_hparams *hp = &m->hp;
+    if (out->n_ctx < 0 || out->n_ctx > (1 << 20))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "n_ctx %d is outside [0, 1048576]",
+                       out->n_ctx);
+    if (out->n_threads < 0 || out->n_threads > 256)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "n_threads %d is outside [0, 256]",
+                       out->n_threads);
+    if (out->n_batch < 0 || out->n_batch > 4096)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "n_batch %d is outside [0, 4096]",
+                       out->n_batch);
+    if (!isfinite(out->temperature) || out->temperature < 0.0f)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "temperature %g must be >= 0",
+                       (double)out->temperature);
+    if (out->top_k < 0)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "top_k %d must be >= 0", out->top_k);
+    if (!(out->top_p > 0.0f && out->top_p <= 1.0f))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "top_p %g must be in (0, 1]",
+                       (double)out->top_p);
+    if (out->exit_mode < FREE_EXIT_NONE || out->exit_mode > FREE_EXIT_VERIFY)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "exit_mode %d is not a free_exit_mode",
+                       out->exit_mode);
+    if (out->exit_layer < 0 || out->exit_layer >= hp->n_layer ||
+        (out->exit_layer == 0 && out->exit_mode != FREE_EXIT_NONE && hp->n_layer < 2))
+        return fr_fail(err, FREE_ERR_INVALID_ARG,
+                       "exit_layer %d must be in [1, %d) (0 = the model's default)",
+                       out->exit_layer, hp->n_layer);
+    if (isnan(out->threshold))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "threshold is NaN");
+    if (out->max_queue < 0)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "max_queue %d must be >= 0", out->max_queue);
+    if (!(out->zeta > 0.0f && out->zeta < 1.0f))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "zeta %g must be in (0, 1)",
+                       (double)out->zeta);
+    if (!(out->threshold_min <= out->threshold_max) || !isfinite(out->threshold_min) ||
+        !isfinite(out->threshold_max))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "threshold bounds [%g, %g] are invalid",
+                       (double)out->threshold_min, (double)out->threshold_max);
+    if (out->bmm_rule != FREE_BMM_RULE_GRID && out->bmm_rule != FREE_BMM_RULE_CONTINUOUS)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "bmm_rule %d is not a free_bmm_rule",
+                       out->bmm_rule);
+    if (out->bmm_min_per_class < 0 || out->bmm_max_updates < 0 || out->bmm_refit_every < 0 ||
+        out->bmm_capacity < 0 || out->bmm_capacity > (1 << 24))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "a bmm_* field is negative or too large");
+    return FREE_OK;
+}
+
+static int default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+}
+
+/* Applies the per-generation parameters (everything but sizes and threads). */
+static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p, fr_error *err)
+{
+    const fr_hparams *hp = &ctx->model->hp;
+    int32_t ls = p->exit_layer;
+    if (ls == 0)
+        ls = hp->exit_layer > 0 ? hp->exit_layer : hp->n_layer / 4;
+    if (ls < 1)
+        ls = 1;
+    if (p->exit_mode != FREE_EXIT_NONE && ls >= hp->n_layer)
+        return fr_fail(err, FREE_ERR_INVALID_ARG,
+                       "early exit needs at least 2 layers; this model has %d", hp->n_layer);
+    fr_sampler_config sc = {p->temperature, p->top_k, p->top_p, p->seed};
+    fr_sampler_configure(ctx->sampler, &sc);
+    fr_exit_queue_set_limit(ctx->queue, p->max_queue);
+    if (p->exit_mode == FREE_EXIT_VERIFY && p->temperature > 0.0f)
+        FR_TRY(fr_exit_queue_keep_probs(ctx->queue, hp->n_vocab, err));
+    if (p->adaptive) {
+        fr_bmm_params bp;
+        fr_bmm_params_default(&bp);
+        bp.zeta = p->zeta;
+        bp.initial = p->threshold;
+        bp.min_threshold = p->threshold_min;
+        bp.max_threshold = p->threshold_max;
+        bp.rule = p->bmm_rule;
+        bp.min_per_class = p->bmm_min_per_class;
+        bp.max_updates = p->bmm_max_updates;
+        bp.refit_every = p->bmm_refit_every;
+        if (p->bmm_capacity > 0)
+            bp.capacity = p->bmm_capacity;
+        fr_bmm *b = NULL;
+        FR_TRY(fr_bmm_create(&bp, &b, err));
+        if (p->calibration) {
+            free_status s = fr_bmm_import(b, p->calibration, err);
+            if (s != FREE_OK) {
+                fr_bmm_destroy(b);
+                return s;
+            }
+        }
+        fr_bmm_destroy(ctx->bmm);
+        ctx->bmm = b;
+    } else {
+        fr_bmm_destroy(ctx->bmm);
+        ctx->bmm = NULL;
+    }
+    ctx->exit_layer = ls;
+    ctx->params = *p;
+    ctx->params.calibration = NULL;
+    return FREE_OK;
+}
+
+static free_status create(struct free_ctx *ctx, const free_ctx_params *p, fr_error *err)
+{
+    const fr_hparams *hp = &ctx->model->hp;
+    ctx->n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
+    ctx->n_batch = p->n_batch > 0 ? p->n_batch : 64;
+    ctx->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
+    const size_t d = (size_t)hp->n_embd, nv = (size_t)hp->n_vocab;
+    FR_TRY(fr_kv_create(hp->n_layer, ctx->n_ctx, hp->n_head_kv * hp->head_dim, &ctx->kv, err));
+    FR_TRY(fr_workspace_create(hp, ctx->n_batch, ctx->n_ctx, ctx->n_threads, &ctx->ws, err));
+    if (ctx->n_threads > 1)
+        FR_TRY(fr_pool_create(ctx->n_threads, &ctx->pool, err));
+    fr_sampler_config sc = {0};
+    FR_TRY(fr_sampler_create(hp->n_vocab, &sc, &ctx->sampler, err));
+    FR_TRY(fr_exit_queue_create(ctx->n_ctx + 1, hp->n_embd, &ctx->queue, err));
+    ctx->x = malloc((size_t)ctx->n_batch * d * sizeof(float));
+    ctx->logits = malloc((size_t)ctx->n_batch * nv * sizeof(float));
+    ctx->last_logits = malloc(nv * sizeof(float));
+    ctx->probs = malloc(nv * sizeof(float));
+    ctx->out = malloc(((size_t)ctx->n_ctx + 1) * sizeof *ctx->out);
+    ctx->piece_cap = fr_tokenizer_max_piece(ctx->model->tokenizer) + 16;
+    ctx->piece = malloc(ctx->piece_cap);
+    ctx->tokens = malloc(((size_t)ctx->n_ctx + 2) * sizeof *ctx->tokens);
+    if (!ctx->x || !ctx->logits || !ctx->last_logits || !ctx->probs || !ctx->out ||
+        !ctx->piece || !ctx->tokens)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory for context buffers");
+    FR_TRY(apply_params(ctx, p, err));
+    ctx->stats.n_threads = ctx->n_threads;
+    fr_detok_init(&ctx->detok, true);
+    return FREE_OK;
+}
+
+FREE_API free_status free_ctx_create(const free_model *model, const free_ctx_params *params,
+                                     free_ctx **out)
+{
+    fr_error err;
+    free_ctx_params p;
+    if (!out)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_create: out is NULL");
+    *out = NULL;
+    if (!model)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_create: model is NULL");
+    if (model->vocab_only)
+        return fr_report_msg(FREE_ERR_STATE,
+                             "free_ctx_create: the model was loaded with vocab_only");
+    fr_error_clear(&err);
+    if (normalise_params(model, params, &p, &err) != FREE_OK)
+        return fr_report(&err);
+    struct free_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return fr_report_msg(FREE_ERR_NOMEM, "free_ctx_create: out of memory");
+    ctx->model = model;
+    if (create(ctx, &p, &err) != FREE_OK) {
+        free_ctx_destroy(ctx);
+        return fr_report(&err);
+    }
+    *out = ctx;
+    return FREE_OK;
+}
+
+FREE_API void free_ctx_destroy(free_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    fr_pool_destroy(ctx->pool);
+    fr_kv_destroy(ctx->kv);
+    fr_workspace_destroy(ctx->ws);
+    fr_sampler_destroy(ctx->sampler);
+    fr_exit_queue_destroy(ctx->queue);
+    fr_bmm_destroy(ctx->bmm);
+    free(ctx->x);
+    free(ctx->logits);
+    free(ctx->last_logits);
+    free(ctx->probs);
+    free(ctx->out);
+    free(ctx->piece);
+    free(ctx->tokens);
+    free(ctx);
+}
+
+FREE_API free_status free_ctx_set_params(free_ctx *ctx, const free_ctx_params *params)
+{
+    fr_error err;
+    free_ctx_params p;
+    if (!ctx || !params)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_set_params: NULL argument");
+    fr_error_clear(&err);
+    if (normalise_params(ctx->model, params, &p, &err) != FREE_OK)
+        return fr_ctx_report(ctx, &err);
+    p.n_ctx = ctx->params.n_ctx;
+    p.n_threads = ctx->params.n_threads;
+    p.n_batch = ctx->params.n_batch;
+    /* The caches must be exact before the exit layer or mode may change. */
+    fr_ctx_sync_queue(ctx);
+    /* Keep the learned threshold when adaptive stays on and no calibration is given. */
+    fr_bmm *keep = NULL;
+    if (p.adaptive && ctx->bmm && !p.calibration) {
+        keep = ctx->bmm;
+        ctx->bmm = NULL;
+    }
+    if (apply_params(ctx, &p, &err) != FREE_OK) {
+        fr_bmm_destroy(keep);
+        return fr_ctx_report(ctx, &err);
+    }
+    if (keep) {
+        fr_bmm_destroy(ctx->bmm);
+        ctx->bmm = keep;
+    }
+    return FREE_OK;
+}
+
+FREE_API free_status free_ctx_reset(free_ctx *ctx)
+{
+    if (!ctx)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_reset: ctx is NULL");
+    fr_kv_clear(ctx->kv);
+    fr_exit_queue_clear(ctx->queue);
+    ctx->n_past = 0;
+    ctx->has_logits = false;
+    ctx->has_pending = false;
+    ctx->out_head = ctx->out_len = 0;
+    fr_detok_init(&ctx->detok, true);
+    return FREE_OK;
+}
+
+FREE_API const char *free_ctx_last_error(const free_ctx *ctx)
+{
+    return ctx ? ctx->err.msg : "free_ctx_last_error: ctx is NULL";
+}
+
+FREE_API int32_t free_ctx_n_past(const free_ctx *ctx)
+{
+    return ctx ? ctx->n_past + (ctx->has_pending ? 1 : 0) : 0;
+}
+
+FREE_API int32_t free_ctx_n_ctx(const free_ctx *ctx)
+{
+    return ctx ? ctx->n_ctx : 0;
+}
+
+float fr_ctx_threshold(const struct free_ctx *ctx)
+{
+    return ctx->bmm ? fr_bmm_threshold(ctx->bmm) : ctx->params.threshold;
+}
+
+FREE_API free_status free_ctx_stats(const free_ctx *ctx, free_stats *stats)
+{
+    if (!ctx || !stats || stats->size < offsetof(free_stats, exit_mode))
+        return fr_report_msg(FREE_ERR_INVALID_ARG,
+                             "free_ctx_stats: NULL argument or stats->size not set");
+    free_stats s = ctx->stats;
+    const int32_t L = ctx->model->hp.n_layer;
+    s.size = stats->size < sizeof s ? stats->size : sizeof s;
+    s.exit_mode = ctx->params.exit_mode;
+    s.exit_layer = ctx->exit_layer;
+    s.n_layers = L;
+    s.n_threads = ctx->n_threads;
+    s.threshold = fr_ctx_threshold(ctx);
+    s.mean_sync_rows = s.deep_passes ? (double)s.sync_rows / (double)s.deep_passes : 0.0;
+    s.avg_layers_per_token =
+        s.tokens ? (double)(s.shallow_exits * (uint64_t)ctx->exit_layer +
+                            (s.tokens - s.shallow_exits) * (uint64_t)L) / (double)s.tokens
+                 : 0.0;
+    s.layers_read_per_token =
+        s.tokens ? (double)(s.shallow_passes * (uint64_t)ctx->exit_layer +
+                            s.deep_passes * (uint64_t)(L - ctx->exit_layer)) /
+                       (double)s.tokens
+                 : 0.0;
+    s.adaptive = ctx->bmm != NULL;
+    if (ctx->bmm) {
+        fr_bmm_state b;
+        fr_bmm_get_state(ctx->bmm, &b);
+        s.bmm_fits = b.fits;
+        s.bmm_frozen = b.frozen;
+        s.bmm_samples_agree = b.n_agree;
+        s.bmm_samples_disagree = b.n_disagree;
+        s.bmm_alpha_agree = b.agree.alpha;
+        s.bmm_beta_agree = b.agree.beta;
+        s.bmm_alpha_disagree = b.disagree.alpha;
+        s.bmm_beta_disagree = b.disagree.beta;
+    }
+    memcpy(stats, &s, s.size);
+    stats->size = s.size < stats->size ? stats->size : s.size;
+    return FREE_OK;
+}
+
+FREE_API free_status free_ctx_reset_stats(free_ctx *ctx)
+{
+    if (!ctx)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_reset_stats: ctx is NULL");
+    memset(&ctx->stats, 0, sizeof ctx->stats);
+    ctx->stats.n_threads = ctx->n_threads;
+    return FREE_OK;
+}
+
+FREE_API free_status free_ctx_export_calibration(const free_ctx *ctx, char *buf, size_t cap,
+                                                 size_t *n_out)
+{
+    if (!ctx || !n_out || (!buf && cap))
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_export_calibration: NULL argument");
+    if (!ctx->bmm)
+        return fr_report_msg(FREE_ERR_STATE,
+                             "free_ctx_export_calibration: the adaptive threshold is off");
+    size_t n = fr_bmm_export(ctx->bmm, buf, cap);
+    *n_out = n;
+    if (n + 1 > cap)
+        return fr_report_msg(FREE_ERR_BUFFER_TOO_SMALL,
+                             "calibration needs %zu bytes, buffer has %zu", n + 1, cap);
+    return FREE_OK;
+}

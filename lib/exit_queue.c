@@ -1,2 +1,80 @@
-/* exit_queue: placeholder until the module lands. */
-typedef int fr_placeholder_exit_queue;
+/* Early-exit queue storage. */
+#include "exit_queue.h"
+
+#include <assert.h>
+#include <stdlib.h>
+
+free_status fr_exit_queue_create(int32_t cap, int32_t n_embd, fr_exit_queue **out,
+                                 fr_error *err)
+{
+    *out = NULL;
+    fr_exit_queue *q = calloc(1, sizeof *q);
+    if (q) {
+        q->h = malloc((size_t)cap * (size_t)n_embd * sizeof(float));
+        q->conf = malloc((size_t)cap * sizeof(float));
+        q->token = malloc((size_t)cap * sizeof(int32_t));
+        q->argmax = malloc((size_t)cap * sizeof(int32_t));
+    }
+    if (!q || !q->h || !q->conf || !q->token || !q->argmax) {
+        fr_exit_queue_destroy(q);
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory for an early-exit queue of %d rows",
+                       cap);
+    }
+    q->cap = cap;
+    q->n_embd = n_embd;
+    fr_exit_queue_set_limit(q, 0);
+    *out = q;
+    return FREE_OK;
+}
+
+void fr_exit_queue_destroy(fr_exit_queue *q)
+{
+    if (!q)
+        return;
+    free(q->h);
+    free(q->conf);
+    free(q->token);
+    free(q->argmax);
+    free(q->q);
+    free(q);
+}
+
+void fr_exit_queue_set_limit(fr_exit_queue *q, int32_t limit)
+{
+    q->limit = (limit <= 0 || limit > q->cap - 1) ? q->cap - 1 : limit;
+}
+
+free_status fr_exit_queue_keep_probs(fr_exit_queue *q, int32_t n_vocab, fr_error *err)
+{
+    int32_t rows = q->limit + 1;
+    if (q->q && q->n_vocab == n_vocab && q->q_cap >= rows)
+        return FREE_OK;
+    float *p = realloc(q->q, (size_t)rows * (size_t)n_vocab * sizeof(float));
+    if (!p)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory keeping %d draft distributions",
+                       rows);
+    q->q = p;
+    q->q_cap = rows;
+    q->n_vocab = n_vocab;
+    return FREE_OK;
+}
+
+void fr_exit_queue_push(fr_exit_queue *q, float conf, int32_t token, int32_t argmax)
+{
+    assert(q->len < q->cap);
+    q->conf[q->len] = conf;
+    q->token[q->len] = token;
+    q->argmax[q->len] = argmax;
+    q->len++;
+}
+
+void fr_exit_queue_truncate(fr_exit_queue *q, int32_t len)
+{
+    if (len < q->len)
+        q->len = len < 0 ? 0 : len;
+}
+
+void fr_exit_queue_clear(fr_exit_queue *q)
+{
+    q->len = 0;
+}

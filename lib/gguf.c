@@ -1,2 +1,853 @@
-/* gguf: placeholder until the module lands. */
-typedef int fr_placeholder_gguf;
+/* GGUF v2/v3 reader. The input is hostile until proven otherwise: every count, length,
+ * offset and size is checked against the bytes that remain before it is used, and every
+ * allocation is bounded by what the file could actually hold. */
+#include "gguf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "libfree's GGUF reader assumes a little-endian host"
+#endif
+
+#define GGUF_MAGIC "GGUF"
+#define GGUF_DEFAULT_ALIGNMENT 32u
+/* The spec allows arrays of arrays; nothing real nests deeper than one level. */
+#define GGUF_MAX_ARRAY_DEPTH 8
+/* Smallest possible encodings, used to reject counts the remaining bytes cannot hold. */
+#define GGUF_MIN_KV_BYTES 14u     /* u64 key length, 1 key byte, u32 type, 1 value byte */
+#define GGUF_MIN_TENSOR_BYTES 33u /* u64 name length, 1 byte, u32 n_dims, u64 ne, u32, u64 */
+/* Messages quote at most this many bytes of a key or tensor name. */
+#define NAME_SHOWN 80
+
+struct gguf_file {
+    const uint8_t *base;
+    size_t size;
+    bool mapped;
+    uint32_t version;
+    uint32_t alignment;
+    uint64_t n_kv;
+    uint64_t n_tensors;
+    uint64_t data_offset;
+    gguf_kv *kvs;
+    gguf_tensor *tensors;
+};
+
+/* A bounded cursor over the file. */
+typedef struct reader {
+    const uint8_t *base;
+    size_t size;
+    size_t pos;
+    fr_error *err;
+    char where[NAME_SHOWN + 16]; /* "key NAME: " or "tensor NAME: " for messages */
+} reader;
+
+static size_t remaining(const reader *r)
+{
+    return r->size - r->pos;
+}
+
+static int shown_len(gguf_str s)
+{
+    return s.len > NAME_SHOWN ? NAME_SHOWN : (int)s.len;
+}
+
+static void set_where(reader *r, const char *kind, gguf_str name)
+{
+    snprintf(r->where, sizeof r->where, "%s %.*s: ", kind, shown_len(name), name.ptr);
+}
+
+static free_status need(reader *r, uint64_t n, const char *what)
+{
+    if (n > remaining(r))
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "%struncated file: %s at offset %zu needs %llu bytes but only %zu "
+                       "remain (file size %zu)",
+                       r->where, what, r->pos, (unsigned long long)n, remaining(r), r->size);
+    return FREE_OK;
+}
+
+static uint32_t load_u32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static uint64_t load_u64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static free_status read_u32(reader *r, uint32_t *out, const char *what)
+{
+    FR_TRY(need(r, 4, what));
+    *out = load_u32(r->base + r->pos);
+    r->pos += 4;
+    return FREE_OK;
+}
+
+static free_status read_u64(reader *r, uint64_t *out, const char *what)
+{
+    FR_TRY(need(r, 8, what));
+    *out = load_u64(r->base + r->pos);
+    r->pos += 8;
+    return FREE_OK;
+}
+
+static free_status read_str(reader *r, gguf_str *out, const char *what)
+{
+    uint64_t len;
+    size_t at = r->pos;
+    FR_TRY(read_u64(r, &len, what));
+    if (len > remaining(r))
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "%struncated file: %s at offset %zu has length %llu, past the end of "
+                       "the file (%zu bytes remain, file size %zu)",
+                       r->where, what, at, (unsigned long long)len, remaining(r), r->size);
+    out->ptr = (const char *)r->base + r->pos;
+    out->len = len;
+    r->pos += (size_t)len;
+    return FREE_OK;
+}
+
+/* Bytes of one scalar of type t; 0 for strings, arrays and unknown types. */
+static uint64_t scalar_size(uint32_t t)
+{
+    switch (t) {
+    case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
+    case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
+    case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
+    case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+static bool valid_value_type(uint32_t t)
+{
+    return t < GGUF_TYPE_COUNT;
+}
+
+/* Skips one value of type t (validating it), used for kv values and array elements. */
+static free_status skip_value(reader *r, uint32_t t, int depth);
+
+static free_status skip_array(reader *r, int depth, uint32_t *et_out, uint64_t *n_out)
+{
+    uint32_t et;
+    uint64_t n;
+    size_t at = r->pos;
+    if (depth >= GGUF_MAX_ARRAY_DEPTH)
+        return fr_fail(r->err, FREE_ERR_FORMAT, "%sarrays nested deeper than %d levels at "
+                       "offset %zu", r->where, GGUF_MAX_ARRAY_DEPTH, at);
+    FR_TRY(read_u32(r, &et, "array element type"));
+    FR_TRY(read_u64(r, &n, "array element count"));
+    if (!valid_value_type(et))
+        return fr_fail(r->err, FREE_ERR_FORMAT, "%sunknown array element type %u at offset %zu",
+                       r->where, et, at);
+    /* Each element needs at least this many bytes: bound n before walking. */
+    uint64_t min_elem = scalar_size(et);
+    if (et == GGUF_TYPE_STRING)
+        min_elem = 8;
+    else if (et == GGUF_TYPE_ARRAY)
+        min_elem = 12;
+    uint64_t total;
+    if (__builtin_mul_overflow(n, min_elem, &total) || total > remaining(r))
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "%sarray count %llu of elements of at least %llu bytes runs past the end "
+                       "of the file (truncated or corrupt: %zu bytes remain at offset %zu)",
+                       r->where, (unsigned long long)n, (unsigned long long)min_elem,
+                       remaining(r), r->pos);
+    if (et == GGUF_TYPE_STRING || et == GGUF_TYPE_ARRAY) {
+        for (uint64_t i = 0; i < n; i++)
+            FR_TRY(skip_value(r, et, depth + 1));
+    } else {
+        r->pos += (size_t)total;
+    }
+    if (et_out)
+        *et_out = et;
+    if (n_out)
+        *n_out = n;
+    return FREE_OK;
+}
+
+static free_status skip_value(reader *r, uint32_t t, int depth)
+{
+    if (t == GGUF_TYPE_STRING) {
+        gguf_str s;
+        return read_str(r, &s, "string value");
+    }
+    if (t == GGUF_TYPE_ARRAY)
+        return skip_array(r, depth, NULL, NULL);
+    uint64_t sz = scalar_size(t);
+    if (sz == 0)
+        return fr_fail(r->err, FREE_ERR_FORMAT, "%sunknown value type %u", r->where, t);
+    FR_TRY(need(r, sz, "scalar value"));
+    r->pos += (size_t)sz;
+    return FREE_OK;
+}
+
+static free_status parse_kv(reader *r, gguf_kv *kv)
+{
+    r->where[0] = '\0';
+    FR_TRY(read_str(r, &kv->key, "key"));
+    if (kv->key.len == 0)
+        return fr_fail(r->err, FREE_ERR_FORMAT, "empty key at offset %zu", r->pos - 8);
+    set_where(r, "key", kv->key);
+    FR_TRY(read_u32(r, &kv->type, "value type"));
+    if (!valid_value_type(kv->type))
+        return fr_fail(r->err, FREE_ERR_FORMAT, "%sunknown value type %u at offset %zu",
+                       r->where, kv->type, r->pos - 4);
+    kv->arr_type = 0;
+    kv->arr_n = 0;
+    if (kv->type == GGUF_TYPE_ARRAY) {
+        /* value points at the first element: skip the element type and count. */
+        size_t hdr = r->pos;
+        FR_TRY(skip_array(r, 0, &kv->arr_type, &kv->arr_n));
+        kv->value = r->base + hdr + 12;
+        kv->value_size = r->pos - hdr - 12;
+    } else {
+        size_t start = r->pos;
+        FR_TRY(skip_value(r, kv->type, 0));
+        kv->value = r->base + start;
+        kv->value_size = r->pos - start;
+    }
+    return FREE_OK;
+}
+
+static const char *const type_names[] = {
+    [0] = "F32", [1] = "F16", [2] = "Q4_0", [3] = "Q4_1", [6] = "Q5_0", [7] = "Q5_1",
+    [8] = "Q8_0", [9] = "Q8_1", [10] = "Q2_K", [11] = "Q3_K", [12] = "Q4_K", [13] = "Q5_K",
+    [14] = "Q6_K", [15] = "Q8_K", [16] = "IQ2_XXS", [17] = "IQ2_XS", [18] = "IQ3_XXS",
+    [19] = "IQ1_S", [20] = "IQ4_NL", [21] = "IQ3_S", [22] = "IQ2_S", [23] = "IQ4_XS",
+    [24] = "I8", [25] = "I16", [26] = "I32", [27] = "I64", [28] = "F64", [29] = "IQ1_M",
+    [30] = "BF16", [34] = "TQ1_0", [35] = "TQ2_0", [39] = "MXFP4",
+};
+
+const char *gguf_tensor_type_name(uint32_t type)
+{
+    if (type < sizeof type_names / sizeof type_names[0] && type_names[type])
+        return type_names[type];
+    return "unknown";
+}
+
+/* Elements per block and bytes per block of the types libfree reads. */
+static bool block_layout(uint32_t type, uint64_t *blck, uint64_t *bytes)
+{
+    switch (type) {
+    case GGUF_TENSOR_F32: *blck = 1; *bytes = 4; return true;
+    case GGUF_TENSOR_F16: *blck = 1; *bytes = 2; return true;
+    case GGUF_TENSOR_Q4_0: *blck = 32; *bytes = 18; return true;
+    case GGUF_TENSOR_Q4_1: *blck = 32; *bytes = 20; return true;
+    case GGUF_TENSOR_Q5_0: *blck = 32; *bytes = 22; return true;
+    case GGUF_TENSOR_Q5_1: *blck = 32; *bytes = 24; return true;
+    case GGUF_TENSOR_Q8_0: *blck = 32; *bytes = 34; return true;
+    default: return false;
+    }
+}
+
+uint64_t gguf_row_bytes(uint32_t type, uint64_t ne0)
+{
+    uint64_t blck, bytes, out;
+    if (!block_layout(type, &blck, &bytes) || ne0 % blck != 0)
+        return 0;
+    if (__builtin_mul_overflow(ne0 / blck, bytes, &out))
+        return 0;
+    return out;
+}
+
+static free_status parse_tensor_info(reader *r, gguf_tensor *t)
+{
+    r->where[0] = '\0';
+    FR_TRY(read_str(r, &t->name, "tensor name"));
+    if (t->name.len == 0)
+        return fr_fail(r->err, FREE_ERR_FORMAT, "empty tensor name at offset %zu",
+                       r->pos - 8);
+    set_where(r, "tensor", t->name);
+    const char *w = r->where;
+    FR_TRY(read_u32(r, &t->n_dims, "tensor n_dims"));
+    if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
+        return fr_fail(r->err, FREE_ERR_FORMAT, "%sn_dims %u is not in 1..%d", w,
+                       t->n_dims, GGUF_MAX_DIMS);
+    uint64_t nelem = 1;
+    for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) {
+        t->ne[d] = 1;
+        if (d >= t->n_dims)
+            continue;
+        FR_TRY(read_u64(r, &t->ne[d], "tensor dimension"));
+        if (t->ne[d] == 0)
+            return fr_fail(r->err, FREE_ERR_FORMAT, "%sdimension %u is 0", w, d);
+        if (__builtin_mul_overflow(nelem, t->ne[d], &nelem) || nelem > INT64_MAX)
+            return fr_fail(r->err, FREE_ERR_FORMAT,
+                           "%selement count overflows at dimension %u (ne = %llu)",
+                           w, d, (unsigned long long)t->ne[d]);
+    }
+    FR_TRY(read_u32(r, &t->type, "tensor type"));
+    FR_TRY(read_u64(r, &t->offset, "tensor offset"));
+    uint64_t blck, bytes;
+    if (!block_layout(t->type, &blck, &bytes)) {
+        bool known = strcmp(gguf_tensor_type_name(t->type), "unknown") != 0;
+        return fr_fail(r->err, known ? FREE_ERR_UNSUPPORTED : FREE_ERR_FORMAT,
+                       "%s%s tensor type %u (%s); libfree reads F32, F16, Q4_0, "
+                       "Q4_1, Q5_0, Q5_1 and Q8_0",
+                       w, known ? "unsupported" : "unknown", t->type,
+                       gguf_tensor_type_name(t->type));
+    }
+    if (t->ne[0] % blck != 0)
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "%sne[0] = %llu is not a multiple of the %s block size %llu",
+                       w, (unsigned long long)t->ne[0], gguf_tensor_type_name(t->type),
+                       (unsigned long long)blck);
+    if (__builtin_mul_overflow(nelem / blck, bytes, &t->nbytes))
+        return fr_fail(r->err, FREE_ERR_FORMAT, "%sbyte size overflows", w);
+    return FREE_OK;
+}
+
+static int cmp_str(gguf_str a, gguf_str b)
+{
+    size_t n = a.len < b.len ? (size_t)a.len : (size_t)b.len;
+    int c = memcmp(a.ptr, b.ptr, n);
+    if (c != 0)
+        return c;
+    return a.len < b.len ? -1 : a.len > b.len;
+}
+
+static int cmp_kv_key(const void *a, const void *b)
+{
+    return cmp_str((*(const gguf_kv *const *)a)->key, (*(const gguf_kv *const *)b)->key);
+}
+
+static int cmp_tensor_name(const void *a, const void *b)
+{
+    const gguf_tensor *x = *(const gguf_tensor *const *)a;
+    const gguf_tensor *y = *(const gguf_tensor *const *)b;
+    return cmp_str(x->name, y->name);
+}
+
+static int cmp_tensor_offset(const void *a, const void *b)
+{
+    const gguf_tensor *x = *(const gguf_tensor *const *)a;
+    const gguf_tensor *y = *(const gguf_tensor *const *)b;
+    if (x->offset != y->offset)
+        return x->offset < y->offset ? -1 : 1;
+    /* Ties keep file order so that messages are deterministic. */
+    return x < y ? -1 : x > y;
+}
+
+static free_status check_duplicate_keys(gguf_file *f, fr_error *err)
+{
+    if (f->n_kv < 2)
+        return FREE_OK;
+    const gguf_kv **v = malloc((size_t)f->n_kv * sizeof *v);
+    if (!v)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory sorting %llu keys",
+                       (unsigned long long)f->n_kv);
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        v[i] = &f->kvs[i];
+    qsort(v, (size_t)f->n_kv, sizeof *v, cmp_kv_key);
+    free_status st = FREE_OK;
+    for (uint64_t i = 1; i < f->n_kv && st == FREE_OK; i++)
+        if (cmp_str(v[i - 1]->key, v[i]->key) == 0)
+            st = fr_fail(err, FREE_ERR_FORMAT, "duplicate key %.*s", shown_len(v[i]->key),
+                         v[i]->key.ptr);
+    free(v);
+    return st;
+}
+
+/* Duplicate names, then placement: inside the data section and pairwise disjoint. */
+static free_status check_tensors(gguf_file *f, fr_error *err)
+{
+    uint64_t data_size = f->data_offset <= f->size ? f->size - f->data_offset : 0;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        uint64_t end;
+        if (t->offset % f->alignment != 0)
+            return fr_fail(err, FREE_ERR_FORMAT,
+                           "tensor %.*s: offset %llu is not a multiple of the alignment %u",
+                           shown_len(t->name), t->name.ptr, (unsigned long long)t->offset,
+                           f->alignment);
+        if (__builtin_add_overflow(t->offset, t->nbytes, &end) || end > data_size)
+            return fr_fail(err, FREE_ERR_FORMAT,
+                           "tensor %.*s: offset %llu + size %llu is past the end of the file "
+                           "(data section of %llu bytes at %llu, file size %zu)",
+                           shown_len(t->name), t->name.ptr, (unsigned long long)t->offset,
+                           (unsigned long long)t->nbytes, (unsigned long long)data_size,
+                           (unsigned long long)f->data_offset, f->size);
+        f->tensors[i].data = f->base + f->data_offset + t->offset;
+    }
+    if (f->n_tensors < 2)
+        return FREE_OK;
+    const gguf_tensor **v = malloc((size_t)f->n_tensors * sizeof *v);
+    if (!v)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory sorting %llu tensors",
+                       (unsigned long long)f->n_tensors);
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        v[i] = &f->tensors[i];
+    free_status st = FREE_OK;
+    qsort(v, (size_t)f->n_tensors, sizeof *v, cmp_tensor_name);
+    for (uint64_t i = 1; i < f->n_tensors && st == FREE_OK; i++)
+        if (cmp_str(v[i - 1]->name, v[i]->name) == 0)
+            st = fr_fail(err, FREE_ERR_FORMAT, "duplicate tensor name %.*s",
+                         shown_len(v[i]->name), v[i]->name.ptr);
+    qsort(v, (size_t)f->n_tensors, sizeof *v, cmp_tensor_offset);
+    for (uint64_t i = 1; i < f->n_tensors && st == FREE_OK; i++) {
+        const gguf_tensor *a = v[i - 1], *b = v[i];
+        if (a->offset + a->nbytes > b->offset)
+            st = fr_fail(err, FREE_ERR_FORMAT,
+                         "tensors %.*s (offset %llu, %llu bytes) and %.*s (offset %llu) overlap",
+                         shown_len(a->name), a->name.ptr, (unsigned long long)a->offset,
+                         (unsigned long long)a->nbytes, shown_len(b->name), b->name.ptr,
+                         (unsigned long long)b->offset);
+    }
+    free(v);
+    return st;
+}
+
+static free_status parse_header(gguf_file *f, reader *r)
+{
+    if (r->size < 4 || memcmp(r->base, GGUF_MAGIC, 4) != 0) {
+        if (r->size < 4)
+            return fr_fail(r->err, FREE_ERR_FORMAT,
+                           "truncated file: %zu bytes is too short for the GGUF magic",
+                           r->size);
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "not a GGUF file: magic is %02x %02x %02x %02x, expected \"GGUF\"",
+                       r->base[0], r->base[1], r->base[2], r->base[3]);
+    }
+    r->pos = 4;
+    FR_TRY(read_u32(r, &f->version, "version"));
+    if (f->version == 1)
+        return fr_fail(r->err, FREE_ERR_UNSUPPORTED,
+                       "GGUF version 1 is not supported (only versions 2 and 3)");
+    if (f->version == 0x02000000u || f->version == 0x03000000u)
+        return fr_fail(r->err, FREE_ERR_UNSUPPORTED,
+                       "big-endian GGUF files are not supported (version field 0x%08x)",
+                       f->version);
+    if (f->version != 2 && f->version != 3)
+        return fr_fail(r->err, FREE_ERR_UNSUPPORTED,
+                       "GGUF version %u is not supported (only versions 2 and 3)", f->version);
+    FR_TRY(read_u64(r, &f->n_tensors, "n_tensors"));
+    FR_TRY(read_u64(r, &f->n_kv, "n_kv"));
+    /* Bound both counts by the bytes left before allocating anything. */
+    uint64_t need_kv, need_t, need_all;
+    if (__builtin_mul_overflow(f->n_kv, GGUF_MIN_KV_BYTES, &need_kv) ||
+        need_kv > remaining(r))
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "n_kv %llu is impossible: %llu key-values need at least %u bytes each "
+                       "but only %zu bytes remain (file truncated or corrupt)",
+                       (unsigned long long)f->n_kv, (unsigned long long)f->n_kv,
+                       GGUF_MIN_KV_BYTES, remaining(r));
+    if (__builtin_mul_overflow(f->n_tensors, GGUF_MIN_TENSOR_BYTES, &need_t) ||
+        __builtin_add_overflow(need_t, need_kv, &need_all) || need_all > remaining(r))
+        return fr_fail(r->err, FREE_ERR_FORMAT,
+                       "n_tensors %llu is impossible: tensor infos need at least %u bytes each "
+                       "but only %zu bytes remain after the key-values' minimum (file "
+                       "truncated or corrupt)",
+                       (unsigned long long)f->n_tensors, GGUF_MIN_TENSOR_BYTES,
+                       remaining(r) - (size_t)need_kv);
+    return FREE_OK;
+}
+
+static free_status read_alignment(gguf_file *f, fr_error *err)
+{
+    uint32_t a;
+    bool found = false;
+    FR_TRY(gguf_get_u32(f, "general.alignment", &a, &found, err));
+    f->alignment = GGUF_DEFAULT_ALIGNMENT;
+    if (!found)
+        return FREE_OK;
+    if (a == 0 || (a & (a - 1)) != 0)
+        return fr_fail(err, FREE_ERR_FORMAT,
+                       "general.alignment %u is not a power of two", a);
+    f->alignment = a;
+    return FREE_OK;
+}
+
+static free_status parse(gguf_file *f, fr_error *err)
+{
+    reader r = {f->base, f->size, 0, err, ""};
+    FR_TRY(parse_header(f, &r));
+    /* The counts are bounded by the file size above, so these allocations are too. */
+    if (f->n_kv) {
+        f->kvs = calloc((size_t)f->n_kv, sizeof *f->kvs);
+        if (!f->kvs)
+            return fr_fail(err, FREE_ERR_NOMEM, "out of memory for %llu key-values",
+                           (unsigned long long)f->n_kv);
+    }
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        FR_TRY(parse_kv(&r, &f->kvs[i]));
+    FR_TRY(check_duplicate_keys(f, err));
+    FR_TRY(read_alignment(f, err));
+    if (f->n_tensors) {
+        f->tensors = calloc((size_t)f->n_tensors, sizeof *f->tensors);
+        if (!f->tensors)
+            return fr_fail(err, FREE_ERR_NOMEM, "out of memory for %llu tensor infos",
+                           (unsigned long long)f->n_tensors);
+    }
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        FR_TRY(parse_tensor_info(&r, &f->tensors[i]));
+    uint64_t pad = (f->alignment - r.pos % f->alignment) % f->alignment;
+    f->data_offset = (uint64_t)r.pos + pad;
+    return check_tensors(f, err);
+}
+
+static free_status open_common(const uint8_t *base, size_t size, bool mapped, gguf_file **out,
+                               fr_error *err)
+{
+    gguf_file *f = calloc(1, sizeof *f);
+    if (!f) {
+        if (mapped)
+            munmap((void *)base, size);
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory");
+    }
+    f->base = base;
+    f->size = size;
+    f->mapped = mapped;
+    free_status st = parse(f, err);
+    if (st != FREE_OK) {
+        gguf_close(f);
+        return st;
+    }
+    *out = f;
+    return FREE_OK;
+}
+
+free_status gguf_open_memory(const void *data, size_t size, gguf_file **out, fr_error *err)
+{
+    if (!out || (!data && size))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "gguf_open_memory: NULL argument");
+    *out = NULL;
+    static const uint8_t empty[1];
+    return open_common(data ? data : empty, size, false, out, err);
+}
+
+free_status gguf_open(const char *path, gguf_file **out, fr_error *err)
+{
+    if (!path || !out)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "gguf_open: NULL argument");
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fr_fail(err, FREE_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat stt;
+    if (fstat(fd, &stt) != 0) {
+        int e = errno;
+        close(fd);
+        return fr_fail(err, FREE_ERR_IO, "cannot stat %s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(stt.st_mode)) {
+        close(fd);
+        return fr_fail(err, FREE_ERR_IO, "%s is not a regular file", path);
+    }
+    size_t size = (size_t)stt.st_size;
+    if (size == 0) {
+        close(fd);
+        return fr_fail(err, FREE_ERR_FORMAT, "%s: truncated file: the file is empty", path);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (map == MAP_FAILED)
+        return fr_fail(err, FREE_ERR_IO, "cannot map %s (%zu bytes): %s", path, size,
+                       strerror(e));
+    free_status st = open_common(map, size, true, out, err);
+    if (st != FREE_OK && err) {
+        /* Prefix the path so the message says which file was bad. */
+        char tmp[sizeof err->msg];
+        memcpy(tmp, err->msg, sizeof tmp);
+        fr_fail(err, st, "%s: %s", path, tmp);
+    }
+    return st;
+}
+
+void gguf_close(gguf_file *f)
+{
+    if (!f)
+        return;
+    if (f->mapped)
+        munmap((void *)f->base, f->size);
+    free(f->kvs);
+    free(f->tensors);
+    free(f);
+}
+
+uint32_t gguf_version(const gguf_file *f)
+{
+    return f->version;
+}
+
+uint64_t gguf_n_kv(const gguf_file *f)
+{
+    return f->n_kv;
+}
+
+uint64_t gguf_n_tensors(const gguf_file *f)
+{
+    return f->n_tensors;
+}
+
+const gguf_kv *gguf_kv_at(const gguf_file *f, uint64_t i)
+{
+    return i < f->n_kv ? &f->kvs[i] : NULL;
+}
+
+const gguf_tensor *gguf_tensor_at(const gguf_file *f, uint64_t i)
+{
+    return i < f->n_tensors ? &f->tensors[i] : NULL;
+}
+
+size_t gguf_file_size(const gguf_file *f)
+{
+    return f->size;
+}
+
+bool gguf_str_eq(gguf_str s, const char *c)
+{
+    size_t n = strlen(c);
+    return s.len == n && memcmp(s.ptr, c, n) == 0;
+}
+
+const gguf_kv *gguf_find_kv(const gguf_file *f, const char *key)
+{
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        if (gguf_str_eq(f->kvs[i].key, key))
+            return &f->kvs[i];
+    return NULL;
+}
+
+const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name)
+{
+    for (uint64_t i = 0; i < f->n_tensors; i++)
+        if (gguf_str_eq(f->tensors[i].name, name))
+            return &f->tensors[i];
+    return NULL;
+}
+
+/* One numeric value widened for range checks. */
+typedef enum num_kind { NUM_NONE, NUM_UNSIGNED, NUM_SIGNED, NUM_FLOAT } num_kind;
+typedef struct num {
+    num_kind kind;
+    uint64_t u;
+    int64_t i;
+    double d;
+} num;
+
+static num load_num(const uint8_t *p, uint32_t type)
+{
+    num n = {NUM_NONE, 0, 0, 0.0};
+    switch (type) {
+    case GGUF_TYPE_UINT8: n.kind = NUM_UNSIGNED; n.u = p[0]; break;
+    case GGUF_TYPE_INT8: n.kind = NUM_SIGNED; n.i = (int8_t)p[0]; break;
+    case GGUF_TYPE_UINT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        n.kind = NUM_UNSIGNED;
+        n.u = v;
+        break;
+    }
+    case GGUF_TYPE_INT16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        n.kind = NUM_SIGNED;
+        n.i = v;
+        break;
+    }
+    case GGUF_TYPE_UINT32: n.kind = NUM_UNSIGNED; n.u = load_u32(p); break;
+    case GGUF_TYPE_INT32: n.kind = NUM_SIGNED; n.i = (int32_t)load_u32(p); break;
+    case GGUF_TYPE_UINT64: n.kind = NUM_UNSIGNED; n.u = load_u64(p); break;
+    case GGUF_TYPE_INT64: n.kind = NUM_SIGNED; n.i = (int64_t)load_u64(p); break;
+    case GGUF_TYPE_FLOAT32: {
+        float v;
+        memcpy(&v, p, 4);
+        n.kind = NUM_FLOAT;
+        n.d = v;
+        break;
+    }
+    case GGUF_TYPE_FLOAT64: n.kind = NUM_FLOAT; memcpy(&n.d, p, 8); break;
+    default: break;
+    }
+    return n;
+}
+
+static const char *value_type_name(uint32_t t)
+{
+    static const char *const names[] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32",
+                                        "bool", "string", "array", "u64", "i64", "f64"};
+    return t < GGUF_TYPE_COUNT ? names[t] : "unknown";
+}
+
+/* Finds key; reports absence through *found. Returns NULL when absent. */
+static const gguf_kv *lookup(const gguf_file *f, const char *key, bool *found)
+{
+    const gguf_kv *kv = (f && key) ? gguf_find_kv(f, key) : NULL;
+    if (found)
+        *found = kv != NULL;
+    return kv;
+}
+
+static free_status wrong_type(const char *key, uint32_t type, const char *wanted,
+                              fr_error *err)
+{
+    return fr_fail(err, FREE_ERR_FORMAT, "key %s: has type %s, expected %s", key,
+                   value_type_name(type), wanted);
+}
+
+free_status gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out, bool *found,
+                         fr_error *err)
+{
+    const gguf_kv *kv = lookup(f, key, found);
+    if (!kv)
+        return FREE_OK;
+    num n = load_num(kv->value, kv->type);
+    if (n.kind != NUM_UNSIGNED && n.kind != NUM_SIGNED)
+        return wrong_type(key, kv->type, "an integer", err);
+    if ((n.kind == NUM_UNSIGNED && n.u > UINT32_MAX) ||
+        (n.kind == NUM_SIGNED && (n.i < 0 || n.i > (int64_t)UINT32_MAX))) {
+        if (n.kind == NUM_UNSIGNED)
+            return fr_fail(err, FREE_ERR_FORMAT, "key %s: value %llu does not fit in 32 bits",
+                           key, (unsigned long long)n.u);
+        return fr_fail(err, FREE_ERR_FORMAT, "key %s: value %lld is not in 0..%u", key,
+                       (long long)n.i, UINT32_MAX);
+    }
+    *out = n.kind == NUM_UNSIGNED ? (uint32_t)n.u : (uint32_t)n.i;
+    return FREE_OK;
+}
+
+free_status gguf_get_f32(const gguf_file *f, const char *key, float *out, bool *found,
+                         fr_error *err)
+{
+    const gguf_kv *kv = lookup(f, key, found);
+    if (!kv)
+        return FREE_OK;
+    if (kv->type != GGUF_TYPE_FLOAT32 && kv->type != GGUF_TYPE_FLOAT64)
+        return wrong_type(key, kv->type, "f32 or f64", err);
+    *out = (float)load_num(kv->value, kv->type).d;
+    return FREE_OK;
+}
+
+free_status gguf_get_bool(const gguf_file *f, const char *key, bool *out, bool *found,
+                          fr_error *err)
+{
+    const gguf_kv *kv = lookup(f, key, found);
+    if (!kv)
+        return FREE_OK;
+    if (kv->type != GGUF_TYPE_BOOL)
+        return wrong_type(key, kv->type, "bool", err);
+    if (kv->value[0] > 1)
+        return fr_fail(err, FREE_ERR_FORMAT, "key %s: bool value %u is not 0 or 1", key,
+                       kv->value[0]);
+    *out = kv->value[0] == 1;
+    return FREE_OK;
+}
+
+free_status gguf_get_str(const gguf_file *f, const char *key, gguf_str *out, bool *found,
+                         fr_error *err)
+{
+    const gguf_kv *kv = lookup(f, key, found);
+    if (!kv)
+        return FREE_OK;
+    if (kv->type != GGUF_TYPE_STRING)
+        return wrong_type(key, kv->type, "string", err);
+    out->len = load_u64(kv->value);
+    out->ptr = (const char *)kv->value + 8;
+    return FREE_OK;
+}
+
+static free_status check_array(const gguf_kv *kv, uint64_t n, const char *what, fr_error *err)
+{
+    if (!kv)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "%s array access on a NULL key", what);
+    if (kv->type != GGUF_TYPE_ARRAY)
+        return fr_fail(err, FREE_ERR_FORMAT, "key %.*s: has type %s, expected an array of %s",
+                       shown_len(kv->key), kv->key.ptr, value_type_name(kv->type), what);
+    if (n != kv->arr_n)
+        return fr_fail(err, FREE_ERR_INVALID_ARG,
+                       "key %.*s: asked for %llu elements but the array has %llu",
+                       shown_len(kv->key), kv->key.ptr, (unsigned long long)n,
+                       (unsigned long long)kv->arr_n);
+    return FREE_OK;
+}
+
+free_status gguf_array_strings(const gguf_kv *kv, gguf_str *out, uint64_t n, fr_error *err)
+{
+    FR_TRY(check_array(kv, n, "strings", err));
+    if (kv->arr_type != GGUF_TYPE_STRING)
+        return fr_fail(err, FREE_ERR_FORMAT, "key %.*s: array of %s, expected strings",
+                       shown_len(kv->key), kv->key.ptr, value_type_name(kv->arr_type));
+    /* Validated by the parser; re-checked because gguf_kv is a plain public struct. */
+    const uint8_t *p = kv->value, *end = kv->value + kv->value_size;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t len;
+        if (end - p < 8 || (len = load_u64(p)) > (uint64_t)(end - p - 8))
+            return fr_fail(err, FREE_ERR_FORMAT, "key %.*s: string %llu runs past the array",
+                           shown_len(kv->key), kv->key.ptr, (unsigned long long)i);
+        out[i].len = len;
+        out[i].ptr = (const char *)p + 8;
+        p += 8 + len;
+    }
+    return FREE_OK;
+}
+
+/* Checks a numeric array's element type and size; returns the element size or 0. */
+static free_status numeric_array(const gguf_kv *kv, uint64_t n, const char *what,
+                                 uint64_t *elem, fr_error *err)
+{
+    FR_TRY(check_array(kv, n, what, err));
+    *elem = scalar_size(kv->arr_type);
+    uint64_t total;
+    if (*elem == 0 || kv->arr_type == GGUF_TYPE_BOOL)
+        return fr_fail(err, FREE_ERR_FORMAT, "key %.*s: array of %s, expected numbers",
+                       shown_len(kv->key), kv->key.ptr, value_type_name(kv->arr_type));
+    if (__builtin_mul_overflow(n, *elem, &total) || total > kv->value_size)
+        return fr_fail(err, FREE_ERR_FORMAT, "key %.*s: array data is shorter than %llu "
+                       "elements", shown_len(kv->key), kv->key.ptr, (unsigned long long)n);
+    return FREE_OK;
+}
+
+free_status gguf_array_f32(const gguf_kv *kv, float *out, uint64_t n, fr_error *err)
+{
+    uint64_t elem;
+    FR_TRY(numeric_array(kv, n, "numbers", &elem, err));
+    for (uint64_t i = 0; i < n; i++) {
+        num v = load_num(kv->value + i * elem, kv->arr_type);
+        out[i] = v.kind == NUM_FLOAT ? (float)v.d
+                 : v.kind == NUM_SIGNED ? (float)v.i
+                                        : (float)v.u;
+    }
+    return FREE_OK;
+}
+
+free_status gguf_array_i32(const gguf_kv *kv, int32_t *out, uint64_t n, fr_error *err)
+{
+    uint64_t elem;
+    FR_TRY(numeric_array(kv, n, "integers", &elem, err));
+    for (uint64_t i = 0; i < n; i++) {
+        num v = load_num(kv->value + i * elem, kv->arr_type);
+        bool ok;
+        int64_t x = 0;
+        if (v.kind == NUM_UNSIGNED) {
+            ok = v.u <= INT32_MAX;
+            x = (int64_t)v.u;
+        } else if (v.kind == NUM_SIGNED) {
+            ok = v.i >= INT32_MIN && v.i <= INT32_MAX;
+            x = v.i;
+        } else {
+            /* NaN fails both comparisons. */
+            ok = v.d >= INT32_MIN && v.d <= INT32_MAX && v.d == (double)(int64_t)v.d;
+            x = ok ? (int64_t)v.d : 0;
+        }
+        if (!ok)
+            return fr_fail(err, FREE_ERR_FORMAT,
+                           "key %.*s: element %llu is not a 32-bit signed integer",
+                           shown_len(kv->key), kv->key.ptr, (unsigned long long)i);
+        out[i] = (int32_t)x;
+    }
+    return FREE_OK;
+}

@@ -35,6 +35,12 @@ void fr_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
  * rotated; theta_i = pos * freq_base^(-2i/rope_dim). */
 void fr_rope(float *x, int n_heads, int head_dim, int rope_dim, int32_t pos, float freq_base);
 
+/* The same in two steps, for callers that rotate many vectors at one position (q and k of
+ * every layer): cs[2i], cs[2i+1] = cos, sin of theta_i for i < rope_dim / 2 (rope_dim
+ * floats, computed in double); then apply them. Same results as fr_rope. */
+void fr_rope_cache(float *cs, int rope_dim, int32_t pos, float freq_base);
+void fr_rope_apply(float *x, int n_heads, int head_dim, int rope_dim, const float *cs);
+
 /* In-place softmax over x[0..n). */
 void fr_softmax(float *x, int n);
 
@@ -47,5 +53,11 @@ void fr_f16_to_f32_row(const fr_f16 *src, float *dst, int64_t n);
 
 /* Name of the F16 kernel chosen at run time ("avx2-f16c", "portable", ...). */
 const char *fr_kernels_f16_impl(void);
+
+/* Selects the F16 kernel by name ("portable", "avx2-f16c", "avx512", or "auto"/NULL for the
+ * best the CPU supports). For tests and benchmarks: the choice is process-wide. Returns 0,
+ * or -1 when the name is unknown or the CPU lacks the instructions. The environment
+ * variable FREE_F16_IMPL, read once at first use, sets the initial choice the same way. */
+int fr_kernels_set_f16_impl(const char *name);
 
 #endif

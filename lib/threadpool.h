@@ -15,5 +15,8 @@ void fr_pool_destroy(fr_pool *pool);          /* NULL is a no-op */
 int fr_pool_size(const fr_pool *pool);        /* 1 for NULL */
 /* Runs fn on every thread of the pool (the caller included) and waits for all. */
 void fr_pool_run(fr_pool *pool, fr_pool_fn fn, void *arg);
+/* How long idle threads (and the caller waiting for the others) spin before sleeping on a
+ * condition variable; default 100 us. 0 sleeps at once (lowest CPU use, highest latency). */
+void fr_pool_set_spin_us(fr_pool *pool, int microseconds);
 
 #endif

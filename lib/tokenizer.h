@@ -10,6 +10,34 @@
 
 typedef struct fr_tokenizer fr_tokenizer;
 
+/* Token types, numbered as tokenizer.ggml.token_type (and SentencePiece) number them. */
+enum fr_token_type {
+    FR_TOKEN_NORMAL = 1,
+    FR_TOKEN_UNKNOWN = 2,
+    FR_TOKEN_CONTROL = 3,
+    FR_TOKEN_USER_DEFINED = 4,
+    FR_TOKEN_UNUSED = 5,
+    FR_TOKEN_BYTE = 6,
+};
+
+/* "No such token" for bos / eos / unk. */
+#define FR_TOKEN_NONE (-1)
+
+/* A vocabulary as plain arrays: what fr_tokenizer_load reads from a GGUF file. */
+typedef struct fr_vocab_desc {
+    uint32_t n_vocab;
+    const gguf_str *pieces; /* n_vocab pieces, any bytes, "\xe2\x96\x81" for a space */
+    const float *scores;    /* n_vocab merge scores (higher merges first); NULL: all 0 */
+    const int32_t *types;   /* n_vocab enum fr_token_type; NULL: all normal, except that
+                               pieces named <0xNN> are byte tokens */
+    int32_t bos, eos, unk;  /* ids, or FR_TOKEN_NONE */
+    bool add_space_prefix;  /* prepend "\xe2\x96\x81" to non-empty text */
+    bool add_bos;           /* the vocabulary's default for adding BOS */
+} fr_vocab_desc;
+
+/* Builds a tokenizer from d (everything is copied). */
+free_status fr_tokenizer_create(const fr_vocab_desc *d, fr_tokenizer **out, fr_error *err);
+
 /* Reads tokenizer.ggml.* from f (model "llama"; tokens, scores, token_type, bos/eos/unk
  * ids, add_space_prefix, add_bos_token). Copies what it needs: f may be closed after. */
 free_status fr_tokenizer_load(const gguf_file *f, fr_tokenizer **out, fr_error *err);
@@ -18,6 +46,11 @@ void fr_tokenizer_destroy(fr_tokenizer *t);
 int32_t fr_tokenizer_n_vocab(const fr_tokenizer *t);
 int32_t fr_tokenizer_bos(const fr_tokenizer *t);
 int32_t fr_tokenizer_eos(const fr_tokenizer *t);
+int32_t fr_tokenizer_unk(const fr_tokenizer *t);
+/* tokenizer.ggml.add_bos_token (default true). */
+bool fr_tokenizer_add_bos(const fr_tokenizer *t);
+/* enum fr_token_type of token, or 0 for ids outside the vocabulary. */
+int fr_tokenizer_token_type(const fr_tokenizer *t, int32_t token);
 
 /* Encodes len bytes of text. Writes min(needed, cap) ids to out and the needed count to
  * *n_out; returns FREE_ERR_BUFFER_TOO_SMALL when cap < needed. */

@@ -318,6 +318,9 @@ typedef struct free_stats {
     uint64_t bmm_samples_disagree;
     double bmm_alpha_agree, bmm_beta_agree;
     double bmm_alpha_disagree, bmm_beta_disagree;
+    uint64_t shallow_passes;     /* single-row passes through the shallow layers */
+    double layers_read_per_token;/* layer weights read per produced token: shallow passes
+                                    read Ls layers, deep passes L - Ls (full depth: L) */
 } free_stats;
 
 /* Fills *stats (set stats->size first) with totals since the context was created or its

@@ -1,0 +1,274 @@
+/* Kernel benchmark: the F16 and F32 matrix products at the shapes of free-llama-22M, the
+ * thread pool's per-call overhead and the machine's memory bandwidth for comparison.
+ *
+ *   bench-kernels [seconds-per-case]      (default 0.3)
+ *
+ * "cold" cases cycle through enough distinct copies of a matrix (64 MB) that every call
+ * streams its weights from L3 or memory, as decoding does (the model does not fit in L2);
+ * "hot" cases reuse one matrix that stays in cache. GB/s counts weight bytes read. */
+#include "kernels.h"
+#include "threadpool.h"
+#include "gguf.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double g_secs = 0.3;
+
+static void *xmalloc(size_t n)
+{
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* ---- memory bandwidth ---- */
+
+static float __attribute__((noinline)) sum_read(const float *p, size_t n)
+{
+    float a[16] = {0};
+    for (size_t i = 0; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++)
+            a[l] += p[i + l];
+    float s = 0;
+    for (int l = 0; l < 16; l++)
+        s += a[l];
+    return s;
+}
+
+static void bench_memory(void)
+{
+    size_t sizes[] = {1 << 20, 44 << 20, 512 << 20};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si] / sizeof(float);
+        float *a = xmalloc(n * sizeof *a), *b = xmalloc(n * sizeof *b);
+        memset(a, 0, n * sizeof *a);
+        memset(b, 0, n * sizeof *b);
+        volatile float sink = 0;
+        int reps = 0;
+        double t0 = now_s(), t;
+        do {
+            sink += sum_read(a, n);
+            reps++;
+        } while ((t = now_s() - t0) < g_secs);
+        double rd = (double)reps * (double)(n * sizeof *a) / t / 1e9;
+        reps = 0;
+        t0 = now_s();
+        do {
+            memcpy(b, a, n * sizeof *a);
+            a[reps % n] = b[(reps * 7) % n];
+            reps++;
+        } while ((t = now_s() - t0) < g_secs);
+        double cp = (double)reps * 2.0 * (double)(n * sizeof *a) / t / 1e9;
+        printf("memory %4zu MB: read %6.1f GB/s, memcpy (read+write) %6.1f GB/s\n",
+               sizes[si] >> 20, rd, cp);
+        free(a);
+        free(b);
+    }
+}
+
+/* ---- matmul ---- */
+
+typedef struct mcase {
+    fr_matrix *mats;
+    int n_mats;
+    int n;
+    float *X, *Y;
+} mcase;
+
+static mcase make_case(uint32_t type, int64_t rows, int64_t cols, int n, bool cold)
+{
+    size_t esz = type == GGUF_TENSOR_F16 ? 2 : 4;
+    size_t bytes = (size_t)(rows * cols) * esz;
+    int n_mats = cold ? (int)((64u << 20) / bytes) + 1 : 1;
+    mcase c = {calloc((size_t)n_mats, sizeof(fr_matrix)), n_mats, n, NULL, NULL};
+    unsigned s = 12345;
+    for (int m = 0; m < n_mats; m++) {
+        void *d = xmalloc(bytes);
+        for (int64_t i = 0; i < rows * cols; i++) {
+            float v = frand(&s) * 0.1f;
+            if (type == GGUF_TENSOR_F16)
+                ((fr_f16 *)d)[i] = fr_f32_to_f16(v);
+            else
+                ((float *)d)[i] = v;
+        }
+        c.mats[m] = (fr_matrix){d, type, rows, cols};
+    }
+    c.X = xmalloc((size_t)(n * cols) * sizeof(float));
+    c.Y = xmalloc((size_t)(n * rows) * sizeof(float));
+    for (int64_t i = 0; i < n * cols; i++)
+        c.X[i] = frand(&s);
+    return c;
+}
+
+static void free_case(mcase *c)
+{
+    for (int m = 0; m < c->n_mats; m++)
+        free((void *)c->mats[m].data);
+    free(c->mats);
+    free(c->X);
+    free(c->Y);
+}
+
+/* Returns seconds per call. */
+static double time_case(mcase *c, fr_pool *pool)
+{
+    int calls = 0;
+    for (int m = 0; m < c->n_mats; m++) /* warm up */
+        fr_matmul(&c->mats[m], c->n, c->X, c->Y, pool);
+    double t0 = now_s(), t;
+    do {
+        for (int i = 0; i < 16; i++, calls++)
+            fr_matmul(&c->mats[calls % c->n_mats], c->n, c->X, c->Y, pool);
+    } while ((t = now_s() - t0) < g_secs);
+    return t / calls;
+}
+
+static void bench_matmul(uint32_t type, int64_t rows, int64_t cols, int n, bool cold,
+                         fr_pool *pool, const char *label)
+{
+    mcase c = make_case(type, rows, cols, n, cold);
+    double t = time_case(&c, pool);
+    double bytes = (double)(rows * cols) * (type == GGUF_TENSOR_F16 ? 2 : 4);
+    double flops = 2.0 * (double)(rows * cols) * n;
+    printf("%-10s %-4s %5lldx%-5lld n=%-3d %dT %-5s %8.2f us  %6.1f GB/s  %6.1f GFLOP/s\n",
+           label, type == GGUF_TENSOR_F16 ? "F16" : "F32", (long long)rows, (long long)cols, n,
+           fr_pool_size(pool), cold ? "cold" : "hot", t * 1e6, bytes / t / 1e9,
+           flops / t / 1e9);
+    free_case(&c);
+}
+
+/* The matrices of one free-llama-22M token (12 layers + LM head), each read once. */
+static void bench_model(fr_pool *pool, int n)
+{
+    const int64_t shapes[7][2] = {{384, 384}, {128, 384}, {128, 384}, {384, 384},
+                                  {1024, 384}, {1024, 384}, {384, 1024}};
+    enum { L = 12, NM = L * 7 + 1 };
+    fr_matrix mats[NM];
+    unsigned s = 7;
+    double bytes = 0;
+    for (int i = 0; i < NM; i++) {
+        int64_t r = i < L * 7 ? shapes[i % 7][0] : 4096, cc = i < L * 7 ? shapes[i % 7][1] : 384;
+        fr_f16 *d = xmalloc((size_t)(r * cc) * 2);
+        for (int64_t k = 0; k < r * cc; k++)
+            d[k] = fr_f32_to_f16(frand(&s) * 0.1f);
+        mats[i] = (fr_matrix){d, GGUF_TENSOR_F16, r, cc};
+        bytes += (double)(r * cc) * 2;
+    }
+    float *X = xmalloc((size_t)n * 4096 * sizeof(float));
+    float *Y = xmalloc((size_t)n * 4096 * sizeof(float));
+    for (int k = 0; k < n * 4096; k++)
+        X[k] = frand(&s);
+    int tokens = 0;
+    double t0 = now_s(), t;
+    do {
+        for (int i = 0; i < NM; i++)
+            fr_matmul(&mats[i], n, X, Y, pool);
+        tokens++;
+    } while ((t = now_s() - t0) < 2 * g_secs);
+    printf("model-22M  all %d matrices (%.1f MB) n=%-2d %dT: %7.3f ms/pass = %6.1f passes/s, "
+           "%5.1f GB/s\n", NM, bytes / 1e6, n, fr_pool_size(pool), t / tokens * 1e3,
+           tokens / t, bytes * tokens / t / 1e9);
+    for (int i = 0; i < NM; i++)
+        free((void *)mats[i].data);
+    free(X);
+    free(Y);
+}
+
+/* ---- pool ---- */
+
+static void empty_job(void *arg, int ith, int nth)
+{
+    (void)arg;
+    (void)ith;
+    (void)nth;
+}
+
+static void bench_pool(fr_pool *pool, int spin_us)
+{
+    fr_pool_set_spin_us(pool, spin_us);
+    int calls = 0;
+    double t0 = now_s(), t;
+    do {
+        for (int i = 0; i < 64; i++, calls++)
+            fr_pool_run(pool, empty_job, NULL);
+    } while ((t = now_s() - t0) < g_secs);
+    printf("pool %dT spin %3d us: %7.2f us per fr_pool_run (back to back)\n",
+           fr_pool_size(pool), spin_us, t / calls * 1e6);
+    fr_pool_set_spin_us(pool, 100);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1)
+        g_secs = atof(argv[1]);
+    fr_pool *pool1 = NULL, *pool2 = NULL;
+    if (fr_pool_create(1, &pool1, NULL) != FREE_OK || fr_pool_create(2, &pool2, NULL) != FREE_OK)
+        return 1;
+    fr_pool *pools[2] = {pool1, pool2};
+
+    bench_memory();
+    bench_pool(pool2, 100);
+    bench_pool(pool2, 0);
+
+    const char *impls[] = {"avx512", "avx2-f16c", "portable"};
+    for (int ii = 0; ii < 3; ii++) {
+        if (fr_kernels_set_f16_impl(impls[ii]) != 0)
+            continue;
+        for (int p = 0; p < 2; p++) {
+            bench_matmul(GGUF_TENSOR_F16, 384, 1024, 1, true, pools[p], impls[ii]);
+            bench_matmul(GGUF_TENSOR_F16, 4096, 384, 1, true, pools[p], impls[ii]);
+            bench_matmul(GGUF_TENSOR_F16, 1024, 384, 1, false, pools[p], impls[ii]);
+        }
+    }
+    fr_kernels_set_f16_impl(NULL);
+    printf("f16 kernel in use: %s\n", fr_kernels_f16_impl());
+    for (int p = 0; p < 2; p++) {
+        bench_model(pools[p], 1);
+        bench_model(pools[p], 4);
+    }
+    int ns[] = {2, 4, 8, 16, 64};
+    for (int p = 0; p < 2; p++)
+        for (int i = 0; i < 5; i++)
+            bench_matmul(GGUF_TENSOR_F16, 1024, 384, ns[i], true, pools[p], "batched");
+
+#ifdef OPENBLAS_VERSION
+    int blas_threads[] = {1, openblas_get_num_threads()};
+    for (int b = 0; b < (blas_threads[1] > 1 ? 2 : 1); b++) {
+        openblas_set_num_threads(blas_threads[b]);
+        char label[32];
+        snprintf(label, sizeof label, "blas%dT", blas_threads[b]);
+#else
+    {
+        const char *label = "blas";
+#endif
+        for (int p = 0; p < 2; p++) {
+            bench_matmul(GGUF_TENSOR_F32, 384, 1024, 1, true, pools[p], label);
+            bench_matmul(GGUF_TENSOR_F32, 4096, 384, 1, true, pools[p], label);
+            bench_matmul(GGUF_TENSOR_F32, 1024, 384, 16, true, pools[p], label);
+            bench_matmul(GGUF_TENSOR_F32, 1024, 384, 64, true, pools[p], label);
+        }
+    }
+    fr_pool_destroy(pool1);
+    fr_pool_destroy(pool2);
+    return 0;
+}

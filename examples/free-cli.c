@@ -1,0 +1,344 @@
+/* free-cli: stream a completion from a GGUF model with libfree, optionally with FREE
+ * early exit, and report statistics. Uses only the public API. */
+#include <free/free.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct cli {
+    const char *model, *prompt, *prompt_file, *calibrate, *calibration_in, *calibration_out;
+    int n_predict;
+    int stats, exit_map, color;
+    free_ctx_params p;
+} cli;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: free-cli -m MODEL [options]\n"
+        "  -m, --model FILE      GGUF model (llama architecture, F32/F16)\n"
+        "  -p, --prompt TEXT     prompt (default: empty, start from BOS)\n"
+        "  -f, --file FILE       read the prompt from FILE\n"
+        "  -n, --n-predict N     tokens to generate (default 128; -1 = until EOS or full)\n"
+        "  -c, --ctx-size N      context size (default: the model's)\n"
+        "  -t, --threads N       compute threads (default: all cores, at most 8)\n"
+        "  --temp T              temperature (default 0 = greedy)\n"
+        "  --top-k K             top-k sampling (default 0 = off)\n"
+        "  --top-p P             top-p sampling (default 1 = off)\n"
+        "  --seed S              RNG seed (default 0)\n"
+        "  --exit MODE           none | free | verify (default none)\n"
+        "  --threshold X         confidence threshold (default 0.9)\n"
+        "  --exit-layer N        exit after N layers (default: the file's, else L/4)\n"
+        "  --max-queue K         early-exit queue bound (default: the context)\n"
+        "  --adaptive            learn the threshold (Beta mixture)\n"
+        "  --zeta Z              posterior level of the adaptive rule (default 0.4)\n"
+        "  --bmm-rule R          grid | continuous (default grid)\n"
+        "  --calibration FILE    start from a calibration written by --calibrate\n"
+        "  --calibrate PROMPTS   run each line of PROMPTS adaptively, print the threshold,\n"
+        "                        write the calibration (see --calibration-out)\n"
+        "  --calibration-out F   where --calibrate writes (default free-calibration.txt)\n"
+        "  --exit-map            mark early-exited tokens (colour on a terminal, else [..])\n"
+        "  --stats               print a JSON statistics line on stderr\n"
+        "  --version             print the library version\n");
+}
+
+static int fail(const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "free-cli: ");
+    fprintf(stderr, fmt, a, b);
+    fputc('\n', stderr);
+    return 1;
+}
+
+static int parse_num(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t k;
+    while (buf && (k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += k;
+        if (cap - n - 1 == 0) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    fclose(f);
+    if (buf)
+        buf[n] = '\0';
+    return buf;
+}
+
+/* Options that take a number: name, min, max, where to store it. */
+static int parse_args(int argc, char **argv, cli *c)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x;
+#define NEEDS_VALUE()                                                                     \
+    do {                                                                                  \
+        if (!v)                                                                           \
+            return fail("option %s needs a value%s", a, "");                              \
+        i++;                                                                              \
+    } while (0)
+#define NUM(lo, hi)                                                                       \
+    do {                                                                                  \
+        NEEDS_VALUE();                                                                    \
+        if (parse_num(v, lo, hi, &x))                                                     \
+            return fail("invalid value '%s' for %s", v, a);                               \
+    } while (0)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(a, "--version")) {
+            printf("libfree %s\n", free_version_string());
+            exit(0);
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            NEEDS_VALUE(); c->model = v;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            NEEDS_VALUE(); c->prompt = v;
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+            NEEDS_VALUE(); c->prompt_file = v;
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+            NUM(-1, 1 << 24); c->n_predict = (int)x;
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+            NUM(0, 1 << 20); c->p.n_ctx = (int32_t)x;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            NUM(1, 256); c->p.n_threads = (int32_t)x;
+        } else if (!strcmp(a, "--temp")) {
+            NUM(0, 100); c->p.temperature = (float)x;
+        } else if (!strcmp(a, "--top-k")) {
+            NUM(0, 1 << 24); c->p.top_k = (int32_t)x;
+        } else if (!strcmp(a, "--top-p")) {
+            NUM(1e-9, 1); c->p.top_p = (float)x;
+        } else if (!strcmp(a, "--seed")) {
+            NUM(0, 1.8e19); c->p.seed = (uint64_t)x;
+        } else if (!strcmp(a, "--exit")) {
+            NEEDS_VALUE();
+            if (!strcmp(v, "none")) c->p.exit_mode = FREE_EXIT_NONE;
+            else if (!strcmp(v, "free")) c->p.exit_mode = FREE_EXIT_FREE;
+            else if (!strcmp(v, "verify")) c->p.exit_mode = FREE_EXIT_VERIFY;
+            else return fail("invalid --exit '%s' (none, free or verify)%s", v, "");
+        } else if (!strcmp(a, "--threshold")) {
+            NUM(-1e9, 1e9); c->p.threshold = (float)x;
+        } else if (!strcmp(a, "--exit-layer")) {
+            NUM(1, 1 << 16); c->p.exit_layer = (int32_t)x;
+        } else if (!strcmp(a, "--max-queue")) {
+            NUM(0, 1 << 24); c->p.max_queue = (int32_t)x;
+        } else if (!strcmp(a, "--adaptive")) {
+            c->p.adaptive = 1;
+        } else if (!strcmp(a, "--zeta")) {
+            NUM(1e-9, 1 - 1e-9); c->p.zeta = (float)x;
+        } else if (!strcmp(a, "--bmm-rule")) {
+            NEEDS_VALUE();
+            if (!strcmp(v, "grid")) c->p.bmm_rule = FREE_BMM_RULE_GRID;
+            else if (!strcmp(v, "continuous")) c->p.bmm_rule = FREE_BMM_RULE_CONTINUOUS;
+            else return fail("invalid --bmm-rule '%s' (grid or continuous)%s", v, "");
+        } else if (!strcmp(a, "--calibration")) {
+            NEEDS_VALUE(); c->calibration_in = v;
+        } else if (!strcmp(a, "--calibrate")) {
+            NEEDS_VALUE(); c->calibrate = v;
+        } else if (!strcmp(a, "--calibration-out")) {
+            NEEDS_VALUE(); c->calibration_out = v;
+        } else if (!strcmp(a, "--exit-map")) {
+            c->exit_map = 1;
+        } else if (!strcmp(a, "--stats")) {
+            c->stats = 1;
+        } else {
+            return fail("unknown option '%s' (try --help)%s", a, "");
+        }
+#undef NUM
+#undef NEEDS_VALUE
+    }
+    if (!c->model)
+        return fail("no model given: use -m MODEL.gguf%s%s", "", "");
+    return 0;
+}
+
+static int on_token(void *user, int32_t token, const char *piece, size_t len,
+                    const free_step_info *info)
+{
+    const cli *c = user;
+    (void)token;
+    if (c->exit_map && info->early_exit && len > 0) {
+        fputs(c->color ? "\x1b[32m" : "[", stdout);
+        fwrite(piece, 1, len, stdout);
+        fputs(c->color ? "\x1b[0m" : "]", stdout);
+    } else {
+        fwrite(piece, 1, len, stdout);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static const char *mode_name(int32_t m)
+{
+    return m == FREE_EXIT_FREE ? "free" : m == FREE_EXIT_VERIFY ? "verify" : "none";
+}
+
+static void print_stats(const free_ctx *ctx)
+{
+    free_stats s;
+    s.size = sizeof s;
+    if (free_ctx_stats(ctx, &s) != FREE_OK)
+        return;
+    double agree = s.agreement_checked ? (double)s.agreement_matched / s.agreement_checked
+                                       : 1.0;
+    fprintf(stderr,
+            "{\"prompt_tokens\": %llu, \"tokens\": %llu, \"prefill_ms\": %.3f, "
+            "\"decode_ms\": %.3f, \"tokens_per_s\": %.2f, \"prefill_tokens_per_s\": %.2f, "
+            "\"threads\": %d, \"mode\": \"%s\", \"exit_layer\": %d, \"n_layers\": %d, "
+            "\"threshold\": %.6g, \"shallow_exits\": %llu, \"exit_rate\": %.4f, "
+            "\"deep_passes\": %llu, \"mean_sync_rows\": %.3f, \"drafts_rejected\": %llu, "
+            "\"avg_layers_per_token\": %.3f, \"layers_read_per_token\": %.3f, "
+            "\"token_agreement\": %.4f, \"agreement_checked\": %llu, "
+            "\"shallow_ms\": %.3f, \"deep_ms\": %.3f, \"head_ms\": %.3f, "
+            "\"adaptive\": %s, \"bmm_fits\": %d, \"bmm_frozen\": %s, "
+            "\"bmm_samples_agree\": %llu, \"bmm_samples_disagree\": %llu, "
+            "\"bmm_agree\": [%.6g, %.6g], \"bmm_disagree\": [%.6g, %.6g]}\n",
+            (unsigned long long)s.prompt_tokens, (unsigned long long)s.tokens, s.prefill_ms,
+            s.decode_ms, s.decode_ms > 0 ? s.tokens * 1e3 / s.decode_ms : 0.0,
+            s.prefill_ms > 0 ? s.prompt_tokens * 1e3 / s.prefill_ms : 0.0, s.n_threads,
+            mode_name(s.exit_mode), s.exit_layer, s.n_layers, (double)s.threshold,
+            (unsigned long long)s.shallow_exits,
+            s.tokens ? (double)s.shallow_exits / s.tokens : 0.0,
+            (unsigned long long)s.deep_passes, s.mean_sync_rows,
+            (unsigned long long)s.drafts_rejected, s.avg_layers_per_token,
+            s.layers_read_per_token, agree, (unsigned long long)s.agreement_checked,
+            s.shallow_ms, s.deep_ms, s.head_ms, s.adaptive ? "true" : "false", s.bmm_fits,
+            s.bmm_frozen ? "true" : "false", (unsigned long long)s.bmm_samples_agree,
+            (unsigned long long)s.bmm_samples_disagree, s.bmm_alpha_agree, s.bmm_beta_agree,
+            s.bmm_alpha_disagree, s.bmm_beta_disagree);
+}
+
+static int ctx_error(free_ctx *ctx, free_status s)
+{
+    fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_ctx_last_error(ctx));
+    return 1;
+}
+
+/* --calibrate: every line of the prompts file is one generation with the adaptive
+ * threshold on; the learned state is printed and written out. */
+static int calibrate(cli *c, free_ctx *ctx)
+{
+    char *text = read_file(c->calibrate);
+    if (!text)
+        return fail("cannot read prompts file %s: %s", c->calibrate, strerror(errno));
+    int n_prompts = 0;
+    free_status s = FREE_OK;
+    for (char *line = strtok(text, "\n"); line && s == FREE_OK; line = strtok(NULL, "\n")) {
+        if (!*line)
+            continue;
+        free_ctx_reset(ctx);
+        s = free_decode(ctx, line, -1, c->n_predict, NULL, NULL);
+        free_stats st;
+        st.size = sizeof st;
+        free_ctx_stats(ctx, &st);
+        fprintf(stderr, "prompt %d: threshold %.4f (fits %d, samples %llu agree / %llu "
+                "disagree)\n", ++n_prompts, (double)st.threshold, st.bmm_fits,
+                (unsigned long long)st.bmm_samples_agree,
+                (unsigned long long)st.bmm_samples_disagree);
+    }
+    free(text);
+    if (s != FREE_OK)
+        return ctx_error(ctx, s);
+    char buf[4096];
+    size_t n;
+    if ((s = free_ctx_export_calibration(ctx, buf, sizeof buf, &n)) != FREE_OK)
+        return ctx_error(ctx, s);
+    const char *out = c->calibration_out ? c->calibration_out : "free-calibration.txt";
+    FILE *f = fopen(out, "wb");
+    if (!f || fwrite(buf, 1, n, f) != n || fclose(f) != 0)
+        return fail("cannot write %s: %s", out, strerror(errno));
+    free_stats st;
+    st.size = sizeof st;
+    free_ctx_stats(ctx, &st);
+    printf("threshold %.6f after %d prompts (%d fits); calibration written to %s\n",
+           (double)st.threshold, n_prompts, st.bmm_fits, out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli c = {0};
+    c.n_predict = 128;
+    free_ctx_params_init(&c.p, sizeof c.p);
+    if (parse_args(argc, argv, &c))
+        return 1;
+    c.color = isatty(STDOUT_FILENO);
+    free_log_set(NULL, NULL, FREE_LOG_WARN);
+
+    char *prompt_buf = NULL, *calib_buf = NULL;
+    if (c.prompt_file) {
+        if (!(prompt_buf = read_file(c.prompt_file)))
+            return fail("cannot read prompt file %s: %s", c.prompt_file, strerror(errno));
+        c.prompt = prompt_buf;
+    }
+    if (c.calibration_in) {
+        if (!(calib_buf = read_file(c.calibration_in)))
+            return fail("cannot read calibration %s: %s", c.calibration_in, strerror(errno));
+        c.p.calibration = calib_buf;
+        c.p.adaptive = 1;
+    }
+    if (c.calibrate)
+        c.p.adaptive = 1;
+    if (c.p.adaptive && c.p.exit_mode == FREE_EXIT_NONE)
+        c.p.exit_mode = FREE_EXIT_FREE;
+
+    free_model *model = NULL;
+    free_ctx *ctx = NULL;
+    int rc = 0;
+    free_status s = free_model_load(c.model, NULL, &model);
+    if (s != FREE_OK) {
+        fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_last_error());
+        rc = 1;
+        goto done;
+    }
+    if ((s = free_ctx_create(model, &c.p, &ctx)) != FREE_OK) {
+        fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_last_error());
+        rc = 1;
+        goto done;
+    }
+    if (c.calibrate) {
+        rc = calibrate(&c, ctx);
+        goto done;
+    }
+    const char *prompt = c.prompt ? c.prompt : "";
+    fputs(prompt, stdout);
+    fflush(stdout);
+    s = free_decode(ctx, prompt, -1, c.n_predict, on_token, &c);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (s != FREE_OK)
+        rc = ctx_error(ctx, s);
+    if (c.stats)
+        print_stats(ctx);
+done:
+    free_ctx_destroy(ctx);
+    free_model_destroy(model);
+    free(prompt_buf);
+    free(calib_buf);
+    return rc;
+}

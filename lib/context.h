@@ -1,0 +1,70 @@
+/* The decoding context: per-stream state shared by context.c (life cycle, parameters,
+ * statistics) and decode.c (prefill, step, decode in the three exit modes). */
+#ifndef FREE_CONTEXT_H
+#define FREE_CONTEXT_H
+
+#include "block.h"
+#include "bmm.h"
+#include "exit_queue.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+/* Verified tokens waiting to be handed out by free_step (VERIFY mode emits several at
+ * once). */
+typedef struct fr_out_token {
+    int32_t token;
+    free_step_info info;
+} fr_out_token;
+
+struct free_ctx {
+    const struct free_model *model;
+    free_ctx_params params;     /* normalised copy; params.calibration not kept */
+    int32_t n_ctx, n_batch, n_threads;
+    int32_t exit_layer;         /* Ls in force */
+
+    fr_kv_cache *kv;
+    fr_workspace *ws;
+    fr_pool *pool;
+    fr_sampler *sampler;
+    fr_exit_queue *queue;
+    fr_bmm *bmm;                /* created when adaptive is first enabled */
+
+    float *x;                   /* [n_batch][n_embd] rows being run */
+    float *logits;              /* [n_batch][n_vocab] head output */
+    float *last_logits;         /* [n_vocab] logits the next token is chosen from */
+    float *probs;               /* [n_vocab] sampler scratch */
+
+    int32_t n_past;             /* tokens in the shallow (layer 0) cache */
+    bool has_logits;            /* last_logits is valid: the next token comes from it */
+    bool last_logits_deep;      /* last_logits came from the final head */
+    bool has_pending;           /* pending_token was produced but not yet run */
+    int32_t pending_token;
+
+    fr_out_token *out;          /* [n_ctx + 1] FIFO of verified tokens */
+    int32_t out_head, out_len;
+
+    int32_t *tokens;            /* [n_ctx + 1] token scratch (prompt, pending + prompt) */
+    char *piece;                /* [piece_cap] text of one streamed token */
+    size_t piece_cap;
+    fr_detok detok;             /* streaming text state for free_decode */
+    free_stats stats;
+    fr_error err;
+};
+
+/* Records a failure on ctx and as the thread's last error; returns the status. */
+free_status fr_ctx_fail(struct free_ctx *ctx, free_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Same for an fr_error filled by a module. */
+free_status fr_ctx_report(struct free_ctx *ctx, const fr_error *err);
+
+/* The confidence threshold in force (fixed or learned). */
+float fr_ctx_threshold(const struct free_ctx *ctx);
+/* Flushes the early-exit queue through the deep layers (no new token). */
+void fr_ctx_sync_queue(struct free_ctx *ctx);
+/* Debug-build check of the cache invariant: deep length = shallow length - queue length. */
+void fr_ctx_check_invariant(const struct free_ctx *ctx);
+
+#endif

@@ -1,0 +1,437 @@
+/* The decoding loop: prefill, step and decode in the three exit modes (DESIGN.md 4). */
+#include "clock.h"
+#include "context.h"
+#include "deep.h"
+#include "log.h"
+#include "shallow.h"
+
+#include <assert.h>
+#include <string.h>
+
+#define FR_NV(ctx) ((size_t)(ctx)->model->hp.n_vocab)
+
+void fr_ctx_check_invariant(const struct free_ctx *ctx)
+{
+#ifndef NDEBUG
+    const fr_kv_cache *kv = ctx->kv;
+    for (int32_t l = 0; l < kv->n_layer; l++) {
+        int32_t expect = l < ctx->exit_layer ? ctx->n_past : ctx->n_past - ctx->queue->len;
+        assert(kv->len[l] == expect);
+    }
+#else
+    (void)ctx;
+#endif
+}
+
+static bool aborted(const struct free_ctx *ctx)
+{
+    return ctx->params.abort_fn && ctx->params.abort_fn(ctx->params.abort_user);
+}
+
+/* ---- synchronization -------------------------------------------------------------- */
+
+/* What the synchronizing pass needs to know per row. */
+typedef struct sync_job {
+    struct free_ctx *ctx;
+    int32_t rows;        /* queued rows including the current one (when has_current) */
+    bool has_current;    /* the last row is the token being decided now */
+    bool verify;         /* VERIFY: check drafts, stop at the first rejection */
+    int32_t rejected_at; /* VERIFY: first rejected row, or -1 */
+} sync_job;
+
+static void push_out(struct free_ctx *ctx, int32_t token, int32_t pos, bool early, float conf)
+{
+    fr_out_token *o = &ctx->out[(ctx->out_head + ctx->out_len) % (ctx->n_ctx + 1)];
+    const int32_t L = ctx->model->hp.n_layer;
+    memset(o, 0, sizeof *o);
+    o->token = token;
+    o->info.size = sizeof o->info;
+    o->info.position = pos;
+    o->info.layers = early ? ctx->exit_layer : L;
+    o->info.early_exit = early;
+    o->info.confidence = conf;
+    o->info.threshold = fr_ctx_threshold(ctx);
+    o->info.is_eos = token == fr_tokenizer_eos(ctx->model->tokenizer);
+    ctx->out_len++;
+}
+
+static void count_agreement(struct free_ctx *ctx, int32_t token, int32_t deep_argmax)
+{
+    ctx->stats.agreement_checked++;
+    ctx->stats.agreement_matched += token == deep_argmax;
+}
+
+static void sync_row(void *user, int32_t r, const float *logits)
+{
+    sync_job *job = user;
+    struct free_ctx *ctx = job->ctx;
+    fr_exit_queue *q = ctx->queue;
+    const int32_t nv = ctx->model->hp.n_vocab;
+    const bool last = r == job->rows - 1;
+    if (job->rejected_at >= 0)
+        return; /* rows after a rejected draft were computed on a wrong prefix */
+    int32_t deep = fr_argmax(logits, nv);
+    /* Samples come only from synchronizations with a non-empty queue. */
+    if (ctx->bmm && (job->rows > 1 || !job->has_current))
+        fr_bmm_add(ctx->bmm, q->conf[r], q->argmax[r] == deep);
+    if (last && job->has_current) {
+        memcpy(ctx->last_logits, logits, FR_NV(ctx) * sizeof(float));
+        return;
+    }
+    /* Row r's deep logits predict the token after it: q->token[r]. */
+    const int32_t pos = ctx->n_past - job->rows + r + 1;
+    if (!job->verify) {
+        count_agreement(ctx, q->token[r], deep);
+        return;
+    }
+    int32_t tok = q->token[r];
+    bool ok;
+    if (fr_sampler_is_greedy(ctx->sampler)) {
+        ok = tok == deep;
+        tok = deep;
+    } else {
+        fr_sampler_dist(ctx->sampler, logits, ctx->probs);
+        ok = fr_speculative_accept(ctx->sampler, tok, fr_exit_queue_probs(q, r), ctx->probs,
+                                   &tok);
+    }
+    count_agreement(ctx, tok, deep);
+    push_out(ctx, tok, pos, ok, q->conf[r]);
+    if (ok) {
+        ctx->stats.shallow_exits++;
+    } else {
+        job->rejected_at = r;
+        ctx->stats.drafts_rejected++;
+    }
+}
+
+/* Runs the queued rows (and the current row, when has_current) through the deep layers. */
+static void synchronize(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
+{
+    fr_exit_queue *q = ctx->queue;
+    const int32_t rows = q->len;
+    job->ctx = ctx;
+    job->rows = rows;
+    job->has_current = has_current;
+    job->verify = verify;
+    job->rejected_at = -1;
+    double t0 = fr_now_ms(), head_ms = 0.0;
+    fr_deep_forward(ctx->model, ctx->exit_layer, ctx->kv, rows, ctx->n_past - rows, q->h, 0,
+                    sync_row, job, ctx->logits, ctx->ws, ctx->pool, &head_ms);
+    ctx->stats.deep_ms += fr_now_ms() - t0 - head_ms;
+    ctx->stats.head_ms += head_ms;
+    ctx->stats.deep_passes++;
+    ctx->stats.sync_rows += (uint64_t)rows;
+    fr_exit_queue_clear(q);
+}
+
+void fr_ctx_sync_queue(struct free_ctx *ctx)
+{
+    if (ctx->queue->len == 0)
+        return;
+    sync_job job;
+    synchronize(ctx, false, false, &job);
+    fr_ctx_check_invariant(ctx);
+}
+
+/* ---- prefill ---------------------------------------------------------------------- */
+
+/* Runs tokens[n] at full depth; the last row's logits go to last_logits, and row r's to
+ * all_logits[r - skip] for r >= skip when all_logits is given. */
+static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t n,
+                            float *all_logits, int32_t skip)
+{
+    const struct free_model *m = ctx->model;
+    const size_t nv = FR_NV(ctx);
+    const int32_t start_past = ctx->n_past;
+    for (int32_t start = 0; start < n; start += ctx->n_batch) {
+        if (start > 0 && aborted(ctx)) {
+            fr_kv_truncate(ctx->kv, 0, m->hp.n_layer, start_past);
+            ctx->n_past = start_past;
+            return fr_ctx_fail(ctx, FREE_ERR_ABORTED, "prefill aborted by the abort callback");
+        }
+        int32_t rows = n - start < ctx->n_batch ? n - start : ctx->n_batch;
+        fr_embed(m, rows, tokens + start, ctx->x);
+        fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, rows, ctx->n_past, ctx->x, ctx->ws,
+                          ctx->pool);
+        ctx->n_past += rows;
+        if (all_logits) {
+            int32_t first = start >= skip ? 0 : skip - start;
+            if (first < rows)
+                fr_head_forward(m, rows - first, ctx->x + (size_t)first * m->hp.n_embd,
+                                all_logits + (size_t)(start + first - skip) * nv, ctx->ws,
+                                ctx->pool);
+        }
+        if (start + rows == n) {
+            if (all_logits && n > skip)
+                memcpy(ctx->last_logits, all_logits + (size_t)(n - 1 - skip) * nv,
+                       nv * sizeof(float));
+            else
+                fr_head_forward(m, 1, ctx->x + (size_t)(rows - 1) * m->hp.n_embd,
+                                ctx->last_logits, ctx->ws, ctx->pool);
+        }
+    }
+    return FREE_OK;
+}
+
+/* Drops verified tokens the host has not taken yet, so the context holds exactly what the
+ * host has seen. */
+static void drop_unseen(struct free_ctx *ctx)
+{
+    if (ctx->out_len == 0)
+        return;
+    int32_t keep = ctx->out[ctx->out_head].info.position;
+    fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
+    ctx->n_past = keep;
+    ctx->has_pending = false;
+    ctx->out_head = ctx->out_len = 0;
+}
+
+static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n,
+                           float *all_logits)
+{
+    const int32_t nv = ctx->model->hp.n_vocab;
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= nv)
+            return fr_ctx_fail(ctx, FREE_ERR_TOKEN,
+                               "token %d at index %zu is outside the vocabulary [0, %d)",
+                               tokens[i], i, nv);
+    drop_unseen(ctx);
+    int32_t extra = ctx->has_pending ? 1 : 0;
+    if (n + (size_t)extra > (size_t)(ctx->n_ctx - ctx->n_past))
+        return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
+                           "context of %d tokens is full: %d used, %zu more needed",
+                           ctx->n_ctx, ctx->n_past, n + (size_t)extra);
+    if (n + (size_t)extra == 0)
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "nothing to prefill: no tokens given");
+    double t0 = fr_now_ms();
+    fr_ctx_sync_queue(ctx);
+    int32_t *buf = ctx->tokens;
+    if (extra)
+        buf[0] = ctx->pending_token;
+    memmove(buf + extra, tokens, n * sizeof *tokens);
+    FR_TRY(run_full(ctx, buf, (int32_t)n + extra, all_logits, extra));
+    ctx->has_pending = false;
+    ctx->has_logits = true;
+    ctx->stats.prompt_tokens += n;
+    ctx->stats.prefill_ms += fr_now_ms() - t0;
+    fr_ctx_check_invariant(ctx);
+    return FREE_OK;
+}
+
+FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n)
+{
+    return free_eval(ctx, tokens, n, NULL);
+}
+
+FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, float *logits)
+{
+    if (!ctx)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_prefill: ctx is NULL");
+    if (!tokens && n)
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_prefill: tokens is NULL");
+    if (logits && n == 0)
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_eval: no tokens to evaluate");
+    return prefill(ctx, tokens, n, logits);
+}
+
+/* ---- step ------------------------------------------------------------------------- */
+
+/* The token chosen from last_logits (which came from the final head). */
+static void emit_from_deep(struct free_ctx *ctx, float conf)
+{
+    int32_t tok = fr_sample(ctx->sampler, ctx->last_logits);
+    count_agreement(ctx, tok, fr_argmax(ctx->last_logits, ctx->model->hp.n_vocab));
+    push_out(ctx, tok, ctx->n_past, false, conf);
+    ctx->has_logits = false;
+}
+
+static free_status need_room(struct free_ctx *ctx)
+{
+    if (ctx->n_past >= ctx->n_ctx)
+        return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
+                           "context of %d tokens is full: no room for the next token",
+                           ctx->n_ctx);
+    return FREE_OK;
+}
+
+static void step_full(struct free_ctx *ctx)
+{
+    const struct free_model *m = ctx->model;
+    double t0 = fr_now_ms();
+    fr_embed(m, 1, &ctx->pending_token, ctx->x);
+    fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, 1, ctx->n_past, ctx->x, ctx->ws,
+                      ctx->pool);
+    double t1 = fr_now_ms();
+    fr_head_forward(m, 1, ctx->x, ctx->last_logits, ctx->ws, ctx->pool);
+    ctx->stats.deep_ms += t1 - t0;
+    ctx->stats.head_ms += fr_now_ms() - t1;
+    ctx->stats.shallow_passes++;
+    ctx->stats.deep_passes++;
+    ctx->stats.sync_rows++;
+    ctx->n_past++;
+    emit_from_deep(ctx, 0.0f);
+}
+
+/* Runs the pending token through the shallow layers and the exit head into queue slot
+ * q->len; the shallow logits are left in ctx->logits. */
+static fr_shallow_result step_shallow(struct free_ctx *ctx)
+{
+    fr_exit_queue *q = ctx->queue;
+    float *h = fr_exit_queue_row(q, q->len);
+    double t0 = fr_now_ms();
+    fr_shallow_layers(ctx->model, ctx->exit_layer, ctx->kv, ctx->pending_token, ctx->n_past, h,
+                      ctx->ws, ctx->pool);
+    double t1 = fr_now_ms();
+    fr_shallow_result r = fr_shallow_head(ctx->model, h, ctx->logits, ctx->ws, ctx->pool);
+    ctx->stats.shallow_ms += t1 - t0;
+    ctx->stats.head_ms += fr_now_ms() - t1;
+    ctx->stats.shallow_passes++;
+    ctx->n_past++;
+    return r;
+}
+
+static void step_free(struct free_ctx *ctx)
+{
+    fr_exit_queue *q = ctx->queue;
+    fr_shallow_result r = step_shallow(ctx);
+    if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q)) {
+        int32_t tok = fr_sampler_is_greedy(ctx->sampler) ? r.argmax
+                                                         : fr_sample(ctx->sampler, ctx->logits);
+        fr_exit_queue_push(q, r.confidence, tok, r.argmax);
+        push_out(ctx, tok, ctx->n_past, true, r.confidence);
+        ctx->stats.shallow_exits++;
+        return;
+    }
+    sync_job job;
+    fr_exit_queue_push(q, r.confidence, -1, r.argmax);
+    synchronize(ctx, true, false, &job);
+    emit_from_deep(ctx, r.confidence);
+}
+
+static void step_verify(struct free_ctx *ctx)
+{
+    fr_exit_queue *q = ctx->queue;
+    const bool greedy = fr_sampler_is_greedy(ctx->sampler);
+    for (;;) {
+        fr_shallow_result r = step_shallow(ctx);
+        /* A draft needs a slot of its own to be checked at the next synchronization. */
+        if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q) &&
+            ctx->n_past < ctx->n_ctx) {
+            int32_t draft = r.argmax;
+            if (!greedy) {
+                float *probs = fr_exit_queue_probs(q, q->len);
+                fr_sampler_dist(ctx->sampler, ctx->logits, probs);
+                draft = fr_sampler_draw(ctx->sampler, probs);
+            }
+            fr_exit_queue_push(q, r.confidence, draft, r.argmax);
+            ctx->pending_token = draft;
+            continue;
+        }
+        sync_job job;
+        fr_exit_queue_push(q, r.confidence, -1, r.argmax);
+        const int32_t pos0 = ctx->n_past - q->len;
+        synchronize(ctx, true, true, &job);
+        if (job.rejected_at >= 0) {
+            int32_t keep = pos0 + job.rejected_at + 1;
+            fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
+            ctx->n_past = keep;
+            ctx->has_logits = false;
+        } else {
+            emit_from_deep(ctx, r.confidence);
+        }
+        return;
+    }
+}
+
+static free_status pop_out(struct free_ctx *ctx, int32_t *token, free_step_info *info)
+{
+    fr_out_token *o = &ctx->out[ctx->out_head];
+    ctx->out_head = (ctx->out_head + 1) % (ctx->n_ctx + 1);
+    ctx->out_len--;
+    *token = o->token;
+    if (info) {
+        size_t n = info->size < sizeof *info ? info->size : sizeof *info;
+        size_t keep = info->size;
+        memcpy(info, &o->info, n);
+        info->size = keep;
+    }
+    ctx->stats.tokens++;
+    if (ctx->out_len == 0) {
+        /* The last token handed out is the one the next step runs. */
+        ctx->pending_token = o->token;
+        ctx->has_pending = true;
+    }
+    return FREE_OK;
+}
+
+FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *info)
+{
+    if (!ctx || !token)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_step: NULL argument");
+    if (info && info->size < sizeof(size_t) + sizeof(int32_t))
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_step: info->size is not set");
+    if (ctx->out_len > 0)
+        return pop_out(ctx, token, info);
+    if (!ctx->has_logits && !ctx->has_pending)
+        return fr_ctx_fail(ctx, FREE_ERR_STATE,
+                           "nothing to continue from: prefill a prompt first");
+    double t0 = fr_now_ms();
+    if (ctx->has_logits) {
+        emit_from_deep(ctx, 0.0f);
+    } else {
+        FR_TRY(need_room(ctx));
+        switch (ctx->params.exit_mode) {
+        case FREE_EXIT_FREE: step_free(ctx); break;
+        case FREE_EXIT_VERIFY: step_verify(ctx); break;
+        default: step_full(ctx); break;
+        }
+    }
+    fr_ctx_check_invariant(ctx);
+    ctx->stats.decode_ms += fr_now_ms() - t0;
+    return pop_out(ctx, token, info);
+}
+
+/* ---- decode ----------------------------------------------------------------------- */
+
+FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t len,
+                                 int32_t max_tokens, free_token_fn fn, void *user)
+{
+    if (!ctx)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_decode: ctx is NULL");
+    const fr_tokenizer *tok = ctx->model->tokenizer;
+    size_t n_prompt = prompt ? (len < 0 ? strlen(prompt) : (size_t)len) : 0;
+    const bool empty = ctx->n_past == 0 && !ctx->has_pending && ctx->out_len == 0;
+    if (n_prompt > 0 || empty) {
+        size_t n = 0;
+        fr_error err;
+        fr_error_clear(&err);
+        free_status s = fr_tokenize(tok, prompt ? prompt : "", n_prompt, empty, ctx->tokens,
+                                    (size_t)ctx->n_ctx + 1, &n, &err);
+        if (s == FREE_ERR_BUFFER_TOO_SMALL)
+            return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
+                               "the prompt is %zu tokens; the context holds %d", n, ctx->n_ctx);
+        if (s != FREE_OK)
+            return fr_ctx_report(ctx, &err);
+        /* prefill copies behind a pending token, so move the prompt out of the scratch. */
+        int32_t *copy = ctx->tokens + 1;
+        memmove(copy, ctx->tokens, n * sizeof *copy);
+        FR_TRY(prefill(ctx, copy, n, NULL));
+        fr_detok_init(&ctx->detok, n_prompt == 0);
+    }
+    if (ctx->bmm)
+        fr_bmm_begin_generation(ctx->bmm);
+    for (int32_t i = 0; max_tokens < 0 || i < max_tokens; i++) {
+        if (aborted(ctx))
+            return fr_ctx_fail(ctx, FREE_ERR_ABORTED, "decoding aborted by the abort callback");
+        int32_t t;
+        free_step_info info;
+        info.size = sizeof info;
+        FR_TRY(free_step(ctx, &t, &info));
+        if (info.is_eos)
+            break;
+        size_t n = fr_detok_push(tok, &ctx->detok, t, ctx->piece, ctx->piece_cap);
+        if (fn && fn(user, t, ctx->piece, n, &info))
+            break;
+    }
+    return FREE_OK;
+}

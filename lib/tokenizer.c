@@ -48,6 +48,10 @@ struct fr_tokenizer {
     size_t mask;
     int32_t *user;      /* user-defined tokens, longest piece first */
     size_t n_user;
+    /* Characters that some text-reachable piece has right before a U+2581, packed by
+     * pack_char and sorted: the text may not be cut between them and a U+2581. */
+    uint64_t *pre_space;
+    size_t n_pre_space;
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -146,6 +150,29 @@ static bool text_reachable(uint8_t type)
 {
     return type == FR_TOKEN_NORMAL || type == FR_TOKEN_USER_DEFINED ||
            type == FR_TOKEN_UNUSED;
+}
+
+/* A character of 1..4 bytes as one sortable number (the length keeps "\0" apart). */
+static uint64_t pack_char(const unsigned char *c, size_t k)
+{
+    uint64_t v = k;
+    for (size_t i = 0; i < k; i++)
+        v = v << 8 | c[i];
+    return v;
+}
+
+static bool before_space(const fr_tokenizer *t, const unsigned char *c, size_t k)
+{
+    uint64_t v = pack_char(c, k);
+    size_t lo = 0, hi = t->n_pre_space;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (t->pre_space[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < t->n_pre_space && t->pre_space[lo] == v;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -276,6 +303,52 @@ static free_status build_pieces(fr_tokenizer *t, const fr_vocab_desc *d, fr_erro
     return FREE_OK;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static free_status build_pre_space(fr_tokenizer *t, fr_error *err)
+{
+    size_t n = 0, cap = 0;
+    uint64_t *v = NULL;
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        if (!text_reachable(t->types[id]))
+            continue;
+        size_t len;
+        const unsigned char *p = (const unsigned char *)piece_ptr(t, id, &len);
+        size_t prev = 0, prev_len = 0;
+        for (size_t i = 0; i < len;) {
+            size_t k = utf8_char_len(p + i, len - i);
+            if (prev_len > 0 && k == 3 && memcmp(p + i, SPACE_MARK, 3) == 0) {
+                if (n == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    uint64_t *w = realloc(v, cap * sizeof *v);
+                    if (!w) {
+                        free(v);
+                        return fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory");
+                    }
+                    v = w;
+                }
+                v[n++] = pack_char(p + prev, prev_len);
+            }
+            prev = i;
+            prev_len = k;
+            i += k;
+        }
+    }
+    if (n > 1)
+        qsort(v, n, sizeof *v, cmp_u64);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++)
+        if (u == 0 || v[i] != v[u - 1])
+            v[u++] = v[i];
+    t->pre_space = v;
+    t->n_pre_space = u;
+    return FREE_OK;
+}
+
 static free_status build_map(fr_tokenizer *t, fr_error *err)
 {
     size_t n = (size_t)t->n_vocab, cap = 16;
@@ -303,6 +376,7 @@ static free_status build_map(fr_tokenizer *t, fr_error *err)
         if (t->types[i] == FR_TOKEN_USER_DEFINED)
             t->user[t->n_user++] = (int32_t)i;
     }
+    FR_TRY(build_pre_space(t, err));
     if (t->n_user > 1) {
         user_key *k = malloc(t->n_user * sizeof *k);
         if (!k)
@@ -385,6 +459,7 @@ void fr_tokenizer_destroy(fr_tokenizer *t)
     free(t->slots);
     free(t->slot_hash);
     free(t->user);
+    free(t->pre_space);
     free(t);
 }
 
@@ -648,7 +723,39 @@ static free_status emit_symbol(session *s, const char *p, size_t n, fr_error *er
     return FREE_OK;
 }
 
-/* Escapes text[0..len) (and the space prefix) and runs the merges over it. */
+/* Runs the merges over the symbols [first, last] (linked as neighbours) and emits them. */
+static free_status merge_chunk(session *s, int32_t first, int32_t last, fr_error *err)
+{
+    s->syms[first].prev = -1;
+    s->syms[last].next = -1;
+    s->n_heap = 0;
+    for (int32_t i = first; i < last; i++)
+        try_pair(s, i, i + 1);
+    while (s->n_heap > 0) {
+        bigram b = heap_pop(s);
+        sym *l = &s->syms[b.left], *r = &s->syms[b.right];
+        if (l->len == 0 || r->len == 0 || l->len + r->len != b.size)
+            continue; /* one side has changed since this pair was queued */
+        l->len += r->len;
+        r->len = 0;
+        l->next = r->next;
+        if (r->next >= 0)
+            s->syms[r->next].prev = b.left;
+        try_pair(s, l->prev, b.left);
+        try_pair(s, b.left, l->next);
+    }
+    for (int32_t i = first; i >= 0; i = s->syms[i].next)
+        FR_TRY(emit_symbol(s, s->esc + s->syms[i].start, s->syms[i].len, err));
+    return FREE_OK;
+}
+
+/* Escapes text[0..len) (and the space prefix) and runs the merges over it.
+ *
+ * Merging is global in principle, but a symbol can only ever span two adjacent characters
+ * if some piece contains them next to each other. Before a U+2581 whose left neighbour
+ * never precedes U+2581 inside a piece, no merge can cross, and the two sides are
+ * independent: the merge order within each side is the same as in the whole. Cutting
+ * there (usually at every word) keeps the heap small and in cache. */
 static free_status encode_fragment(session *s, const char *text, size_t len, bool prefix,
                                    fr_error *err)
 {
@@ -665,34 +772,23 @@ static free_status encode_fragment(session *s, const char *text, size_t len, boo
             s->esc[n++] = text[i];
         }
     }
-    int32_t n_sym = 0;
+    int32_t n_sym = 0, first = 0;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_char_len((const unsigned char *)s->esc + i, n - i);
+        const unsigned char *c = (const unsigned char *)s->esc + i;
+        size_t k = utf8_char_len(c, n - i);
+        if (n_sym > first && k == 3 && memcmp(c, SPACE_MARK, 3) == 0) {
+            const sym *p = &s->syms[n_sym - 1];
+            if (!before_space(s->t, (const unsigned char *)s->esc + p->start, p->len)) {
+                FR_TRY(merge_chunk(s, first, n_sym - 1, err));
+                first = n_sym;
+            }
+        }
         s->syms[n_sym] = (sym){n_sym - 1, n_sym + 1, (uint32_t)i, (uint32_t)k};
         n_sym++;
         i += k;
     }
-    if (n_sym == 0)
-        return FREE_OK;
-    s->syms[n_sym - 1].next = -1;
-    s->n_heap = 0;
-    for (int32_t i = 0; i + 1 < n_sym; i++)
-        try_pair(s, i, i + 1);
-    while (s->n_heap > 0) {
-        bigram b = heap_pop(s);
-        sym *l = &s->syms[b.left], *r = &s->syms[b.right];
-        if (l->len == 0 || r->len == 0 || l->len + r->len != b.size)
-            continue; /* one side has changed since this pair was queued */
-        l->len += r->len;
-        r->len = 0;
-        l->next = r->next;
-        if (r->next >= 0)
-            s->syms[r->next].prev = b.left;
-        try_pair(s, l->prev, b.left);
-        try_pair(s, b.left, l->next);
-    }
-    for (int32_t i = 0; i >= 0; i = s->syms[i].next)
-        FR_TRY(emit_symbol(s, s->esc + s->syms[i].start, s->syms[i].len, err));
+    if (n_sym > first)
+        FR_TRY(merge_chunk(s, first, n_sym - 1, err));
     return FREE_OK;
 }
 

@@ -183,6 +183,8 @@ class Stats:
     bmm_beta_agree: float
     bmm_alpha_disagree: float
     bmm_beta_disagree: float
+    shallow_passes: int
+    layers_read_per_token: float
 
     @property
     def exit_rate(self):

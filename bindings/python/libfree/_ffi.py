@@ -149,6 +149,8 @@ class free_stats(Structure):
         ("bmm_beta_agree", c_double),
         ("bmm_alpha_disagree", c_double),
         ("bmm_beta_disagree", c_double),
+        ("shallow_passes", c_uint64),
+        ("layers_read_per_token", c_double),
     ]
 
 
@@ -235,6 +237,9 @@ def candidate_paths():
     out.append(("the source tree's build dir",
                 os.path.normpath(dist_dir / ".." / ".." / "build" / "lib" / SONAME)))
     out.append(("the development tree", "/work/main/build/lib/" + SONAME))
+    # The same directory can be reached twice (the source tree is the development tree).
+    seen = set()
+    out = [c for c in out if not (c[1] in seen or seen.add(c[1]))]
     found = ctypes.util.find_library("free")
     if found:
         out.append(("ctypes.util.find_library('free')", found))

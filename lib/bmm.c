@@ -43,6 +43,7 @@ struct fr_bmm {
     float threshold;
     int32_t fits;
     bool frozen;
+    bool pinned;        /* imported as frozen: stays frozen whatever max_updates says */
     fr_beta agree, disagree;
 };
 
@@ -123,6 +124,51 @@ free_status fr_bmm_create(const fr_bmm_params *p, fr_bmm **out, fr_error *err)
     b->threshold = p->initial;
     b->frozen = p->max_updates == 0;
     *out = b;
+    return FREE_OK;
+}
+
+free_status fr_bmm_set_params(fr_bmm *b, const fr_bmm_params *p, fr_error *err)
+{
+    if (!b)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "bmm: estimator is NULL");
+    FR_TRY(fr_bmm_params_check(p, err));
+    size_t cap = (size_t)b->p.capacity, ncap = (size_t)p->capacity;
+    if (ncap != cap) {
+        double *x = malloc(ncap * sizeof *x), *w = malloc(ncap * sizeof *w);
+        unsigned char *y = malloc(ncap);
+        if (!x || !w || !y) {
+            free(x);
+            free(w);
+            free(y);
+            return fr_fail(err, FREE_ERR_NOMEM, "bmm: cannot allocate a store of %zu samples",
+                           ncap);
+        }
+        /* Keep the newest samples, oldest first. */
+        size_t keep = b->len < ncap ? b->len : ncap;
+        size_t start = (b->len < cap ? 0 : b->head) + (b->len - keep);
+        b->n_agree = b->n_disagree = 0;
+        for (size_t i = 0; i < keep; i++) {
+            size_t j = (start + i) % cap;
+            x[i] = b->x[j];
+            y[i] = b->y[j];
+            if (y[i])
+                b->n_agree++;
+            else
+                b->n_disagree++;
+        }
+        free(b->x);
+        free(b->w);
+        free(b->y);
+        b->x = x;
+        b->w = w;
+        b->y = y;
+        b->len = keep;
+        b->head = keep % ncap;
+    }
+    b->p = *p;
+    b->threshold = fminf(fmaxf(b->threshold, p->min_threshold), p->max_threshold);
+    b->frozen = b->pinned || b->fits >= p->max_updates;
+    b->since_fit = 0;
     return FREE_OK;
 }
 
@@ -654,6 +700,7 @@ free_status fr_bmm_import(fr_bmm *b, const char *text, fr_error *err)
     b->agree = c.agree;
     b->disagree = c.disagree;
     b->fits = (int32_t)c.fits;
+    b->pinned = c.frozen;
     b->frozen = c.frozen || b->fits >= b->p.max_updates;
     b->len = b->head = 0;
     b->n_agree = b->n_disagree = 0;

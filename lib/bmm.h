@@ -53,6 +53,11 @@ free_status fr_bmm_params_check(const fr_bmm_params *p, fr_error *err);
 /* p NULL = defaults. The estimator starts at p->initial; max_updates 0 = frozen at once. */
 free_status fr_bmm_create(const fr_bmm_params *p, fr_bmm **out, fr_error *err);
 void fr_bmm_destroy(fr_bmm *b);
+/* Changes the params between generations, keeping what was learned: the newest samples
+ * that fit the new capacity, components, fits; the threshold is clamped to the new bounds.
+ * Frozen again when fits >= max_updates (a raised limit resumes learning) or when the
+ * state was imported as frozen. On failure nothing changes. */
+free_status fr_bmm_set_params(fr_bmm *b, const fr_bmm_params *p, fr_error *err);
 /* Records one sample (ignored when frozen or x is not finite). May trigger a refit when
  * refit_every > 0. */
 void fr_bmm_add(fr_bmm *b, float confidence, bool agreed);

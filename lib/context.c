@@ -126,8 +126,11 @@ static int default_threads(void)
     return n < 1 ? 1 : n > 8 ? 8 : (int)n;
 }
 
-/* Applies the per-generation parameters (everything but sizes and threads). */
-static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p, fr_error *err)
+/* Applies the per-generation parameters (everything but sizes and threads). With
+ * keep_learned, an existing estimator keeps what it learned (unless a calibration is
+ * given) and only takes the new settings. */
+static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
+                                bool keep_learned, fr_error *err)
 {
     const fr_hparams *hp = &ctx->model->hp;
     int32_t ls = p->exit_layer;
@@ -156,6 +159,10 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p, 
         bp.refit_every = p->bmm_refit_every;
         if (p->bmm_capacity > 0)
             bp.capacity = p->bmm_capacity;
+        if (keep_learned && ctx->bmm && !p->calibration) {
+            FR_TRY(fr_bmm_set_params(ctx->bmm, &bp, err));
+            goto done;
+        }
         fr_bmm *b = NULL;
         FR_TRY(fr_bmm_create(&bp, &b, err));
         if (p->calibration) {
@@ -171,6 +178,7 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p, 
         fr_bmm_destroy(ctx->bmm);
         ctx->bmm = NULL;
     }
+done:
     ctx->exit_layer = ls;
     ctx->params = *p;
     ctx->params.calibration = NULL;
@@ -202,7 +210,7 @@ static free_status create(struct free_ctx *ctx, const free_ctx_params *p, fr_err
     if (!ctx->x || !ctx->logits || !ctx->last_logits || !ctx->probs || !ctx->out ||
         !ctx->piece || !ctx->tokens)
         return fr_fail(err, FREE_ERR_NOMEM, "out of memory for context buffers");
-    FR_TRY(apply_params(ctx, p, err));
+    FR_TRY(apply_params(ctx, p, false, err));
     ctx->stats.n_threads = ctx->n_threads;
     fr_detok_init(&ctx->detok, true);
     return FREE_OK;
@@ -270,20 +278,8 @@ FREE_API free_status free_ctx_set_params(free_ctx *ctx, const free_ctx_params *p
     p.n_batch = ctx->params.n_batch;
     /* The caches must be exact before the exit layer or mode may change. */
     fr_ctx_sync_queue(ctx);
-    /* Keep the learned threshold when adaptive stays on and no calibration is given. */
-    fr_bmm *keep = NULL;
-    if (p.adaptive && ctx->bmm && !p.calibration) {
-        keep = ctx->bmm;
-        ctx->bmm = NULL;
-    }
-    if (apply_params(ctx, &p, &err) != FREE_OK) {
-        fr_bmm_destroy(keep);
+    if (apply_params(ctx, &p, true, &err) != FREE_OK)
         return fr_ctx_report(ctx, &err);
-    }
-    if (keep) {
-        fr_bmm_destroy(ctx->bmm);
-        ctx->bmm = keep;
-    }
     return FREE_OK;
 }
 

@@ -795,7 +795,7 @@ free_status gguf_array_strings(const gguf_kv *kv, gguf_str *out, uint64_t n, fr_
     return FREE_OK;
 }
 
-/* Checks a numeric array's element type and size; returns the element size or 0. */
+/* Checks a numeric array's element type and count; *elem gets the element size. */
 static free_status numeric_array(const gguf_kv *kv, uint64_t n, const char *what,
                                  uint64_t *elem, fr_error *err)
 {

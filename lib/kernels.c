@@ -147,6 +147,8 @@ static const f16_impl impl_portable = {"portable", port_rows, port_to_f32};
 #define FR_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define FR_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 #define FR_INLINE inline __attribute__((always_inline))
+/* Full unrolling of the block loops keeps the accumulators in registers at any -O. */
+#define FR_UNROLL _Pragma("GCC unroll 16")
 
 static bool x86_has_avx2(void)
 {
@@ -196,29 +198,38 @@ FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const fl
                                          int NB, float *Y, int64_t ldy)
 {
     __m256 acc[AVX2_GEMV_R][AVX2_NB];
+    FR_UNROLL
     for (int r = 0; r < R; r++)
+        FR_UNROLL
         for (int j = 0; j < NB; j++)
             acc[r][j] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= cols; k += 8) {
         __m256 w[AVX2_GEMV_R];
+        FR_UNROLL
         for (int r = 0; r < R; r++)
             w[r] = avx2_load_h(W + r * cols + k);
+        FR_UNROLL
         for (int j = 0; j < NB; j++) {
             __m256 x = _mm256_loadu_ps(X + j * cols + k);
+            FR_UNROLL
             for (int r = 0; r < R; r++)
                 acc[r][j] = _mm256_fmadd_ps(w[r], x, acc[r][j]);
         }
     }
     if (k < cols) {
         int m = (int)(cols - k);
+        FR_UNROLL
         for (int j = 0; j < NB; j++) {
             __m256 x = avx2_load_f_part(X + j * cols + k, m);
+            FR_UNROLL
             for (int r = 0; r < R; r++)
                 acc[r][j] = _mm256_fmadd_ps(avx2_load_h_part(W + r * cols + k, m), x, acc[r][j]);
         }
     }
+    FR_UNROLL
     for (int r = 0; r < R; r++)
+        FR_UNROLL
         for (int j = 0; j < NB; j++)
             Y[j * ldy + r] = avx2_hsum(acc[r][j]);
 }
@@ -288,16 +299,21 @@ FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, cons
                                              int R, int NB, float *Y, int64_t ldy)
 {
     __m512 acc[AVX512_GEMV_R][AVX512_NB];
+    FR_UNROLL
     for (int r = 0; r < R; r++)
+        FR_UNROLL
         for (int j = 0; j < NB; j++)
             acc[r][j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= cols; k += 16) {
         __m512 w[AVX512_GEMV_R];
+        FR_UNROLL
         for (int r = 0; r < R; r++)
             w[r] = avx512_load_h(W + r * cols + k);
+        FR_UNROLL
         for (int j = 0; j < NB; j++) {
             __m512 x = _mm512_loadu_ps(X + j * cols + k);
+            FR_UNROLL
             for (int r = 0; r < R; r++)
                 acc[r][j] = _mm512_fmadd_ps(w[r], x, acc[r][j]);
         }
@@ -305,14 +321,18 @@ FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, cons
     if (k < cols) {
         int m = (int)(cols - k);
         __mmask16 mask = (__mmask16)((1u << m) - 1);
+        FR_UNROLL
         for (int j = 0; j < NB; j++) {
             __m512 x = _mm512_maskz_loadu_ps(mask, X + j * cols + k);
+            FR_UNROLL
             for (int r = 0; r < R; r++)
                 acc[r][j] =
                     _mm512_fmadd_ps(avx512_load_h_part(W + r * cols + k, m), x, acc[r][j]);
         }
     }
+    FR_UNROLL
     for (int r = 0; r < R; r++)
+        FR_UNROLL
         for (int j = 0; j < NB; j++)
             Y[j * ldy + r] = avx512_hsum(acc[r][j]);
 }

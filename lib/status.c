@@ -32,7 +32,7 @@ FREE_API const char *free_strerror(free_status status)
     case FREE_ERR_INVALID_ARG: return "invalid argument";
     case FREE_ERR_NOMEM: return "out of memory";
     case FREE_ERR_IO: return "input/output error";
-    case FREE_ERR_FORMAT: return "malformed model file";
+    case FREE_ERR_FORMAT: return "malformed input (model file or calibration text)";
     case FREE_ERR_UNSUPPORTED: return "unsupported feature";
     case FREE_ERR_MODEL: return "model tensors do not match the architecture";
     case FREE_ERR_CONTEXT_FULL: return "context is full";

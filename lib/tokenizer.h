@@ -52,19 +52,25 @@ bool fr_tokenizer_add_bos(const fr_tokenizer *t);
 /* enum fr_token_type of token, or 0 for ids outside the vocabulary. */
 int fr_tokenizer_token_type(const fr_tokenizer *t, int32_t token);
 
-/* Encodes len bytes of text. Writes min(needed, cap) ids to out and the needed count to
- * *n_out; returns FREE_ERR_BUFFER_TOO_SMALL when cap < needed. */
+/* Encodes len bytes of text (any bytes: invalid UTF-8 goes to byte tokens). Writes
+ * min(needed, cap) ids to out and the needed count to *n_out; returns
+ * FREE_ERR_BUFFER_TOO_SMALL when cap < needed (out may be NULL when cap is 0). Control
+ * pieces such as "<s>" in the text are plain text; user-defined pieces match literally.
+ * add_bos adds nothing when the vocabulary has no BOS. Thread-safe: t is read-only. */
 free_status fr_tokenize(const fr_tokenizer *t, const char *text, size_t len, bool add_bos,
                         int32_t *out, size_t cap, size_t *n_out, fr_error *err);
 
-/* Raw bytes of a token's piece: "▁" -> ' ', <0xNN> -> the byte, control tokens -> "".
- * Points into the tokenizer; FREE_ERR_TOKEN for ids outside the vocabulary. */
+/* Raw bytes of a token's piece: "▁" -> ' ', <0xNN> -> the byte, control and unused tokens
+ * -> "", the unknown token -> " \xe2\x81\x87 " (SentencePiece's " ⁇ "), user-defined
+ * pieces as they are. Points into the tokenizer; FREE_ERR_TOKEN for ids outside the
+ * vocabulary. */
 free_status fr_token_bytes(const fr_tokenizer *t, int32_t token, const char **bytes,
                            size_t *len, fr_error *err);
 
 /* Streaming decoder: feeds tokens, emits only complete, valid UTF-8. Invalid sequences
- * become U+FFFD. The first piece's leading space (from add_space_prefix) is dropped when
- * the stream starts at the beginning of a text. */
+ * become U+FFFD (one per maximal invalid subpart). The first piece's leading space (from
+ * add_space_prefix) is dropped when the stream starts at the beginning of a text; tokens
+ * with no text (BOS, control) before it do not end the start. */
 typedef struct fr_detok {
     unsigned char pending[4];
     int n_pending;
@@ -73,11 +79,14 @@ typedef struct fr_detok {
 
 void fr_detok_init(fr_detok *d, bool at_start);
 /* Appends token's text to out (at most cap bytes; 16 + the longest piece always fit
- * when cap >= fr_tokenizer_max_piece(t) + 16). Returns the bytes written. */
+ * when cap >= fr_tokenizer_max_piece(t) + 16). Returns the bytes written. Ids outside
+ * the vocabulary write nothing. With a smaller cap, characters that do not fit are lost
+ * (never split). */
 size_t fr_detok_push(const fr_tokenizer *t, fr_detok *d, int32_t token, char *out,
                      size_t cap);
 /* Flushes incomplete bytes at the end of a stream (as U+FFFD). Returns bytes written. */
 size_t fr_detok_flush(fr_detok *d, char *out, size_t cap);
+/* The most bytes one token's text can decode to (with U+FFFD for invalid bytes). */
 size_t fr_tokenizer_max_piece(const fr_tokenizer *t);
 
 #endif

@@ -676,6 +676,68 @@ START_TEST(test_schedule)
 }
 END_TEST
 
+START_TEST(test_set_params)
+{
+    fr_bmm_params p;
+    fr_bmm_params_default(&p);
+    p.capacity = 20;
+    p.max_updates = 1;
+    fr_bmm *b = make(&p);
+    for (int i = 0; i < 5; i++)
+        fr_bmm_add(b, 0.5f, false); /* overwritten later */
+    add_golden(b);                  /* the ring now holds the last 20: exactly the golden */
+    fr_bmm_begin_generation(b);
+    ck_assert(state_of(b).frozen);
+    /* Shrink to 8: the newest 8 are agree/disagree pairs 6..9. */
+    p.capacity = 8;
+    p.min_per_class = 4;
+    p.min_threshold = 0.72f;
+    fr_error err;
+    ck_assert_int_eq(fr_bmm_set_params(b, &p, &err), FREE_OK);
+    fr_bmm_state st = state_of(b);
+    ck_assert_uint_eq(st.n_agree, 4);
+    ck_assert_uint_eq(st.n_disagree, 4);
+    ck_assert_float_eq(st.threshold, 0.72f); /* clamped to the new bounds */
+    ck_assert(st.frozen);
+    /* A raised limit resumes learning; the fit sees exactly the kept samples. */
+    p.max_updates = 5;
+    p.min_threshold = 0.05f;
+    ck_assert_int_eq(fr_bmm_set_params(b, &p, &err), FREE_OK);
+    ck_assert(!state_of(b).frozen);
+    ck_assert(fr_bmm_refit(b));
+    double x[8], wa[8];
+    for (int i = 0; i < 4; i++) {
+        x[i] = (float)GOLD_AGREE[6 + i], wa[i] = 0.9995;
+        x[4 + i] = (float)GOLD_DISAGREE[6 + i], wa[4 + i] = 0.0005;
+    }
+    fr_beta f;
+    ck_assert(fr_beta_fit_weighted(x, wa, 8, &f));
+    ck_assert_double_eq_tol(state_of(b).agree.alpha, f.alpha, 1e-9);
+    /* Grow back: nothing lost, room for more. */
+    p.capacity = 64;
+    ck_assert_int_eq(fr_bmm_set_params(b, &p, &err), FREE_OK);
+    fr_bmm_add(b, 0.9f, true);
+    ck_assert_uint_eq(state_of(b).n_agree, 5);
+    ck_assert_uint_eq(state_of(b).n_disagree, 4);
+    /* Bad params: an error, nothing changed. An imported frozen state stays frozen. */
+    p.zeta = 2.0f;
+    ck_assert_int_eq(fr_bmm_set_params(b, &p, &err), FREE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "zeta 2"));
+    ck_assert_uint_eq(state_of(b).n_agree, 5);
+    char buf[512];
+    fr_bmm_export(b, buf, sizeof buf);
+    char *fz = strstr(buf, "frozen 0");
+    ck_assert_ptr_nonnull(fz);
+    fz[7] = '1';
+    ck_assert_int_eq(fr_bmm_import(b, buf, &err), FREE_OK);
+    p.zeta = 0.4f;
+    p.max_updates = 1000;
+    ck_assert_int_eq(fr_bmm_set_params(b, &p, &err), FREE_OK);
+    ck_assert(state_of(b).frozen);
+    fr_bmm_destroy(b);
+}
+END_TEST
+
 START_TEST(test_params_invalid)
 {
     static const struct {
@@ -956,6 +1018,7 @@ static Suite *bmm_suite(void)
     tcase_add_test(tc, test_bounds);
     tcase_add_test(tc, test_ring_capacity);
     tcase_add_test(tc, test_schedule);
+    tcase_add_test(tc, test_set_params);
     tcase_add_test(tc, test_params_invalid);
     suite_add_tcase(s, tc);
     tc = tcase_create("calibration");

@@ -438,18 +438,21 @@ START_TEST(test_topk_topp_match_naive)
 {
     enum { N = 32000 };
     const int32_t ks[] = {0, 2, 40, 1000, 31999, 32000, 50000};
-    const float ps[] = {1.0f, 0.95f, 0.5f, 0.1f};
+    const float ps[] = {1.0f, 0.9999f, 0.95f, 0.5f, 0.1f};
+    const char *kinds[] = {"random", "grid", "wide"};
     float *x = malloc(N * sizeof *x);
-    /* Continuous logits, and logits on a 0.5 grid within 4 of each other (many ties; all
-     * weights then sum exactly in double, so the cut-off cannot depend on summation order). */
-    for (int kind = 0; kind < 2; kind++) {
-        random_logits(x, N, 500 + (uint64_t)kind, 2.0);
+    /* Continuous logits; logits on a 0.5 grid within 4 of each other (many ties; all
+     * weights then sum exactly in double, so the cut-off cannot depend on summation order);
+     * and widely spread logits, whose nucleus at p 0.9999 reaches tokens more than 16 nats
+     * below the top (the last bucket of the top-p pre-pass). */
+    for (int kind = 0; kind < 3; kind++) {
+        random_logits(x, N, 500 + (uint64_t)kind, kind == 2 ? 6.0 : 2.0);
         if (kind == 1)
             for (int32_t i = 0; i < N; i++)
                 x[i] = roundf(fminf(fmaxf(x[i], -2.0f), 2.0f) * 2.0f) / 2.0f;
         for (int ki = 0; ki < 7; ki++) {
-            for (int pi = 0; pi < 4; pi++) {
-                int32_t kept = check_dist(x, N, 0.6f, ks[ki], ps[pi], kind ? "grid" : "random");
+            for (int pi = 0; pi < 5; pi++) {
+                int32_t kept = check_dist(x, N, 0.6f, ks[ki], ps[pi], kinds[kind]);
                 if (ks[ki] > 0)
                     ck_assert_int_le(kept, ks[ki]);
                 if (ks[ki] > 0 && ks[ki] < N && ps[pi] >= 1.0f)
@@ -555,6 +558,20 @@ START_TEST(test_nonfinite_dist)
     fr_sampler_configure(s, &(fr_sampler_config){0.01f, 0, 1.0f, 9});
     fr_sampler_dist(s, huge, probs);
     ck_assert(probs[0] == 0.5f && probs[3] == 0.5f && count_nonzero(probs, 5) == 2);
+
+    /* A large vocabulary with NaN, -Inf, and then +Inf entries, against the naive oracle. */
+    enum { N = 4096 };
+    float *big = malloc(N * sizeof *big);
+    random_logits(big, N, 700, 2.0);
+    for (int32_t i = 0; i < N; i += 97)
+        big[i] = i % 2 ? NAN : -INFINITY;
+    check_dist(big, N, 0.8f, 0, 0.9f, "nan, -inf");
+    check_dist(big, N, 0.8f, 50, 0.9f, "nan, -inf");
+    big[3000] = big[10] = big[1234] = INFINITY;
+    check_dist(big, N, 0.8f, 0, 0.5f, "+inf");
+    check_dist(big, N, 0.8f, 2, 1.0f, "+inf");
+    check_dist(big, N, 0.8f, 0, 0.9f, "+inf");
+    free(big);
 
     /* Nothing usable: one-hot at fr_argmax. */
     const float all_nan[] = {NAN, NAN, NAN, NAN, NAN};

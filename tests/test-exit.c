@@ -1,0 +1,359 @@
+/* FREE early exit: equivalences between the modes (DESIGN.md 5), exactness of the deep
+ * caches after synchronization, queue limits, multi-turn, mode switches and reset. */
+#include "test-common.h"
+
+#include "context.h"
+#include "model.h"
+
+#include <free/free.h>
+#include <math.h>
+
+typedef struct gen {
+    int32_t tokens[1024];
+    int8_t early[1024];
+    int n;
+} gen;
+
+static free_model *load(const char *rel)
+{
+    free_model *m = NULL;
+    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s: %s", rel,
+                  free_last_error());
+    return m;
+}
+
+static free_ctx *make_ctx(const free_model *m, int mode, float threshold, int exit_layer)
+{
+    free_ctx_params p;
+    free_ctx *ctx = NULL;
+    free_ctx_params_init(&p, sizeof p);
+    p.n_threads = 2;
+    p.exit_mode = mode;
+    p.threshold = threshold;
+    p.exit_layer = exit_layer;
+    ck_assert_msg(free_ctx_create(m, &p, &ctx) == FREE_OK, "%s", free_last_error());
+    return ctx;
+}
+
+static int record(void *user, int32_t token, const char *piece, size_t len,
+                  const free_step_info *info)
+{
+    gen *g = user;
+    (void)piece;
+    (void)len;
+    ck_assert_int_lt(g->n, 1024);
+    g->early[g->n] = (int8_t)info->early_exit;
+    g->tokens[g->n++] = token;
+    return 0;
+}
+
+static void generate(free_ctx *ctx, const char *prompt, int n, gen *g)
+{
+    g->n = 0;
+    ck_assert_msg(free_decode(ctx, prompt, -1, n, record, g) == FREE_OK, "%s",
+                  free_ctx_last_error(ctx));
+}
+
+static void assert_same(const gen *a, const gen *b, const char *what)
+{
+    ck_assert_msg(a->n == b->n, "%s: %d tokens vs %d", what, a->n, b->n);
+    for (int i = 0; i < a->n; i++)
+        ck_assert_msg(a->tokens[i] == b->tokens[i], "%s: token %d differs: %d vs %d", what, i,
+                      a->tokens[i], b->tokens[i]);
+}
+
+static const char *const prompts[] = {"It is a truth universally acknowledged, that",
+                                      "def fibonacci(n):", "Once upon a time"};
+
+START_TEST(free_threshold_one_equals_none)
+{
+    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
+    free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 1.0f, 0);
+    gen a, b;
+    generate(none, prompts[0], 64, &a);
+    generate(fr, prompts[0], 64, &b);
+    assert_same(&a, &b, "FREE at threshold 1 vs NONE");
+    for (int i = 0; i < b.n; i++)
+        ck_assert_int_eq(b.early[i], 0);
+    free_ctx_destroy(none);
+    free_ctx_destroy(fr);
+    free_model_destroy(m);
+}
+END_TEST
+
+START_TEST(free_negative_threshold_exits_every_token)
+{
+    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
+    gen g;
+    generate(fr, prompts[0], 64, &g);
+    ck_assert_int_eq(g.n, 64);
+    /* The first token comes from the prefill's full-depth logits; every later one exits. */
+    for (int i = 1; i < g.n; i++)
+        ck_assert_msg(g.early[i], "token %d did not exit", i);
+    free_stats s;
+    s.size = sizeof s;
+    ck_assert_int_eq(free_ctx_stats(fr, &s), FREE_OK);
+    ck_assert_uint_eq(s.shallow_exits, 63);
+    ck_assert_uint_eq(s.deep_passes, 0);
+    ck_assert_int_eq(fr->queue->len, 63);
+    free_ctx_destroy(fr);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* VERIFY's greedy output is the full model's, for every threshold and exit layer. */
+static void verify_equals_none(const char *model_rel, const int *layers, int n_layers)
+{
+    static const float thresholds[] = {0.0f, 0.3f, 0.6f, 0.9f};
+    free_model *m = load(model_rel);
+    free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
+    for (int p = 0; p < 2; p++) {
+        gen ref;
+        free_ctx_reset(none);
+        generate(none, prompts[p], 72, &ref);
+        for (int li = 0; li < n_layers; li++)
+            for (int t = 0; t < 4; t++) {
+                free_ctx *v = make_ctx(m, FREE_EXIT_VERIFY, thresholds[t], layers[li]);
+                gen g;
+                char what[160];
+                snprintf(what, sizeof what, "%s VERIFY Ls=%d threshold %.1f prompt %d",
+                         model_rel, layers[li], (double)thresholds[t], p);
+                generate(v, prompts[p], 72, &g);
+                assert_same(&ref, &g, what);
+                free_ctx_destroy(v);
+            }
+    }
+    free_ctx_destroy(none);
+    free_model_destroy(m);
+}
+
+START_TEST(verify_equals_none_free_llama)
+{
+    static const int layers[] = {1, 3, 6};
+    verify_equals_none("free-llama-22M/free-llama-22M.gguf", layers, 3);
+}
+END_TEST
+
+START_TEST(verify_equals_none_free_code)
+{
+    static const int layers[] = {1, 3, 6};
+    verify_equals_none("free-code-22M/free-code-22M.gguf", layers, 3);
+}
+END_TEST
+
+START_TEST(verify_equals_none_stories)
+{
+    static const int layers[] = {1, 3, 4}; /* 5 layers: 6 is not a valid exit */
+    verify_equals_none("stories260K/stories260K.gguf", layers, 3);
+}
+END_TEST
+
+/* Compares every filled K/V row of ctx's layers with ref's (same tokens, full depth). */
+static void assert_kv_close(const free_ctx *ctx, const free_ctx *ref, const char *what)
+{
+    const fr_kv_cache *a = ctx->kv, *b = ref->kv;
+    for (int32_t l = 0; l < a->n_layer; l++) {
+        ck_assert_msg(a->len[l] <= b->len[l], "%s: layer %d has %d rows, reference %d", what, l,
+                      a->len[l], b->len[l]);
+        for (int32_t r = 0; r < a->len[l]; r++)
+            for (int32_t j = 0; j < a->kv_dim; j++) {
+                float ka = fr_kv_k(a, l, r)[j], kb = fr_kv_k(b, l, r)[j];
+                float va = fr_kv_v(a, l, r)[j], vb = fr_kv_v(b, l, r)[j];
+                ck_assert_msg(fabsf(ka - kb) <= 1e-3f + 1e-3f * fabsf(kb) &&
+                                  fabsf(va - vb) <= 1e-3f + 1e-3f * fabsf(vb),
+                              "%s: layer %d row %d dim %d: K %g vs %g, V %g vs %g", what, l, r,
+                              j, (double)ka, (double)kb, (double)va, (double)vb);
+            }
+    }
+}
+
+/* After every synchronization the deep caches equal a full-depth run's on the same
+ * tokens. The reference context is extended at full depth to the same tokens each time. */
+START_TEST(deep_cache_exact_after_every_sync)
+{
+    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 0.3f, 0);
+    free_ctx *ref = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
+    int32_t seq[256];
+    size_t n = 0;
+    ck_assert_int_eq(free_tokenize(m, prompts[0], -1, 1, seq, 64, &n), FREE_OK);
+    ck_assert_int_eq(free_prefill(fr, seq, n), FREE_OK);
+    int syncs = 0, exits = 0;
+    for (int i = 0; i < 96; i++) {
+        free_step_info info = {.size = sizeof info};
+        ck_assert_int_eq(free_step(fr, &seq[n++], &info), FREE_OK);
+        exits += info.early_exit;
+        if (fr->queue->len > 0 || info.early_exit)
+            continue;
+        /* fr's caches hold seq[0, n_past); bring the reference to the same tokens. */
+        int32_t have = ref->n_past;
+        ck_assert_int_eq(free_prefill(ref, seq + have, (size_t)(fr->n_past - have)), FREE_OK);
+        char what[64];
+        snprintf(what, sizeof what, "after step %d", i);
+        assert_kv_close(fr, ref, what);
+        syncs++;
+    }
+    ck_assert_int_gt(exits, 10);
+    ck_assert_int_gt(syncs, 10);
+    free_ctx_destroy(fr);
+    free_ctx_destroy(ref);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* Multi-turn: FREE generation, a second prompt appended, more generation; the caches equal
+ * a full-depth prefill of the whole transcript. */
+START_TEST(multi_turn_cache_equals_full_prefill)
+{
+    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 0.2f, 0);
+    int32_t seq[512];
+    size_t n = 0, k = 0;
+    ck_assert_int_eq(free_tokenize(m, "def add(a, b):", -1, 1, seq, 64, &n), FREE_OK);
+    ck_assert_int_eq(free_prefill(fr, seq, n), FREE_OK);
+    for (int turn = 0; turn < 2; turn++) {
+        for (int i = 0; i < 40; i++)
+            ck_assert_int_eq(free_step(fr, &seq[n++], NULL), FREE_OK);
+        if (turn == 0) {
+            ck_assert_msg(fr->queue->len > 0, "the test wants queued tokens at the turn");
+            ck_assert_int_eq(free_tokenize(m, "\n\ndef mul(a, b):", -1, 0, seq + n, 64, &k),
+                             FREE_OK);
+            ck_assert_int_eq(free_prefill(fr, seq + n, k), FREE_OK);
+            ck_assert_int_eq(fr->queue->len, 0);
+            n += k;
+        }
+    }
+    fr_ctx_sync_queue(fr);
+    free_ctx *ref = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
+    ck_assert_int_eq(free_prefill(ref, seq, (size_t)fr->n_past), FREE_OK);
+    assert_kv_close(fr, ref, "multi-turn");
+    free_ctx_destroy(ref);
+    free_ctx_destroy(fr);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* A queue bound forces synchronizations: never more than max_queue + 1 rows at once. */
+START_TEST(queue_limit_forces_sync)
+{
+    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_ctx_params p;
+    free_ctx *ctx = NULL;
+    free_ctx_params_init(&p, sizeof p);
+    p.exit_mode = FREE_EXIT_FREE;
+    p.threshold = -1.0f; /* every token would exit */
+    p.max_queue = 4;
+    ck_assert_int_eq(free_ctx_create(m, &p, &ctx), FREE_OK);
+    gen g;
+    generate(ctx, prompts[0], 61, &g);
+    free_stats s = {.size = sizeof s};
+    ck_assert_int_eq(free_ctx_stats(ctx, &s), FREE_OK);
+    ck_assert_uint_eq(s.deep_passes, 12);       /* 60 steps, a sync every fifth */
+    ck_assert_uint_eq(s.sync_rows, 60);
+    ck_assert_uint_eq(s.shallow_exits, 48);
+    ck_assert(fabs(s.mean_sync_rows - 5.0) < 1e-9);
+    free_ctx_destroy(ctx);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* Switching modes between generations keeps the caches exact and the output right. */
+START_TEST(mode_switch_between_generations)
+{
+    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_ctx *ctx = make_ctx(m, FREE_EXIT_FREE, 0.2f, 0);
+    free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
+    gen a, b;
+    generate(ctx, prompts[0], 30, &a);
+    ck_assert_int_gt(ctx->queue->len + (int)ctx->stats.shallow_exits, 0);
+    free_ctx_params p;
+    free_ctx_params_init(&p, sizeof p);
+    p.exit_mode = FREE_EXIT_VERIFY;
+    p.threshold = 0.3f;
+    ck_assert_int_eq(free_ctx_set_params(ctx, &p), FREE_OK);
+    ck_assert_int_eq(ctx->queue->len, 0);
+    /* Continue both from the same transcript: VERIFY must match NONE exactly. */
+    int32_t seq[256];
+    size_t n = 0;
+    ck_assert_int_eq(free_tokenize(m, prompts[0], -1, 1, seq, 64, &n), FREE_OK);
+    memcpy(seq + n, a.tokens, (size_t)a.n * sizeof *seq);
+    ck_assert_int_eq(free_prefill(none, seq, n + (size_t)a.n), FREE_OK);
+    generate(ctx, " And", 40, &a);
+    generate(none, " And", 40, &b);
+    assert_same(&a, &b, "VERIFY after FREE vs NONE");
+    free_ctx_destroy(ctx);
+    free_ctx_destroy(none);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* Reset in the middle of a queue forgets everything; the next generation equals a fresh
+ * context's. */
+START_TEST(reset_with_queued_tokens)
+{
+    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_ctx *ctx = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
+    free_ctx *fresh = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
+    gen a, b;
+    generate(ctx, prompts[1], 20, &a);
+    ck_assert_int_gt(ctx->queue->len, 0);
+    ck_assert_int_eq(free_ctx_reset(ctx), FREE_OK);
+    ck_assert_int_eq(ctx->queue->len, 0);
+    ck_assert_int_eq(free_ctx_n_past(ctx), 0);
+    generate(ctx, prompts[0], 20, &a);
+    generate(fresh, prompts[0], 20, &b);
+    assert_same(&a, &b, "after reset vs fresh");
+    free_ctx_destroy(ctx);
+    free_ctx_destroy(fresh);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* Sampling with VERIFY: deterministic for a seed, and every token verified. */
+START_TEST(verify_sampling_is_seeded)
+{
+    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_ctx_params p;
+    free_ctx_params_init(&p, sizeof p);
+    p.exit_mode = FREE_EXIT_VERIFY;
+    p.threshold = 0.3f;
+    p.temperature = 0.8f;
+    p.top_p = 0.95f;
+    p.seed = 42;
+    free_ctx *c1 = NULL, *c2 = NULL;
+    ck_assert_int_eq(free_ctx_create(m, &p, &c1), FREE_OK);
+    ck_assert_int_eq(free_ctx_create(m, &p, &c2), FREE_OK);
+    gen a, b;
+    generate(c1, prompts[1], 64, &a);
+    generate(c2, prompts[1], 64, &b);
+    assert_same(&a, &b, "same seed");
+    free_ctx_destroy(c1);
+    free_ctx_destroy(c2);
+    free_model_destroy(m);
+}
+END_TEST
+
+static Suite *exit_suite(void)
+{
+    Suite *s = suite_create("exit");
+    TCase *tc = tcase_create("modes");
+    tcase_add_test(tc, free_threshold_one_equals_none);
+    tcase_add_test(tc, free_negative_threshold_exits_every_token);
+    tcase_add_test(tc, deep_cache_exact_after_every_sync);
+    tcase_add_test(tc, multi_turn_cache_equals_full_prefill);
+    tcase_add_test(tc, queue_limit_forces_sync);
+    tcase_add_test(tc, mode_switch_between_generations);
+    tcase_add_test(tc, reset_with_queued_tokens);
+    tcase_add_test(tc, verify_sampling_is_seeded);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("verify");
+    tcase_add_test(tc, verify_equals_none_stories);
+    tcase_add_test(tc, verify_equals_none_free_llama);
+    tcase_add_test(tc, verify_equals_none_free_code);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+FR_TEST_MAIN(exit_suite)

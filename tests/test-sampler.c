@@ -438,12 +438,12 @@ START_TEST(test_topk_topp_match_naive)
 {
     enum { N = 32000 };
     const int32_t ks[] = {0, 2, 40, 1000, 31999, 32000, 50000};
-    const float ps[] = {1.0f, 0.9999f, 0.95f, 0.5f, 0.1f};
+    const float ps[] = {1.0f, 0.999999f, 0.95f, 0.5f, 0.1f};
     const char *kinds[] = {"random", "grid", "wide"};
     float *x = malloc(N * sizeof *x);
     /* Continuous logits; logits on a 0.5 grid within 4 of each other (many ties; all
      * weights then sum exactly in double, so the cut-off cannot depend on summation order);
-     * and widely spread logits, whose nucleus at p 0.9999 reaches tokens more than 16 nats
+     * and widely spread logits, whose nucleus at p 0.999999 reaches tokens more than 16 nats
      * below the top (the last bucket of the top-p pre-pass). */
     for (int kind = 0; kind < 3; kind++) {
         random_logits(x, N, 500 + (uint64_t)kind, kind == 2 ? 6.0 : 2.0);

@@ -26,6 +26,7 @@ from libfree import _ffi
 
 STORIES = "stories260K/stories260K.gguf"
 LLAMA22 = "free-llama-22M/free-llama-22M.gguf"
+CODE22 = "free-code-22M/free-code-22M.gguf"
 VOCAB = "vocab/ggml-vocab-llama-spm.gguf"
 HEADER = SOURCE_ROOT / "include" / "free" / "free.h"
 
@@ -276,6 +277,25 @@ def test_bad_params_raise(stories):
             ctx.set_params(n_ctx=8)
 
 
+def test_abort_callback(stories):
+    calls = []
+
+    def abort():
+        calls.append(1)
+        return len(calls) >= 2          # let the first batch through, then stop
+
+    ids = [1] + [261] * 40
+    with stories.context(n_batch=8, abort_fn=abort) as ctx:
+        with pytest.raises(libfree.FreeError) as e:
+            ctx.prefill(ids)
+        assert e.value.status == libfree.Status.ERR_ABORTED
+        assert calls
+        ctx.set_params(abort_fn=None)
+        ctx.reset()
+        ctx.prefill(ids)
+        assert ctx.n_past == len(ids)
+
+
 def test_callback_exception_propagates(stories):
     class Boom(Exception):
         pass
@@ -385,6 +405,12 @@ def test_eval_matches_numpy_llama22m(llama22):
         _compare("free-llama-22M eval (63 tokens)", ctx.eval(long_ids), ref.forward(long_ids))
 
 
+def test_eval_matches_numpy_code22m(lib):
+    ids, _ = read_logits_bin(model_file("free-code-22M/reference/prompt1.logits.bin"))
+    with libfree.Model(model_file(CODE22)) as m, m.context() as ctx:
+        _compare("free-code-22M eval", ctx.eval(ids), ref_model(CODE22).forward(ids))
+
+
 def test_greedy_matches_llama2c(stories):
     prompt, ids = read_ids_txt(model_file("stories260K/reference/once_upon_a_time.n64.ids.txt"))
     tokens = []
@@ -396,16 +422,18 @@ def test_greedy_matches_llama2c(stories):
     assert text == stories.detokenize(prompt + tokens)[len("Once upon a time"):]
 
 
-@pytest.mark.parametrize("mode,threshold", [("none", None), ("verify", 0.0),
-                                            ("verify", 0.5), ("free", 1.0)])
-def test_greedy_matches_report_llama22m(llama22, mode, threshold):
+# VERIFY with threshold 0 and an unbounded queue drafts up to the end of the context
+# before each check (minutes on this model), hence the queue bound there.
+@pytest.mark.parametrize("mode,threshold,max_queue", [
+    ("none", None, 0), ("verify", 0.0, 8), ("verify", 0.5, 0), ("free", 1.0, 0)])
+def test_greedy_matches_report_llama22m(llama22, mode, threshold, max_queue):
     # Full depth, lossless verification at any threshold, and FREE with an unreachable
     # threshold all give the full model's greedy tokens.
     ref = read_report_reference(model_file("free-llama-22M/report.json"))
     n_prompt = len(ref["prompt_ids"])
     want = ref["greedy_deep_ids"][n_prompt:]
     tokens = []
-    with llama22.context() as ctx:
+    with llama22.context(max_queue=max_queue) as ctx:
         text = ctx.generate(ref["prompt"], max_tokens=len(want), exit_mode=mode,
                             threshold=threshold, on_token=lambda p: tokens.append(p.token))
         stats = ctx.stats()
@@ -517,20 +545,24 @@ def test_log_handler(lib, tmp_path):
 
 # -- the C CLI ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rel,prompt,n", [
-    (STORIES, "Once upon a time", 40),
-    (LLAMA22, "It is a truth universally acknowledged, that", 32),
-    (LLAMA22, "In the beginning", 32),
+@pytest.mark.parametrize("rel,prompt,n,exit_mode,threshold", [
+    (STORIES, "Once upon a time", 40, "none", None),
+    (LLAMA22, "It is a truth universally acknowledged, that", 32, "none", None),
+    (LLAMA22, "In the beginning", 32, "none", None),
+    (LLAMA22, "The President shall", 32, "free", 0.4),
+    (LLAMA22, "The President shall", 32, "verify", 0.4),
 ])
-def test_generate_equals_cli(lib, rel, prompt, n):
+def test_generate_equals_cli(lib, rel, prompt, n, exit_mode, threshold):
     cli = build_dir() / "examples" / "free-cli"
     if not cli.exists():
         pytest.skip(f"{cli} not built yet")
     path = model_file(rel)
-    res = subprocess.run([str(cli), "-m", str(path), "-p", prompt, "-n", str(n)],
-                         capture_output=True, timeout=120)
+    cmd = [str(cli), "-m", str(path), "-p", prompt, "-n", str(n), "--exit", exit_mode]
+    if threshold is not None:
+        cmd += ["--threshold", str(threshold)]
+    res = subprocess.run(cmd, capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     with libfree.Model(path) as m, m.context() as ctx:
-        text = ctx.generate(prompt, max_tokens=n)
+        text = ctx.generate(prompt, max_tokens=n, exit_mode=exit_mode, threshold=threshold)
     assert res.stdout.decode("utf-8", errors="replace").rstrip("\n") == \
         (prompt + text).rstrip("\n")

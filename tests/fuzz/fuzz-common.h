@@ -1,0 +1,79 @@
+/* Shared by the fuzz targets: the libFuzzer entry point prototype, the committed data
+ * files, and loading a model from bytes through the public path (a memfd, so that
+ * free_model_load maps a real file). */
+#ifndef FREE_FUZZ_COMMON_H
+#define FREE_FUZZ_COMMON_H
+
+#include "free/free.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Directory of the committed data (tests/fuzz/data); $FREE_FUZZ_DATA overrides. */
+#ifndef FR_FUZZ_DATA_DIR
+#define FR_FUZZ_DATA_DIR "tests/fuzz/data"
+#endif
+
+static inline const char *fr_fuzz_data_path(const char *name)
+{
+    static char buf[4096];
+    const char *dir = getenv("FREE_FUZZ_DATA");
+    snprintf(buf, sizeof buf, "%s/%s", dir ? dir : FR_FUZZ_DATA_DIR, name);
+    return buf;
+}
+
+/* Loads a committed model once per process; aborts when it is missing (a setup error,
+ * not a finding). */
+static inline free_model *fr_fuzz_model(const char *name, int vocab_only)
+{
+    free_model *m = NULL;
+    free_model_params p;
+    free_model_params_init(&p, sizeof p);
+    p.vocab_only = vocab_only;
+    if (free_model_load(fr_fuzz_data_path(name), &p, &m) != FREE_OK) {
+        fprintf(stderr, "fuzz: cannot load %s: %s\n", name, free_last_error());
+        abort();
+    }
+    return m;
+}
+
+/* Silences the default stderr logger (fuzzing prints millions of expected errors). */
+static void fr_fuzz_quiet_log(void *user, free_log_level level, const char *message)
+{
+    (void)user;
+    (void)level;
+    (void)message;
+}
+
+static inline void fr_fuzz_quiet(void)
+{
+    free_log_set(fr_fuzz_quiet_log, NULL, FREE_LOG_ERROR);
+}
+
+/* A failing call must leave a message. */
+static inline void fr_fuzz_check_message(free_status s, const char *where)
+{
+    if (s != FREE_OK && free_last_error()[0] == '\0') {
+        fprintf(stderr, "fuzz: %s failed with %d (%s) but free_last_error() is empty\n",
+                where, (int)s, free_strerror(s));
+        abort();
+    }
+}
+
+#define FR_FUZZ_ASSERT(cond)                                                             \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "fuzz: %s:%d: assertion failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                              \
+            abort();                                                                     \
+        }                                                                                \
+    } while (0)
+
+#endif

@@ -255,14 +255,14 @@ static void check_logits_bin(const char *model_rel, const char *bin_rel, double 
 START_TEST(free_llama_logits_match_llamacpp)
 {
     check_logits_bin("free-llama-22M/free-llama-22M.gguf",
-                     "free-llama-22M/reference/prompt1.logits.bin", 2e-3);
+                     "free-llama-22M/reference/prompt1.logits.bin", 5e-3);
 }
 END_TEST
 
 START_TEST(free_code_logits_match_llamacpp)
 {
     check_logits_bin("free-code-22M/free-code-22M.gguf",
-                     "free-code-22M/reference/prompt1.logits.bin", 2e-3);
+                     "free-code-22M/reference/prompt1.logits.bin", 5e-3);
 }
 END_TEST
 

@@ -76,4 +76,44 @@ static inline void fr_fuzz_check_message(free_status s, const char *where)
         }                                                                                \
     } while (0)
 
+/* True when s[0..n) is valid UTF-8 (shortest forms, no surrogates, <= U+10FFFF). */
+static inline int fr_fuzz_utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char b = s[i];
+        size_t k;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (b < 0x80) {
+            i++;
+            continue;
+        } else if (b >= 0xc2 && b <= 0xdf) {
+            k = 1;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            k = 2;
+            if (b == 0xe0)
+                lo = 0xa0;
+            if (b == 0xed)
+                hi = 0x9f;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            k = 3;
+            if (b == 0xf0)
+                lo = 0x90;
+            if (b == 0xf4)
+                hi = 0x8f;
+        } else {
+            return 0;
+        }
+        if (i + k >= n)
+            return 0;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (size_t j = 2; j <= k; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xbf)
+                return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
 #endif

@@ -1,0 +1,100 @@
+/* free-bench: what its files share. The benchmark is a program on the public API; the
+ * fb_ prefix keeps its own symbols apart from the library's fr_ ones. */
+#ifndef FREE_BENCH_H
+#define FREE_BENCH_H
+
+#include <free/free.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- rouge.c ------------------------------------------------------------------------ */
+
+/* ROUGE-L F-measure (beta = 1) between two token sequences: 2 * LCS / (na + nb). 1 when
+ * both are empty. Returns -1 when the scratch cannot be allocated. */
+double fb_rouge_l(const int32_t *a, size_t na, const int32_t *b, size_t nb);
+
+/* ---- probe.c: machine facts and the memory-bandwidth probe --------------------------- */
+
+typedef struct fb_probe {
+    int ok;                /* non-zero when the figures below were measured */
+    int threads;           /* T of the *_t figures */
+    size_t stream_bytes;   /* buffer well beyond the last-level cache */
+    size_t model_bytes;    /* a buffer the size of the model's weights, read repeatedly */
+    double stream_gbps_1, stream_gbps_t;
+    double model_gbps_1, model_gbps_t;
+} fb_probe;
+
+/* Measures streaming-read bandwidth (best of several runs) with 1 and `threads` threads,
+ * over stream_bytes and over model_bytes (0 skips that part). Runs in a child process so
+ * that its buffers do not count in this process's peak resident memory. */
+int fb_probe_run(size_t stream_bytes, size_t model_bytes, int threads, fb_probe *out);
+
+/* Size of the last-level cache in bytes (0 when unknown). */
+size_t fb_llc_bytes(void);
+/* The CPU's model name into buf ("unknown" when not found). */
+void fb_cpu_name(char *buf, size_t cap);
+/* The 1-minute load average (negative when unknown). */
+double fb_loadavg(void);
+/* Peak and current resident memory of this process in KiB from /proc/self/status
+ * (VmHWM, VmRSS), -1 when unavailable; getrusage's ru_maxrss in KiB. */
+long fb_vm_hwm_kb(void);
+long fb_vm_rss_kb(void);
+long fb_maxrss_kb(void);
+/* Resets VmHWM to the current RSS (Linux clear_refs "5"); returns 0 on success. */
+int fb_reset_hwm(void);
+/* Monotonic time in seconds. */
+double fb_now(void);
+
+/* ---- gguf-bytes.c ------------------------------------------------------------------- */
+
+/* Bytes of weight matrices in a GGUF file, counted as libfree reads them per row: for each
+ * block the seven matrices (attn_q/k/v/output, ffn_gate/up/down) and for the head
+ * output.weight (token_embd.weight when the file ties them). Norm vectors are left out
+ * (a few KiB). */
+typedef struct fb_weight_bytes {
+    int32_t n_layer;
+    uint64_t *layer; /* [n_layer] */
+    uint64_t head;
+    uint64_t total;  /* all tensors in the file */
+} fb_weight_bytes;
+
+/* Reads the tensor table of path. On failure returns -1 with a message in err. */
+int fb_gguf_weight_bytes(const char *path, fb_weight_bytes *out, char *err, size_t errcap);
+void fb_weight_bytes_destroy(fb_weight_bytes *w);
+/* Sum of layer[l0 .. l1). */
+uint64_t fb_layer_range_bytes(const fb_weight_bytes *w, int32_t l0, int32_t l1);
+
+/* ---- svg.c -------------------------------------------------------------------------- */
+
+typedef enum fb_kind { FB_NONE, FB_FREE, FB_ADAPTIVE, FB_VERIFY } fb_kind;
+
+typedef struct fb_point {
+    const char *label;
+    fb_kind kind;
+    double threshold; /* FREE/VERIFY: lambda; ADAPTIVE: the learned lambda at the end */
+    double speedup;   /* decode tokens/s over NONE's */
+    double rouge_l;
+    double agreement;
+} fb_point;
+
+/* Writes two panels, ROUGE-L and token agreement against speed-up, to path. */
+int fb_svg_write(const char *path, const char *title, const char *subtitle,
+                 const fb_point *pts, int n);
+
+/* ---- report.c ----------------------------------------------------------------------- */
+
+/* Median, spread and extremes of a sample. */
+typedef struct fb_summary {
+    double median, p25, p75, min, max, mean;
+    int n;
+} fb_summary;
+
+/* Summarizes x[n] (sorts a copy; n may be 0). */
+fb_summary fb_summarize(const double *x, int n);
+
+/* Writes s as a JSON string literal (quotes and escapes included). */
+void fb_json_string(FILE *f, const char *s);
+
+#endif

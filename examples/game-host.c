@@ -82,29 +82,32 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Does this token end the line? Byte tokens and pieces give raw bytes, so a newline shows
- * up as '\n' whatever the vocabulary. A newline before any text is skipped instead. */
-static int ends_line(character *c, int32_t token, int *skip)
+/* Does piece hold anything but spaces and newlines before its first newline? */
+static int has_text_before_newline(const char *piece, size_t n)
+{
+    for (size_t i = 0; i < n && piece[i] != '\n'; i++)
+        if (piece[i] != ' ')
+            return 1;
+    return 0;
+}
+
+/* Adds token to the line. Pieces are raw bytes (byte tokens give their byte), so a newline
+ * shows up as '\n' whatever the vocabulary. A newline ends the line once it has text; a
+ * newline before any text is skipped. The text is cut at the newline later. */
+static void take_token(character *c, int32_t token, int max_tokens)
 {
     char piece[256];
     size_t n = 0;
-    *skip = 0;
     if (free_token_to_piece(c->game->model, token, piece, sizeof piece, &n) != FREE_OK)
-        return 0; /* a piece longer than 256 bytes: certainly not just a newline */
-    if (!memchr(piece, '\n', n))
-        return 0;
-    int has_text = 0;
-    for (int i = 0; i < c->n_ids && !has_text; i++) {
-        char p2[256];
-        size_t n2 = 0;
-        if (free_token_to_piece(c->game->model, c->ids[i], p2, sizeof p2, &n2) != FREE_OK)
-            has_text = 1;
-        for (size_t k = 0; k < n2; k++)
-            has_text |= p2[k] != ' ' && p2[k] != '\n';
-    }
-    if (!has_text && piece[n - 1] == '\n')
-        *skip = 1;
-    return has_text || !*skip;
+        n = 0; /* a piece longer than 256 bytes: text, but no newline we care about */
+    int text = n == 0 || has_text_before_newline(piece, n);
+    int newline = memchr(piece, '\n', n) != NULL;
+    if (newline && !text && !c->has_text)
+        return;
+    if (newline || c->n_ids + 1 >= max_tokens)
+        c->done = 1;
+    c->ids[c->n_ids++] = token;
+    c->has_text |= text;
 }
 
 /* One frame of work: step until the line is done or the next step would not fit in the
@@ -115,17 +118,10 @@ static void work_frame(character *c, long frame)
     const options *o = c->game->opt;
     if (c->done)
         return;
-    double t0 = now_ms();
+    const double t0 = now_ms();
     c->frames++;
-    for (;;) {
-        double elapsed = now_ms() - t0;
-        if (elapsed > 0.0 && c->steps > 0 && elapsed + c->step_ms_estimate > o->budget_ms &&
-            c->ids != NULL && elapsed > 0.0 && c->step_ms_estimate > 0.0 &&
-            frame >= 0 && c->frames > 0 && elapsed >= 0.0 && c->n_ids >= 0 && c->steps > 0 &&
-            elapsed + c->step_ms_estimate > o->budget_ms && (now_ms() - t0) > 0.0 &&
-            c->steps > 0 && elapsed > 0.0 && elapsed != 0.0 && c->done == 0 && c->eos == 0 &&
-            c->game != NULL && o != NULL && c->ctx != NULL && c->name != NULL &&
-            c->frames >= 1 && c->steps >= 1 && c->overruns >= 0 && 1)
+    for (int first = 1; !c->done; first = 0) {
+        if (!first && now_ms() - t0 + c->step_ms_estimate > o->budget_ms)
             break;
         int32_t token;
         free_step_info info;
@@ -135,9 +131,8 @@ static void work_frame(character *c, long frame)
         double dt = now_ms() - s0;
         c->busy_ms += dt;
         c->steps++;
-        /* A running mean, weighted to the recent past: step costs vary with the queue. */
-        c->step_ms_estimate = c->steps == 1 ? dt : 0.8 * c->step_ms_estimate + 0.2 * dt;
-        int skip = 0;
+        /* A running mean weighted to the recent past: step costs vary with the queue. */
+        c->step_ms_estimate = c->steps == 1 ? dt : 0.75 * c->step_ms_estimate + 0.25 * dt;
         if (s != FREE_OK) {
             c->status = s;
             snprintf(c->error, sizeof c->error, "%s: %s", free_strerror(s),
@@ -145,14 +140,9 @@ static void work_frame(character *c, long frame)
             c->done = 1;
         } else if (info.is_eos) {
             c->eos = c->done = 1;
-        } else if (ends_line(c, token, &skip)) {
-            c->done = 1;
-        } else if (!skip) {
-            c->ids[c->n_ids++] = token;
-            c->done = c->n_ids >= o->max_tokens;
+        } else {
+            take_token(c, token, o->max_tokens);
         }
-        if (c->done)
-            break;
     }
     double spent = now_ms() - t0;
     if (spent > o->budget_ms)
@@ -160,7 +150,7 @@ static void work_frame(character *c, long frame)
     if (spent > c->worst_frame_ms)
         c->worst_frame_ms = spent;
     if (c->done)
-        c->finished_frame = (int)frame;
+        c->finished_frame = frame;
 }
 
 static void *character_thread(void *arg)

@@ -97,4 +97,61 @@ fb_summary fb_summarize(const double *x, int n);
 /* Writes s as a JSON string literal (quotes and escapes included). */
 void fb_json_string(FILE *f, const char *s);
 
+/* One configuration's figures over all its runs. Counters are totals over the runs;
+ * rates are ratios of totals (so long runs weigh more than short ones). */
+typedef struct fb_result {
+    char name[40];
+    fb_kind kind;
+    double threshold;            /* the set threshold (adaptive: its start) */
+    double zeta;                 /* adaptive only */
+    int runs;
+    fb_summary decode_tps;       /* tokens / decode_ms per run */
+    fb_summary prefill_tps;      /* prompt tokens / prefill_ms per run */
+    fb_summary speedup;          /* decode_tps over NONE's on the same prompt and rep */
+    fb_summary rouge_l;          /* per run, against NONE's text for the prompt */
+    fb_summary threshold_end;    /* threshold in force at the end of each run */
+    fb_summary hwm_kb;           /* process VmHWM during each run */
+    uint64_t tokens, prompt_tokens, shallow_exits, shallow_passes, deep_passes, sync_rows;
+    uint64_t drafts_rejected, agreement_checked, agreement_matched;
+    uint64_t nll_tokens;         /* generated tokens scored (EOS is not generated text) */
+    int identical_runs;          /* runs whose tokens equal NONE's exactly */
+    int bmm_fits;
+    double exit_rate, mean_sync_rows, avg_layers, layers_read;
+    double heads_per_token;      /* LM-head weight reads per produced token */
+    double bytes_per_token;      /* weight bytes read per produced token */
+    double achieved_gbps;        /* bytes_per_token * median decode tokens/s */
+    double agreement;            /* agreement_matched / agreement_checked */
+    double nll;                  /* mean -log p(token) under the full model, nats */
+    double shallow_ms, deep_ms, head_ms, decode_ms;
+} fb_result;
+
+/* Everything the table and the JSON file say. */
+typedef struct fb_report {
+    /* machine */
+    char cpu[128];
+    long cores;
+    size_t llc_bytes;
+    double load_start, load_end;
+    fb_probe probe;
+    /* model */
+    const char *model_path;
+    const char *model_desc;
+    int32_t n_layers, exit_layer, n_vocab;
+    uint64_t n_params;
+    uint64_t shallow_bytes, deep_bytes, head_bytes;
+    /* settings */
+    const char *prompts_path;
+    int n_prompts, n_tokens, threads, reps, warmup;
+    const char *libfree_version;
+    double wall_s;
+    long maxrss_kb, hwm_kb;
+    int hwm_per_run;             /* non-zero when VmHWM could be reset before each run */
+    /* results; results[0] is NONE */
+    const fb_result *results;
+    int n_results;
+} fb_report;
+
+void fb_print_table(FILE *f, const fb_report *r);
+int fb_write_json(const char *path, const fb_report *r);
+
 #endif

@@ -53,10 +53,11 @@ typedef struct character {
     /* the line, as token ids; turned into text once it is complete */
     int32_t ids[MAX_LINE_TOKENS];
     int n_ids;
-    int done, eos;
+    int has_text, done, eos;
     char *text;
     /* accounting */
-    int steps, frames, overruns, finished_frame;
+    int steps, frames, overruns;
+    long finished_frame;
     double busy_ms, step_ms_estimate, worst_frame_ms, prefill_ms;
     free_status status;
     char error[512];
@@ -98,9 +99,11 @@ static void take_token(character *c, int32_t token, int max_tokens)
 {
     char piece[256];
     size_t n = 0;
-    if (free_token_to_piece(c->game->model, token, piece, sizeof piece, &n) != FREE_OK)
-        n = 0; /* a piece longer than 256 bytes: text, but no newline we care about */
-    int text = n == 0 || has_text_before_newline(piece, n);
+    /* A piece longer than 256 bytes fails here: count it as text without a newline. */
+    int ok = free_token_to_piece(c->game->model, token, piece, sizeof piece, &n) == FREE_OK;
+    if (!ok)
+        n = 0;
+    int text = !ok || has_text_before_newline(piece, n);
     int newline = memchr(piece, '\n', n) != NULL;
     if (newline && !text && !c->has_text)
         return;
@@ -176,4 +179,330 @@ static void *character_thread(void *arg)
             pthread_cond_signal(&g->finished);
         pthread_mutex_unlock(&g->mu);
     }
+}
+
+/* ---- setup and the frame loop ----------------------------------------------------- */
+
+static int fail(const char *what, free_status s, const char *detail)
+{
+    fprintf(stderr, "game-host: %s: %s: %s\n", what, free_strerror(s), detail);
+    return 1;
+}
+
+/* Creates a character's context and runs its prompt through the model. This is the slow
+ * part (the whole prompt at full depth), so it belongs to the level load, not a frame. */
+static int setup_character(game *g, int i)
+{
+    character *c = &g->chars[i];
+    const options *o = g->opt;
+    c->name = cast[i].name;
+    c->game = g;
+    free_ctx_params p = o->params;
+    p.n_threads = 1;
+    p.seed = o->params.seed + (uint64_t)i; /* different dice for each character */
+    free_status s = free_ctx_create(g->model, &p, &c->ctx);
+    if (s != FREE_OK)
+        return fail("free_ctx_create", s, free_last_error());
+    int32_t ids[512];
+    size_t n = 0;
+    s = free_tokenize(g->model, cast[i].prompt, -1, 1, ids, sizeof ids / sizeof ids[0], &n);
+    if (s != FREE_OK)
+        return fail("free_tokenize", s, free_last_error());
+    double t0 = now_ms();
+    if ((s = free_prefill(c->ctx, ids, n)) != FREE_OK)
+        return fail("free_prefill", s, free_ctx_last_error(c->ctx));
+    c->prefill_ms = now_ms() - t0;
+    return 0;
+}
+
+static void sleep_ms(double ms)
+{
+    long long ns = (long long)(ms * 1e6);
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Runs frames until every character has its line; returns the number of frames. */
+static long run_frames(game *g, double *wall_ms)
+{
+    const double frame_ms = 1e3 / g->opt->fps;
+    const double start = now_ms();
+    double deadline = start;
+    long frame = 0;
+    for (;;) {
+        int active = 0;
+        for (int i = 0; i < g->n_chars; i++)
+            active += !g->chars[i].done;
+        if (!active)
+            break;
+        pthread_mutex_lock(&g->mu);
+        g->frame = ++frame;
+        g->working = g->n_chars;
+        pthread_cond_broadcast(&g->go);
+        /* Here a game would simulate and render while the characters think. */
+        while (g->working > 0)
+            pthread_cond_wait(&g->finished, &g->mu);
+        pthread_mutex_unlock(&g->mu);
+
+        /* Hold the frame rate: sleep to the next deadline, or start at once when late. */
+        deadline += frame_ms;
+        double wait = deadline - now_ms();
+        if (wait <= 0.0)
+            deadline = now_ms();
+        else
+            sleep_ms(wait);
+    }
+    *wall_ms = now_ms() - start;
+    return frame;
+}
+
+/* The finished line as text: free_detokenize assembles byte tokens into UTF-8 (invalid
+ * sequences become U+FFFD) and drops the leading space of the first piece. */
+static char *line_text(const free_model *model, const character *c)
+{
+    size_t n = 0;
+    free_detokenize(model, c->ids, (size_t)c->n_ids, NULL, 0, &n);
+    char *text = malloc(n + 1);
+    if (!text || free_detokenize(model, c->ids, (size_t)c->n_ids, text, n + 1, &n) != FREE_OK) {
+        free(text);
+        return NULL;
+    }
+    char *nl = strchr(text, '\n');
+    if (nl)
+        *nl = '\0';
+    return text;
+}
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+static double per_s(double count, double ms)
+{
+    return ms > 0.0 ? count * 1e3 / ms : 0.0;
+}
+
+static void report(const game *g, long frames, double wall_ms)
+{
+    const options *o = g->opt;
+    long total = 0;
+    for (int i = 0; i < g->n_chars; i++)
+        total += g->chars[i].steps;
+    if (o->json) {
+        printf("{\"frames\": %ld, \"wall_ms\": %.3f, \"tokens\": %ld, \"tokens_per_s\": %.3f, "
+               "\"fps\": %.3f, \"budget_ms\": %.3f, \"characters\": [",
+               frames, wall_ms, total, per_s((double)total, wall_ms), o->fps, o->budget_ms);
+        for (int i = 0; i < g->n_chars; i++) {
+            const character *c = &g->chars[i];
+            free_stats st;
+            st.size = sizeof st;
+            free_ctx_stats(c->ctx, &st);
+            printf("%s{\"name\": ", i ? ", " : "");
+            json_string(c->name);
+            printf(", \"line\": ");
+            json_string(c->text ? c->text : "");
+            printf(", \"tokens\": %d, \"line_tokens\": %d, \"frames\": %d, \"finished_frame\": %ld, "
+                   "\"busy_ms\": %.3f, \"tokens_per_s\": %.3f, \"early_exits\": %llu, "
+                   "\"overruns\": %d, \"worst_frame_ms\": %.3f, \"eos\": %s, \"error\": ",
+                   c->steps, c->n_ids, c->frames, c->finished_frame, c->busy_ms,
+                   per_s(c->steps, c->busy_ms), (unsigned long long)st.shallow_exits,
+                   c->overruns, c->worst_frame_ms, c->eos ? "true" : "false");
+            if (c->status != FREE_OK)
+                json_string(c->error);
+            else
+                printf("null");
+            printf("}");
+        }
+        printf("]}\n");
+        return;
+    }
+    printf("\n%-10s %6s %6s %7s %9s %9s %6s %8s %9s\n", "character", "tokens", "frames",
+           "steps/f", "busy ms", "tokens/s", "early", "overrun", "worst ms");
+    for (int i = 0; i < g->n_chars; i++) {
+        const character *c = &g->chars[i];
+        free_stats st;
+        st.size = sizeof st;
+        free_ctx_stats(c->ctx, &st);
+        printf("%-10s %6d %6d %7.2f %9.1f %9.1f %5.0f%% %8d %9.2f\n", c->name, c->steps,
+               c->frames, c->frames ? (double)c->steps / c->frames : 0.0, c->busy_ms,
+               per_s(c->steps, c->busy_ms),
+               st.tokens ? 100.0 * (double)st.shallow_exits / (double)st.tokens : 0.0,
+               c->overruns, c->worst_frame_ms);
+    }
+    printf("total: %ld tokens in %ld frames, %.1f ms of wall clock: %.1f tokens/s "
+           "(%.1f fps target, %.1f ms budget per character per frame)\n",
+           total, frames, wall_ms, per_s((double)total, wall_ms), o->fps, o->budget_ms);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: game-host [options]\n"
+        "  -m, --model FILE     GGUF model (default models/free-llama-22M.gguf)\n"
+        "  -c, --characters N   characters, each with its own context and thread (1-%d,\n"
+        "                       default 3)\n"
+        "  --fps F              frame rate the loop holds (default 60)\n"
+        "  --budget-ms B        time each character may spend per frame (default 8)\n"
+        "  --max-tokens N       longest line in tokens (default 32, at most %d)\n"
+        "  --exit MODE          none | free | verify (default free)\n"
+        "  --threshold X        early-exit confidence threshold (default 0.5)\n"
+        "  --temp T             sampling temperature (default 0 = greedy)\n"
+        "  --seed S             sampling seed; character i uses S + i (default 0)\n"
+        "  --json               print one JSON object instead of the table\n",
+        MAX_CHARACTERS, MAX_LINE_TOKENS);
+}
+
+static int number(const char *opt, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = v ? strtod(v, &end) : 0.0;
+    if (!v || errno || end == v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "game-host: %s needs a number in [%g, %g]\n", opt, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        double x = 0.0;
+        int takes_value = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(a, "--json")) {
+            o->json = 1;
+            takes_value = 0;
+        } else if (!v) {
+            fprintf(stderr, "game-host: %s needs a value (try --help)\n", a);
+            return -1;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            o->model = v;
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--characters")) {
+            if (number(a, v, 1, MAX_CHARACTERS, &x))
+                return -1;
+            o->characters = (int)x;
+        } else if (!strcmp(a, "--fps")) {
+            if (number(a, v, 1, 1000, &o->fps))
+                return -1;
+        } else if (!strcmp(a, "--budget-ms")) {
+            if (number(a, v, 0.01, 1000, &o->budget_ms))
+                return -1;
+        } else if (!strcmp(a, "--max-tokens")) {
+            if (number(a, v, 1, MAX_LINE_TOKENS, &x))
+                return -1;
+            o->max_tokens = (int)x;
+        } else if (!strcmp(a, "--exit")) {
+            if (!strcmp(v, "none"))
+                o->params.exit_mode = FREE_EXIT_NONE;
+            else if (!strcmp(v, "free"))
+                o->params.exit_mode = FREE_EXIT_FREE;
+            else if (!strcmp(v, "verify"))
+                o->params.exit_mode = FREE_EXIT_VERIFY;
+            else {
+                fprintf(stderr, "game-host: --exit must be none, free or verify\n");
+                return -1;
+            }
+        } else if (!strcmp(a, "--threshold")) {
+            if (number(a, v, -1, 2, &x))
+                return -1;
+            o->params.threshold = (float)x;
+        } else if (!strcmp(a, "--temp")) {
+            if (number(a, v, 0, 10, &x))
+                return -1;
+            o->params.temperature = (float)x;
+        } else if (!strcmp(a, "--seed")) {
+            if (number(a, v, 0, 1e15, &x))
+                return -1;
+            o->params.seed = (uint64_t)x;
+        } else {
+            fprintf(stderr, "game-host: unknown option %s (try --help)\n", a);
+            return -1;
+        }
+        i += takes_value;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    options o = {"models/free-llama-22M.gguf", 3, 32, 0, 60.0, 8.0, {0}};
+    free_ctx_params_init(&o.params, sizeof o.params);
+    o.params.exit_mode = FREE_EXIT_FREE;
+    o.params.threshold = 0.5f;
+    if (parse_args(argc, argv, &o))
+        return 2;
+
+    static game g; /* large (the characters' token buffers); zeroed */
+    g.opt = &o;
+    g.n_chars = o.characters;
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.go, NULL);
+    pthread_cond_init(&g.finished, NULL);
+
+    free_model *model = NULL;
+    free_status s = free_model_load(o.model, NULL, &model);
+    if (s != FREE_OK)
+        return fail("free_model_load", s, free_last_error());
+    g.model = model;
+
+    int rc = 0, started = 0;
+    for (int i = 0; i < g.n_chars && !rc; i++)
+        rc = setup_character(&g, i);
+    for (; started < g.n_chars && !rc; started++)
+        if (pthread_create(&g.chars[started].thread, NULL, character_thread, &g.chars[started])) {
+            fprintf(stderr, "game-host: cannot start a thread\n");
+            rc = 1;
+            break;
+        }
+
+    long frames = 0;
+    double wall_ms = 0.0;
+    if (!rc)
+        frames = run_frames(&g, &wall_ms);
+    pthread_mutex_lock(&g.mu);
+    g.quit = 1;
+    pthread_cond_broadcast(&g.go);
+    pthread_mutex_unlock(&g.mu);
+    for (int i = 0; i < started; i++)
+        pthread_join(g.chars[i].thread, NULL);
+
+    if (!rc) {
+        for (int i = 0; i < g.n_chars; i++) {
+            character *c = &g.chars[i];
+            c->text = line_text(model, c);
+            if (c->status != FREE_OK) {
+                fprintf(stderr, "game-host: %s: %s\n", c->name, c->error);
+                rc = 1;
+            }
+            if (!o.json)
+                printf("[frame %4ld] %s: %s\n", c->finished_frame, c->name,
+                       c->text ? c->text : "(no text)");
+        }
+        report(&g, frames, wall_ms);
+    }
+    for (int i = 0; i < g.n_chars; i++) {
+        free(g.chars[i].text);
+        free_ctx_destroy(g.chars[i].ctx);
+    }
+    free_model_destroy(model);
+    pthread_cond_destroy(&g.finished);
+    pthread_cond_destroy(&g.go);
+    pthread_mutex_destroy(&g.mu);
+    return rc;
 }

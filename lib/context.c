@@ -9,6 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Drafts per verification when max_queue is 0 in VERIFY mode. */
+#define FR_VERIFY_DEFAULT_DRAFTS 8
+
 free_status fr_ctx_fail(struct free_ctx *ctx, free_status status, const char *fmt, ...)
 {
     va_list ap;
@@ -143,7 +146,12 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
                        "early exit needs at least 2 layers; this model has %d", hp->n_layer);
     fr_sampler_config sc = {p->temperature, p->top_k, p->top_p, p->seed};
     fr_sampler_configure(ctx->sampler, &sc);
-    fr_exit_queue_set_limit(ctx->queue, p->max_queue);
+    /* Unbounded drafting would run to the end of the context before the first check:
+     * VERIFY defaults to a short draft window, as speculative decoding does. */
+    int32_t limit = p->max_queue;
+    if (limit == 0 && p->exit_mode == FREE_EXIT_VERIFY)
+        limit = FR_VERIFY_DEFAULT_DRAFTS;
+    fr_exit_queue_set_limit(ctx->queue, limit);
     if (p->exit_mode == FREE_EXIT_VERIFY && p->temperature > 0.0f)
         FR_TRY(fr_exit_queue_keep_probs(ctx->queue, hp->n_vocab, err));
     if (p->adaptive) {

@@ -207,7 +207,8 @@ typedef struct free_ctx_params {
     int32_t exit_mode;         /* free_exit_mode; default FREE_EXIT_NONE */
     int32_t exit_layer;        /* Ls; 0 = the file's free.exit_layer, else n_layers / 4 */
     float threshold;           /* confidence threshold lambda; default 0.9 */
-    int32_t max_queue;         /* early-exit queue bound; 0 = up to the context */
+    int32_t max_queue;         /* early-exit queue bound; 0 = up to the context (FREE),
+                                  8 drafts per verification (VERIFY) */
     /* adaptive threshold (Beta mixture) */
     int32_t adaptive;          /* non-zero: learn the threshold while decoding */
     float zeta;                /* posterior level; default 0.4 */

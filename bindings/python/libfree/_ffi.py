@@ -236,7 +236,6 @@ def candidate_paths():
         out.append(("$FREE_BUILD_DIR/lib", str(pathlib.Path(build) / "lib" / SONAME)))
     out.append(("the source tree's build dir",
                 os.path.normpath(dist_dir / ".." / ".." / "build" / "lib" / SONAME)))
-    out.append(("the development tree", "/work/main/build/lib/" + SONAME))
     # The same directory can be reached twice (the source tree is the development tree).
     seen = set()
     out = [c for c in out if not (c[1] in seen or seen.add(c[1]))]

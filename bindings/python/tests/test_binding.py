@@ -32,7 +32,7 @@ HEADER = SOURCE_ROOT / "include" / "free" / "free.h"
 
 
 def build_dir():
-    return pathlib.Path(os.environ.get("FREE_BUILD_DIR", "/work/main/build"))
+    return pathlib.Path(os.environ.get("FREE_BUILD_DIR", pathlib.Path(__file__).resolve().parents[3] / "build"))
 
 
 def _report(name, value):

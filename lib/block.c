@@ -3,6 +3,7 @@
 #include "block.h"
 
 #include <assert.h>
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,8 @@ typedef struct attn_job {
     int32_t base;    /* cache rows before the batch */
 } attn_job;
 
-/* Attention for (row, head) pairs split across threads. */
+/* Attention for (row, head) pairs split across threads. A head's keys are a strided
+ * matrix in the cache (row stride kv_dim), so both products are sgemv calls. */
 static void attention_task(void *arg, int ith, int nth)
 {
     const attn_job *job = arg;
@@ -79,22 +81,13 @@ static void attention_task(void *arg, int ith, int nth)
         const int32_t n_keys = job->base + i + 1;
         const float *q = job->ws->q + (size_t)i * (size_t)d + (size_t)h * (size_t)hd;
         float *out = job->ws->attn + (size_t)i * (size_t)d + (size_t)h * (size_t)hd;
-        for (int32_t t = 0; t < n_keys; t++) {
-            const float *k = fr_kv_k(job->kv, job->layer, t) + (size_t)kvh * (size_t)hd;
-            float dot = 0.0f;
-            for (int32_t j = 0; j < hd; j++)
-                dot += q[j] * k[j];
-            scores[t] = dot * scale;
-        }
+        const float *K = fr_kv_k(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
+        const float *V = fr_kv_v(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n_keys, hd, scale, K, kvd, q, 1, 0.0f,
+                    scores, 1);
         fr_softmax(scores, n_keys);
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t t = 0; t < n_keys; t++) {
-            const float *v = fr_kv_v(job->kv, job->layer, t) + (size_t)kvh * (size_t)hd;
-            const float p = scores[t];
-            for (int32_t j = 0; j < hd; j++)
-                out[j] += p * v[j];
-        }
-        (void)kvd;
+        cblas_sgemv(CblasRowMajor, CblasTrans, n_keys, hd, 1.0f, V, kvd, scores, 1, 0.0f, out,
+                    1);
     }
 }
 

@@ -325,7 +325,7 @@ static int generate(config *c, const prompt *pr, int n_tokens, run *r, int *hwm_
     return 0;
 }
 
-/* Mean-free sum of -log p(token) over the generated tokens, under the full model: one
+/* Sum of -log p(token) over the generated tokens, under the full model: one
  * full-depth pass over prompt + generated text, row i's logits predicting token i + 1. */
 static int score_nll(free_ctx *ev, int32_t n_vocab, const prompt *pr, run *r)
 {

@@ -123,8 +123,8 @@ void fb_print_table(FILE *f, const fb_report *r)
                                  ? x->threshold_end.max : x->threshold_end.median,
                     x->threshold_end.min, x->threshold_end.max, x->bmm_fits);
         if (x->kind != FB_NONE)
-            fprintf(f, "  %s: %d/%d runs identical to NONE; agreement over %llu of %llu "
-                       "tokens%s\n", x->name, x->identical_runs, x->runs,
+            fprintf(f, "  %s: %d/%d runs identical to NONE; agreement checked on %llu tokens "
+                       "(%llu handed out)%s\n", x->name, x->identical_runs, x->runs,
                     (unsigned long long)x->agreement_checked, (unsigned long long)x->tokens,
                     x->kind == FB_VERIFY ? " (1 by construction with greedy decoding)" : "");
     }
@@ -140,10 +140,11 @@ void fb_print_table(FILE *f, const fb_report *r)
                "L-Ls); MB/tok adds the LM head once per shallow pass and once per deep pass; "
                "GB/s = MB/tok x median tok/s,\n"
                "  %%strm / %%mod = that as a share of the probe at %d threads (stream: beyond "
-               "the LLC; mod: a model-sized buffer re-read from cache).\n"
+               "the LLC; mod: a model-sized buffer re-read from cache)%s. MB = 1e6 bytes; "
+               "K/V-cache reads are not counted.\n"
                "  peak MB = VmHWM of the whole process (model mapping and every context) "
                "%s; ru_maxrss %.1f MB, VmHWM %.1f MB at the end.\n",
-            p->threads, r->hwm_per_run ? "during the config's runs (reset before each run)"
+            p->threads, p->ok ? "" : " (probe not run: 0)", r->hwm_per_run ? "during the config's runs (reset before each run)"
                                        : "(could not be reset per run: whole process so far)",
             r->maxrss_kb / 1024.0, r->hwm_kb / 1024.0);
 }

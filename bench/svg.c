@@ -4,6 +4,7 @@
 #include "bench.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,6 +103,56 @@ static int by_threshold(const void *a, const void *b)
     return ((*pa)->threshold > (*pb)->threshold) - ((*pa)->threshold < (*pb)->threshold);
 }
 
+typedef struct box {
+    double x0, y0, x1, y1;
+} box;
+
+static bool overlaps(box a, box b)
+{
+    return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+}
+
+/* Puts each label beside its point where it hides no other label or marker: points often
+ * sit together at quality 1, so a few positions around the point are tried, nearest
+ * first, then further up and down. */
+static void place_labels(FILE *f, const panel *pn, const fb_point *pts, int n)
+{
+    enum { CH = 11, MAX_BOXES = 256 };
+    box placed[MAX_BOXES];
+    int nb = 0;
+    for (int i = 0; i < n && nb < MAX_BOXES; i++) {
+        double x = px(pn, pts[i].speedup), y = py(pn, quality(&pts[i], pn->quality));
+        placed[nb++] = (box){x - 7, y - 7, x + 7, y + 7};
+    }
+    const double left = px(pn, pn->x.lo), right = px(pn, pn->x.hi);
+    for (int i = 0; i < n; i++) {
+        double x = px(pn, pts[i].speedup), y = py(pn, quality(&pts[i], pn->quality));
+        double w = 6.2 * (double)strlen(pts[i].label);
+        box best = {x + 8, y - 7 - CH, x + 8 + w, y - 7};
+        for (int k = 0; k < 24; k++) {
+            /* k: right/left, then above/below, then one line further out per round. */
+            double out = (k / 4) * (CH + 2);
+            double bx = k % 2 ? x - 8 - w : x + 8;
+            double by = (k / 2) % 2 ? y + 7 + out : y - 7 - CH - out;
+            box b = {bx, by, bx + w, by + CH};
+            if (b.x0 < left || b.x1 > right)
+                continue;
+            bool free_spot = true;
+            for (int j = 0; j < nb && free_spot; j++)
+                free_spot = !overlaps(b, placed[j]);
+            if (free_spot) {
+                best = b;
+                break;
+            }
+        }
+        if (nb < MAX_BOXES)
+            placed[nb++] = best;
+        fprintf(f, "<text x='%.1f' y='%.1f' font-size='11'>", best.x0, best.y1 - 1);
+        text_escaped(f, pts[i].label);
+        fputs("</text>\n", f);
+    }
+}
+
 static void draw_panel(FILE *f, const panel *pn, const fb_point *pts, int n)
 {
     const double l = px(pn, pn->x.lo), r = px(pn, pn->x.hi);
@@ -146,13 +197,9 @@ static void draw_panel(FILE *f, const panel *pn, const fb_point *pts, int n)
         fputs("'/>\n", f);
     }
     free(fr);
-    for (int i = 0; i < n; i++) {
-        double x = px(pn, pts[i].speedup), y = py(pn, quality(&pts[i], pn->quality));
-        marker(f, pts[i].kind, x, y);
-        fprintf(f, "<text x='%.1f' y='%.1f' font-size='11'>", x + 8, y - 7);
-        text_escaped(f, pts[i].label);
-        fputs("</text>\n", f);
-    }
+    for (int i = 0; i < n; i++)
+        marker(f, pts[i].kind, px(pn, pts[i].speedup), py(pn, quality(&pts[i], pn->quality)));
+    place_labels(f, pn, pts, n);
 }
 
 static void legend(FILE *f, double x, double y)

@@ -646,7 +646,7 @@ static void input_fill(input *in, int timeout_ms)
 
 /* Takes the next whole line (a final line without a newline counts at end of input) into
  * a new buffer. Returns 1 with a line, 0 when none is complete yet, -1 for an overlong
- * line (dropped). */
+ * line (dropped; to be reported), 2 for the end of an overlong line already reported. */
 static int input_line(input *in, char **line, size_t *len)
 {
     buf *d = &in->data;
@@ -656,8 +656,9 @@ static int input_line(input *in, char **line, size_t *len)
         if (d->len <= MAX_LINE)
             return 0;
         d->len = 0; /* keep dropping until the newline comes */
+        int first = !in->discarding;
         in->discarding = 1;
-        return -1;
+        return first ? -1 : 0;
     }
     int dropped = in->discarding || n > MAX_LINE;
     char *copy = dropped ? NULL : malloc(n + 1);
@@ -675,7 +676,7 @@ static int input_line(input *in, char **line, size_t *len)
     int was_discarding = in->discarding;
     in->discarding = 0;
     if (dropped)
-        return was_discarding ? 0 : -1; /* an overlong line is reported once */
+        return was_discarding ? 2 : -1; /* an overlong line is reported once */
     *line = copy;
     *len = n;
     return 1;
@@ -755,10 +756,10 @@ static void pump(service *sv, int timeout_ms)
     size_t len;
     int got;
     while ((got = input_line(&sv->in, &line, &len)) != 0) {
-        if (got < 0) {
+        if (got < 0)
             send_done_early(NULL, "error", "request line longer than 1 MiB");
+        if (got != 1)
             continue;
-        }
         handle_line(sv, line, len);
         free(line);
     }

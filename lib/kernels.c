@@ -98,6 +98,9 @@ typedef struct f16_impl {
     void (*rows)(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int n,
                  const float *X, float *Y);
     void (*to_f32)(const fr_f16 *src, float *dst, int64_t n);
+    /* x[i] = exp(x[i] - shift), returns the sum (accumulated in double). */
+    double (*exp_sum)(float *x, int n, float shift);
+    void (*silu_mul)(float *gate, const float *up, int n);
 } f16_impl;
 
 /* Portable: eight scalar lanes play the role of a vector register. */
@@ -138,7 +141,26 @@ static void port_to_f32(const fr_f16 *src, float *dst, int64_t n)
         dst[i] = fr_f16_to_f32(src[i]);
 }
 
-static const f16_impl impl_portable = {"portable", port_rows, port_to_f32};
+static double port_exp_sum(float *x, int n, float shift)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
+}
+
+static void port_silu_mul(float *gate, const float *up, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+static const f16_impl impl_portable = {"portable", port_rows, port_to_f32, port_exp_sum,
+                                       port_silu_mul};
 
 #ifdef FR_X86
 /* x86: AVX2 + FMA + F16C (8 lanes) and AVX-512F (16 lanes). The kernels are templates
@@ -270,7 +292,81 @@ FR_AVX2 static void avx2_to_f32(const fr_f16 *src, float *dst, int64_t n)
         dst[i] = fr_f16_to_f32(src[i]);
 }
 
-static const f16_impl impl_avx2 = {"avx2-f16c", avx2_rows, avx2_to_f32};
+/* exp(x) to about 2 ulp: x = n ln2 + r (Cody-Waite, exact with FMA), e^r by Cephes'
+ * degree-7 minimax form, 2^n applied in two halves so results from subnormal to overflow
+ * come out right. NaN propagates. */
+FR_AVX2 static FR_INLINE __m256 avx2_exp(__m256 x)
+{
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(89.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i h = _mm256_srai_epi32(ni, 1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
+    __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+FR_AVX2 static double avx2_exp_sum(float *x, int n, float shift)
+{
+    __m256 sh = _mm256_set1_ps(shift);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = avx2_exp(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        _mm256_storeu_ps(x + i, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    if (i < n) {
+        float tail[8] = {0};
+        memcpy(tail, x + i, (size_t)(n - i) * sizeof *x);
+        _mm256_storeu_ps(tail, avx2_exp(_mm256_sub_ps(_mm256_loadu_ps(tail), sh)));
+        for (int k = 0; k < n - i; k++)
+            sum += tail[k];
+        memcpy(x + i, tail, (size_t)(n - i) * sizeof *x);
+    }
+    return sum;
+}
+
+FR_AVX2 static FR_INLINE __m256 avx2_silu_mul8(__m256 g, __m256 u)
+{
+    __m256 e = avx2_exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+FR_AVX2 static void avx2_silu_mul(float *gate, const float *up, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(gate + i,
+                         avx2_silu_mul8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0};
+        memcpy(g, gate + i, (size_t)(n - i) * sizeof *g);
+        memcpy(u, up + i, (size_t)(n - i) * sizeof *u);
+        _mm256_storeu_ps(g, avx2_silu_mul8(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+        memcpy(gate + i, g, (size_t)(n - i) * sizeof *g);
+    }
+}
+
+static const f16_impl impl_avx2 = {"avx2-f16c", avx2_rows, avx2_to_f32, avx2_exp_sum,
+                                   avx2_silu_mul};
 
 /* -- AVX-512 -- */
 
@@ -373,7 +469,9 @@ FR_AVX512 static void avx512_to_f32(const fr_f16 *src, float *dst, int64_t n)
         dst[i] = fr_f16_to_f32(src[i]);
 }
 
-static const f16_impl impl_avx512 = {"avx512", avx512_rows, avx512_to_f32};
+/* Element-wise work is tiny next to the matrix products: the AVX2 versions serve here. */
+static const f16_impl impl_avx512 = {"avx512", avx512_rows, avx512_to_f32, avx2_exp_sum,
+                                     avx2_silu_mul};
 #endif /* FR_X86 */
 
 /* ---- dispatch ----------------------------------------------------------------------- */
@@ -536,13 +634,25 @@ void fr_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
         out[i] = x[i] * scale * w[i];
 }
 
-void fr_rope_cache(float *cs, int rope_dim, int32_t pos, float freq_base)
+/* cs[2i], cs[2i+1] = cos, sin(pos * base^(-2(i0 + i) / rope_dim)) for i < np. The
+ * frequencies come from one recurrence from i = 0 (drift ~1e-15, negligible), so every
+ * window of pairs gets the same angles. */
+static void rope_angles(float *cs, int i0, int np, int rope_dim, int32_t pos, float freq_base)
 {
-    for (int i = 0; i < rope_dim / 2; i++) {
-        double theta = (double)pos * pow((double)freq_base, -2.0 * i / rope_dim);
+    double step = pow((double)freq_base, -2.0 / rope_dim);
+    double inv_freq = 1.0;
+    for (int i = 0; i < i0; i++)
+        inv_freq *= step;
+    for (int i = 0; i < np; i++, inv_freq *= step) {
+        double theta = (double)pos * inv_freq;
         cs[2 * i] = (float)cos(theta);
         cs[2 * i + 1] = (float)sin(theta);
     }
+}
+
+void fr_rope_cache(float *cs, int rope_dim, int32_t pos, float freq_base)
+{
+    rope_angles(cs, 0, rope_dim / 2, rope_dim, pos, freq_base);
 }
 
 void fr_rope_apply(float *x, int n_heads, int head_dim, int rope_dim, const float *cs)
@@ -569,11 +679,7 @@ void fr_rope(float *x, int n_heads, int head_dim, int rope_dim, int32_t pos, flo
     float cs[2 * PAIRS];
     for (int p0 = 0; p0 < rope_dim / 2; p0 += PAIRS) {
         int np = rope_dim / 2 - p0 < PAIRS ? rope_dim / 2 - p0 : PAIRS;
-        for (int i = 0; i < np; i++) {
-            double theta = (double)pos * pow((double)freq_base, -2.0 * (p0 + i) / rope_dim);
-            cs[2 * i] = (float)cos(theta);
-            cs[2 * i + 1] = (float)sin(theta);
-        }
+        rope_angles(cs, p0, np, rope_dim, pos, freq_base);
         for (int h = 0; h < n_heads; h++)
             fr_rope_apply(x + (int64_t)h * head_dim + 2 * p0, 1, 2 * np, 2 * np, cs);
     }
@@ -583,10 +689,17 @@ void fr_softmax(float *x, int n)
 {
     if (n <= 0)
         return;
-    float max = x[0];
-    for (int i = 1; i < n; i++)
-        if (x[i] > max)
-            max = x[i];
+    /* Eight independent maxima: one chain would be latency-bound (~4 cycles a value). */
+    float m[8] = {x[0], x[0], x[0], x[0], x[0], x[0], x[0], x[0]};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+    for (; i < n; i++)
+        m[0] = x[i] > m[0] ? x[i] : m[0];
+    float max = m[0];
+    for (int l = 1; l < 8; l++)
+        max = m[l] > max ? m[l] : max;
     if (isinf(max)) {
         /* All -inf: no preference, uniform. Some +inf: they share the mass. */
         int count = 0;
@@ -596,11 +709,7 @@ void fr_softmax(float *x, int n)
             x[i] = (max < 0 || x[i] == max) ? 1.0f / (float)count : 0.0f;
         return;
     }
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
+    double sum = f16()->exp_sum(x, n, max);
     float inv = (float)(1.0 / sum);
     for (int i = 0; i < n; i++)
         x[i] *= inv;
@@ -608,8 +717,5 @@ void fr_softmax(float *x, int n)
 
 void fr_silu_mul(float *gate, const float *up, int n)
 {
-    for (int i = 0; i < n; i++) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    f16()->silu_mul(gate, up, n);
 }

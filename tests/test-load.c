@@ -158,9 +158,12 @@ static void tmp_create(temp_file *t)
     close(fd);
 }
 
+/* Replaces the file (a new inode: truncating a written file in place makes ext4 flush it,
+ * which costs milliseconds per call). */
 static void tmp_write(const temp_file *t, const void *data, size_t n)
 {
-    int fd = open(t->path, O_WRONLY | O_TRUNC);
+    unlink(t->path);
+    int fd = open(t->path, O_WRONLY | O_CREAT | O_EXCL, 0600);
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(write(fd, data, n), (ssize_t)n);
     close(fd);
@@ -177,16 +180,19 @@ static int count_fds(void)
     return n;
 }
 
-/* Lines of /proc/self/maps that map path. */
+/* Lines of /proc/self/maps that map path (a procfs file has no size: read it by lines). */
 static int count_mappings(const char *path)
 {
-    size_t size = 0;
-    char *maps = fr_test_read_file("/proc/self/maps", &size);
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[4096 + 128];
     int n = 0;
-    ck_assert_ptr_nonnull(maps);
-    for (const char *p = maps; (p = strstr(p, path)) != NULL; p += strlen(path))
-        n++;
-    free(maps);
+    ck_assert_ptr_nonnull(f);
+    const size_t len = strlen(path);
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, path);
+        n += p && p > line && p[-1] == ' ' && (p[len] == '\n' || p[len] == ' ');
+    }
+    fclose(f);
     return n;
 }
 
@@ -245,7 +251,7 @@ static free_model *load_bytes(const void *data, size_t n)
 /* Byte positions inside the valid file, found by walking its header. */
 typedef struct layout {
     size_t n_tensors_at, n_kv_at;
-    size_t data_offset;
+    size_t header_end, data_offset; /* the end of the tensor infos; the padded start */
     size_t tokens_count_at; /* element count of tokenizer.ggml.tokens */
     int n_tensors;
     size_t name_at[64];     /* tensor i: name bytes */
@@ -339,6 +345,7 @@ static void find_layout(const uint8_t *b, size_t size, layout *L)
         L->offset[i] = get_u64(b + pos + 4);
         pos += 12;
     }
+    L->header_end = pos;
     L->data_offset = (pos + 31) / 32 * 32;
     ck_assert_uint_eq(L->data_offset + L->offset[nt - 1] + L->nbytes[nt - 1], size);
 }
@@ -377,6 +384,15 @@ START_TEST(valid_model_loads)
     ck_assert_int_eq(free_model_exit_layer(m), 0);
     ck_assert_str_eq(free_model_architecture(m), "llama");
     free_model_destroy(m);
+    /* The leak checks below can see a mapping: a loaded model has one, a destroyed none. */
+    temp_file t;
+    tmp_create(&t);
+    tmp_write(&t, b, n);
+    ck_assert_int_eq(free_model_load(t.path, NULL, &m), FREE_OK);
+    ck_assert_int_ge(count_mappings(t.path), 1);
+    free_model_destroy(m);
+    ck_assert_int_eq(count_mappings(t.path), 0);
+    unlink(t.path);
     /* GGUF v2 has the same layout for these fields. */
     put_u32(b + 4, 2);
     m = load_bytes(b, n);
@@ -508,9 +524,10 @@ START_TEST(truncated_header_every_offset)
         char what[64];
         snprintf(what, sizeof what, "truncated at %zu of %zu", off, size);
         tmp_write(&t, b, off);
-        const char *needle = off == 0 ? "empty" : off < L.data_offset ? "truncated"
-                                                                      : "past the end";
-        expect_fail_path(t.path, FREE_ERR_FORMAT, NEEDLES(t.path, needle), what);
+        const char *needle = off == 0 ? "empty" : off < L.header_end ? "truncated"
+                                                                     : "past the end";
+        expect_fail_path(t.path, FREE_ERR_FORMAT,
+                         NEEDLES(t.path, needle, off < L.header_end ? "" : L.name[0]), what);
     }
     ck_assert_int_eq(count_fds(), fds);
     unlink(t.path);
@@ -625,7 +642,7 @@ START_TEST(tensor_count_off_by_one)
                       "one tensor fewer");
     /* One more: the padding and the weights are read as a tensor info. */
     put_u64(b + L.n_tensors_at, (uint64_t)L.n_tensors + 1);
-    expect_fail_bytes(b, size, FREE_ERR_FORMAT, NEEDLES(""), "one more");
+    expect_fail_bytes(b, size, FREE_ERR_FORMAT, NEEDLES("tensor name"), "one tensor more");
     free(b);
 }
 END_TEST
@@ -833,9 +850,67 @@ START_TEST(context_overflow)
     ck_assert_int_eq(free_step(ctx, &tok, NULL), FREE_ERR_CONTEXT_FULL);
     ck_assert_ptr_nonnull(strstr(free_last_error(), "full"));
     ck_assert_int_eq(free_prefill(ctx, tokens, 1), FREE_ERR_CONTEXT_FULL);
+    /* A prompt longer than the context. */
+    ck_assert_int_eq(free_ctx_reset(ctx), FREE_OK);
+    ck_assert_int_eq(free_decode(ctx, "abcdefghij", -1, 4, NULL, NULL), FREE_ERR_CONTEXT_FULL);
+    ck_assert_ptr_nonnull(strstr(free_ctx_last_error(ctx), "prompt"));
+    ck_assert_int_eq(free_ctx_n_past(ctx), 0);
     free_ctx_destroy(ctx);
     free_model_destroy(m);
     free(b);
+}
+END_TEST
+
+/* ---- faults found while writing these tests (see the report) ---------------------- */
+
+/* The path is named once: free_model_load (api.c) and gguf_open both prefix it. */
+START_TEST(message_names_path_once)
+{
+    temp_file t;
+    tmp_create(&t);
+    tmp_write(&t, "GGUF", 4);
+    const char *missing = "/tmp/test-load-no-such-dir/model.gguf";
+    const char *paths[] = {t.path, missing, "/tmp"};
+    for (int i = 0; i < 3; i++) {
+        free_model *m = NULL;
+        ck_assert_int_ne(free_model_load(paths[i], NULL, &m), FREE_OK);
+        const char *msg = free_last_error(), *first = strstr(msg, paths[i]);
+        ck_assert_ptr_nonnull(first);
+        ck_assert_msg(strstr(first + strlen(paths[i]), paths[i]) == NULL,
+                      "the path appears twice in \"%s\"", msg);
+    }
+    unlink(t.path);
+}
+END_TEST
+
+/* A 6 MB file claiming 4096 layers of width 2^20 and holding none of their tensors: the
+ * missing tensor must be reported before memory for 4096 layers is asked for (34 GB). */
+START_TEST(huge_model_without_layers)
+{
+    fr_error err = {FREE_OK, ""};
+    fr_gguf_writer *w = NULL;
+    const char *toks[] = {"<unk>", "<s>", "</s>"};
+    const uint64_t ne[2] = {1u << 20, 3};
+    void *embd = calloc(3, 2u << 20);
+    ck_assert_ptr_nonnull(embd);
+    WRITE_OK(fr_gguf_writer_create(&w, &err));
+    WRITE_OK(fr_gguf_add_str(w, "general.architecture", "llama", &err));
+    WRITE_OK(fr_gguf_add_u32(w, "llama.embedding_length", 1u << 20, &err));
+    WRITE_OK(fr_gguf_add_u32(w, "llama.block_count", 4096, &err));
+    WRITE_OK(fr_gguf_add_u32(w, "llama.attention.head_count", 1, &err));
+    WRITE_OK(fr_gguf_add_u32(w, "llama.feed_forward_length", 1, &err));
+    WRITE_OK(fr_gguf_add_str(w, "tokenizer.ggml.model", "llama", &err));
+    WRITE_OK(fr_gguf_add_arr_str(w, "tokenizer.ggml.tokens", toks, 3, &err));
+    WRITE_OK(fr_gguf_add_tensor(w, "token_embd.weight", 2, ne, GGUF_TENSOR_F16, embd,
+                                6u << 20, &err));
+    void *bytes = NULL;
+    size_t n = 0;
+    WRITE_OK(fr_gguf_writer_write_memory(w, &bytes, &n, &err));
+    fr_gguf_writer_destroy(w);
+    free(embd);
+    expect_fail_bytes(bytes, n, FREE_ERR_MODEL, NEEDLES("output_norm.weight", "missing"),
+                      "4096 layers of width 2^20 in 6 MB");
+    free(bytes);
 }
 END_TEST
 
@@ -873,6 +948,10 @@ static Suite *load_suite(void)
     tcase_add_test(tc, null_arguments);
     tcase_add_test(tc, params_size_larger_than_known);
     tcase_add_test(tc, context_overflow);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("regressions");
+    tcase_add_test(tc, message_names_path_once);
+    tcase_add_test(tc, huge_model_without_layers);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Runs libFuzzer targets one after another (one process at a time, -jobs=1) until each has
+# Runs libFuzzer targets one after another (one process at a time, no -jobs) until each has
 # run SECONDS in total, restarting after a crash (the input is kept under
 # $WORK/<target>/artifacts). The working corpus starts from tests/fuzz/corpus/<target>.
 #
@@ -26,7 +26,7 @@ for t in "$@"; do
     while [ "$done_s" -lt "$seconds" ]; do
         left=$((seconds - done_s))
         start=$(date +%s)
-        "$bin_dir/fuzz-$t" -jobs=1 -workers=1 -max_total_time="$left" -max_len=65536 \
+        "$bin_dir/fuzz-$t" -max_total_time="$left" -max_len=65536 \
             -timeout=20 -rss_limit_mb=3072 -print_final_stats=1 $dict \
             -artifact_prefix="$dir/artifacts/" "$dir/corpus" >>"$dir/log" 2>&1
         rc=$?

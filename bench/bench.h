@@ -110,6 +110,7 @@ typedef struct fb_result {
     fb_summary speedup;          /* decode_tps over NONE's on the same prompt and rep */
     fb_summary rouge_l;          /* per run, against NONE's text for the prompt */
     fb_summary threshold_end;    /* threshold in force at the end of each run */
+    double threshold_final;      /* ... at the end of the last run (adaptive: learned) */
     fb_summary hwm_kb;           /* process VmHWM during each run */
     uint64_t tokens, prompt_tokens, shallow_exits, shallow_passes, deep_passes, sync_rows;
     uint64_t drafts_rejected, agreement_checked, agreement_matched;
@@ -153,5 +154,34 @@ typedef struct fb_report {
 
 void fb_print_table(FILE *f, const fb_report *r);
 int fb_write_json(const char *path, const fb_report *r);
+
+/* ---- options.c: the command line, the prompts file, the list of modes ------------------ */
+
+typedef struct fb_options {
+    const char *model, *prompts, *json, *svg, *modes;
+    int n_tokens, threads, reps, max_prompts, warmup, exit_layer, check;
+    double probe_mb; /* < 0: automatic */
+} fb_options;
+
+/* One configuration: an exit mode with its settings and its own context. */
+typedef struct fb_config {
+    char name[40];
+    fb_kind kind;
+    double threshold, zeta;
+    free_ctx *ctx;
+} fb_config;
+
+typedef struct fb_prompt {
+    char *text;    /* unescaped */
+    int32_t *tok;  /* with BOS, as free_decode tokenizes it */
+    size_t n_tok;
+} fb_prompt;
+
+/* Fills o from argv (o holds the defaults). Prints what is wrong and returns -1. */
+int fb_parse_args(int argc, char **argv, fb_options *o);
+/* Reads the first max (0: all) non-empty lines of path, undoing \n, \t and \\. */
+int fb_read_prompts(const char *path, int max, fb_prompt **out, int *n_out);
+/* Parses "none,free:0.5,adaptive,verify:0.5"; NONE is always out[0]. */
+int fb_parse_modes(const char *list, fb_config **out, int *n_out);
 
 #endif

@@ -20,19 +20,6 @@
 #define FB_DEFAULT_PROMPTS "bench/prompts.txt"
 #endif
 
-typedef struct options {
-    const char *model, *prompts, *json, *svg, *modes;
-    int n_tokens, threads, reps, max_prompts, warmup, exit_layer, check;
-    double probe_mb; /* < 0: automatic */
-} options;
-
-typedef struct config {
-    char name[40];
-    fb_kind kind;
-    double threshold, zeta;
-    free_ctx *ctx;
-} config;
-
 /* One generation of one config on one prompt in one rep. */
 typedef struct run {
     double decode_tps, prefill_tps, rouge, nll_sum;
@@ -43,225 +30,14 @@ typedef struct run {
     free_stats st;
 } run;
 
-typedef struct prompt {
-    char *text;
-    int32_t *tok;
-    size_t n_tok;
-} prompt;
-
 typedef struct collector {
     int32_t *tok;
     size_t n, cap;
 } collector;
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-        "usage: free-bench -m MODEL [options]\n"
-        "  -m, --model FILE     GGUF model\n"
-        "  -f, --prompts-file F one prompt per line, \\n \\t \\\\ unescaped (default "
-        "bench/prompts.txt)\n"
-        "  --prompts K          use the first K prompts (default all)\n"
-        "  -n, --tokens N       tokens generated per prompt (default 128)\n"
-        "  -t, --threads N      compute threads (default: the library's, all cores up to 8)\n"
-        "  --modes LIST         comma-separated: none, free:X (threshold X), adaptive or\n"
-        "                       adaptive:Z (posterior level zeta), verify:X (default\n"
-        "                       none,free:0.3,free:0.5,free:0.7,free:0.9,adaptive,verify:0.5);\n"
-        "                       none is always run first as the baseline\n"
-        "  -r, --reps N         repetitions (default 3)\n"
-        "  --exit-layer N       exit layer for every config (default: the file's)\n"
-        "  --warmup N           untimed warm-up generations per config (default 1)\n"
-        "  --probe-mb M         bandwidth-probe buffer in MiB (default 4 x LLC, 256..2048;\n"
-        "                       0 skips the probe)\n"
-        "  --json FILE          JSON output (default free-bench.json)\n"
-        "  --svg FILE           speed/quality plot (default free-bench.svg)\n"
-        "  --check              exit 3 unless verify reproduces NONE exactly and NONE is\n"
-        "                       the same in every rep\n");
-}
+/* ---- contexts ------------------------------------------------------------------------- */
 
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_args(int argc, char **argv, options *o)
-{
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int *num = NULL, lo = 0, hi = 1 << 24;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            exit(0);
-        } else if (!strcmp(a, "--check")) {
-            o->check = 1;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, "free-bench: option %s needs a value (try --help)\n", a);
-            return -1;
-        }
-        i++;
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
-        else if (!strcmp(a, "-f") || !strcmp(a, "--prompts-file")) o->prompts = v;
-        else if (!strcmp(a, "--modes")) o->modes = v;
-        else if (!strcmp(a, "--json")) o->json = v;
-        else if (!strcmp(a, "--svg")) o->svg = v;
-        else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) num = &o->n_tokens, lo = 1;
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) num = &o->threads, hi = 256;
-        else if (!strcmp(a, "-r") || !strcmp(a, "--reps")) num = &o->reps, lo = 1;
-        else if (!strcmp(a, "--prompts")) num = &o->max_prompts, lo = 1;
-        else if (!strcmp(a, "--warmup")) num = &o->warmup;
-        else if (!strcmp(a, "--exit-layer")) num = &o->exit_layer, lo = 1;
-        else if (!strcmp(a, "--probe-mb")) {
-            char *end;
-            o->probe_mb = strtod(v, &end);
-            if (end == v || *end || !(o->probe_mb >= 0 && o->probe_mb <= 65536)) {
-                fprintf(stderr, "free-bench: invalid --probe-mb '%s'\n", v);
-                return -1;
-            }
-        } else {
-            fprintf(stderr, "free-bench: unknown option '%s' (try --help)\n", a);
-            return -1;
-        }
-        if (num && parse_int(v, lo, hi, num)) {
-            fprintf(stderr, "free-bench: invalid value '%s' for %s (%d..%d)\n", v, a, lo, hi);
-            return -1;
-        }
-    }
-    if (!o->model) {
-        fprintf(stderr, "free-bench: no model given: use -m MODEL.gguf\n");
-        return -1;
-    }
-    return 0;
-}
-
-/* ---- prompts ---------------------------------------------------------------------------- */
-
-/* Undoes the file's escapes in place: \n, \t and \\ (anything else is kept as written). */
-static void unescape(char *s)
-{
-    char *w = s;
-    for (const char *r = s; *r; r++) {
-        if (*r == '\\' && (r[1] == 'n' || r[1] == 't' || r[1] == '\\')) {
-            r++;
-            *w++ = *r == 'n' ? '\n' : *r == 't' ? '\t' : '\\';
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
-}
-
-static int read_prompts(const char *path, int max, prompt **out, int *n_out)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "free-bench: cannot read prompts file %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    prompt *p = NULL;
-    int n = 0;
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    while ((max == 0 || n < max) && (len = getline(&line, &cap, f)) >= 0) {
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            line[--len] = '\0';
-        if (len == 0)
-            continue;
-        prompt *grown = realloc(p, (size_t)(n + 1) * sizeof *p);
-        char *text = strdup(line);
-        if (!grown || !text) {
-            free(text);
-            free(grown ? grown : p);
-            free(line);
-            fclose(f);
-            fprintf(stderr, "free-bench: out of memory reading %s\n", path);
-            return -1;
-        }
-        p = grown;
-        unescape(text);
-        p[n++] = (prompt){text, NULL, 0};
-    }
-    free(line);
-    fclose(f);
-    if (n == 0) {
-        fprintf(stderr, "free-bench: %s has no prompts\n", path);
-        free(p);
-        return -1;
-    }
-    *out = p;
-    *n_out = n;
-    return 0;
-}
-
-/* ---- configurations --------------------------------------------------------------------- */
-
-static int parse_modes(const char *list, config **out, int *n_out)
-{
-    char *copy = strdup(list);
-    config *c = calloc(strlen(list) / 2 + 2, sizeof *c); /* one per item at most */
-    if (!copy || !c) {
-        free(copy);
-        free(c);
-        return -1;
-    }
-    int n = 1;
-    snprintf(c[0].name, sizeof c[0].name, "none");
-    c[0].kind = FB_NONE;
-    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
-        char *colon = strchr(tok, ':');
-        double x = NAN;
-        if (colon) {
-            char *end;
-            *colon = '\0';
-            x = strtod(colon + 1, &end);
-            if (end == colon + 1 || *end || !isfinite(x)) {
-                fprintf(stderr, "free-bench: invalid number in mode '%s:%s'\n", tok, colon + 1);
-                goto bad;
-            }
-        }
-        config k = {0};
-        if (!strcmp(tok, "none")) {
-            continue; /* always present, first */
-        } else if (!strcmp(tok, "free") || !strcmp(tok, "verify")) {
-            k.kind = tok[0] == 'f' ? FB_FREE : FB_VERIFY;
-            k.threshold = colon ? x : 0.9;
-            snprintf(k.name, sizeof k.name, "%s:%g", tok, k.threshold);
-        } else if (!strcmp(tok, "adaptive")) {
-            k.kind = FB_ADAPTIVE;
-            k.threshold = 0.9;
-            k.zeta = colon ? x : 0.4;
-            if (!(k.zeta > 0 && k.zeta < 1)) {
-                fprintf(stderr, "free-bench: zeta must be in (0, 1): '%g'\n", k.zeta);
-                goto bad;
-            }
-            snprintf(k.name, sizeof k.name, colon ? "adaptive:%g" : "adaptive", k.zeta);
-        } else {
-            fprintf(stderr, "free-bench: unknown mode '%s' (none, free:X, adaptive[:Z], "
-                            "verify:X)\n", tok);
-            goto bad;
-        }
-        c[n++] = k;
-    }
-    free(copy);
-    *out = c;
-    *n_out = n;
-    return 0;
-bad:
-    free(copy);
-    free(c);
-    return -1;
-}
-
-static int make_ctx(const free_model *m, const options *o, config *c)
+static int make_ctx(const free_model *m, const fb_options *o, fb_config *c)
 {
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
@@ -295,7 +71,7 @@ static int collect(void *user, int32_t token, const char *piece, size_t len,
     return 0;
 }
 
-static int generate(config *c, const prompt *pr, int n_tokens, run *r, int *hwm_ok)
+static int generate(fb_config *c, const fb_prompt *pr, int n_tokens, run *r, int *hwm_ok)
 {
     free_ctx_reset(c->ctx);
     free_ctx_reset_stats(c->ctx);
@@ -327,7 +103,7 @@ static int generate(config *c, const prompt *pr, int n_tokens, run *r, int *hwm_
 
 /* Sum of -log p(token) over the generated tokens, under the full model: one
  * full-depth pass over prompt + generated text, row i's logits predicting token i + 1. */
-static int score_nll(free_ctx *ev, int32_t n_vocab, const prompt *pr, run *r)
+static int score_nll(free_ctx *ev, int32_t n_vocab, const fb_prompt *pr, run *r)
 {
     r->nll_sum = 0;
     r->nll_n = 0;
@@ -397,7 +173,7 @@ static void progress_update(progress *pg, int rep, int reps, int p, int n_prompt
 
 /* ---- aggregation ---------------------------------------------------------------------- */
 
-static void aggregate(const config *c, int ci, int n_cfg, const run *runs, int n_runs,
+static void aggregate(const fb_config *c, int ci, int n_cfg, const run *runs, int n_runs,
                       const fb_report *rep, fb_result *x, double *scratch)
 {
     memset(x, 0, sizeof *x);
@@ -445,6 +221,8 @@ static void aggregate(const config *c, int ci, int n_cfg, const run *runs, int n
         x->bmm_fits = s->bmm_fits;
         nll += r->nll_sum;
     }
+    if (n_runs > 0)
+        x->threshold_final = runs[(size_t)(n_runs - 1) * n_cfg + ci].st.threshold;
     const double T = x->tokens ? (double)x->tokens : 1.0;
     const double Ls = rep->exit_layer, L = rep->n_layers;
     x->exit_rate = (double)x->shallow_exits / T;
@@ -468,7 +246,7 @@ static void aggregate(const config *c, int ci, int n_cfg, const run *runs, int n
 
 /* ---- main ----------------------------------------------------------------------------- */
 
-static int bench(const options *o, fb_report *rep, prompt *pr, int n_pr, config *cfg,
+static int bench(const fb_options *o, fb_report *rep, fb_prompt *pr, int n_pr, fb_config *cfg,
                  int n_cfg, run *runs, free_ctx *ev, int32_t n_vocab, int *check_failed)
 {
     int hwm_ok = 1;
@@ -519,7 +297,7 @@ static int bench(const options *o, fb_report *rep, prompt *pr, int n_pr, config 
     return 0;
 }
 
-static void svg_plot(const options *o, const fb_report *rep)
+static void svg_plot(const fb_options *o, const fb_report *rep)
 {
     fb_point *pts = calloc((size_t)rep->n_results, sizeof *pts);
     char(*labels)[48] = calloc((size_t)rep->n_results, sizeof *labels);
@@ -532,14 +310,14 @@ static void svg_plot(const options *o, const fb_report *rep)
         const fb_result *x = &rep->results[i];
         fb_point *p = &pts[i];
         p->kind = x->kind;
-        p->threshold = x->kind == FB_ADAPTIVE ? x->threshold_end.median : x->threshold;
+        p->threshold = x->kind == FB_ADAPTIVE ? x->threshold_final : x->threshold;
         p->speedup = x->speedup.median;
         p->rouge_l = x->rouge_l.mean;
         p->agreement = x->agreement;
         if (x->kind == FB_FREE)
             snprintf(labels[i], sizeof labels[i], "%g", x->threshold);
         else if (x->kind == FB_ADAPTIVE)
-            snprintf(labels[i], sizeof labels[i], "adaptive (%.2f)", x->threshold_end.median);
+            snprintf(labels[i], sizeof labels[i], "adaptive (%.2f)", x->threshold_final);
         else if (x->kind == FB_VERIFY)
             snprintf(labels[i], sizeof labels[i], "verify %g", x->threshold);
         else
@@ -560,7 +338,7 @@ static void svg_plot(const options *o, const fb_report *rep)
 
 int main(int argc, char **argv)
 {
-    options o = {0};
+    fb_options o = {0};
     o.prompts = access("bench/prompts.txt", R_OK) == 0 ? "bench/prompts.txt"
                                                        : FB_DEFAULT_PROMPTS;
     o.modes = "none,free:0.3,free:0.5,free:0.7,free:0.9,adaptive,verify:0.5";
@@ -570,7 +348,7 @@ int main(int argc, char **argv)
     o.reps = 3;
     o.warmup = 1;
     o.probe_mb = -1;
-    if (parse_args(argc, argv, &o))
+    if (fb_parse_args(argc, argv, &o))
         return 1;
     free_log_set(NULL, NULL, FREE_LOG_WARN);
     const double t_start = fb_now();
@@ -587,8 +365,8 @@ int main(int argc, char **argv)
     rep.llc_bytes = fb_llc_bytes();
     rep.load_start = fb_loadavg();
 
-    prompt *pr = NULL;
-    config *cfg = NULL;
+    fb_prompt *pr = NULL;
+    fb_config *cfg = NULL;
     run *runs = NULL;
     free_model *model = NULL;
     free_ctx *ev = NULL;
@@ -601,7 +379,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "free-bench: %s: %s\n", o.model, err);
         return 1;
     }
-    if (read_prompts(o.prompts, o.max_prompts, &pr, &n_pr) || parse_modes(o.modes, &cfg, &n_cfg))
+    if (fb_read_prompts(o.prompts, o.max_prompts, &pr, &n_pr) ||
+        fb_parse_modes(o.modes, &cfg, &n_cfg))
         goto done;
     rep.n_prompts = n_pr;
 
@@ -635,7 +414,7 @@ int main(int argc, char **argv)
     for (int c = 0; c < n_cfg; c++)
         if (make_ctx(model, &o, &cfg[c]))
             goto done;
-    config ev_cfg = {.kind = FB_NONE};
+    fb_config ev_cfg = {.kind = FB_NONE};
     snprintf(ev_cfg.name, sizeof ev_cfg.name, "scoring");
     if (make_ctx(model, &o, &ev_cfg))
         goto done;

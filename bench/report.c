@@ -119,9 +119,8 @@ void fb_print_table(FILE *f, const fb_report *r)
         if (x->kind == FB_ADAPTIVE)
             fprintf(f, "  %s: the estimator is kept across prompts and reps (that is the "
                        "point); threshold %.3f at the end (%.3f-%.3f over runs), %d fits\n",
-                    x->name, x->threshold_end.max == x->threshold_end.min
-                                 ? x->threshold_end.max : x->threshold_end.median,
-                    x->threshold_end.min, x->threshold_end.max, x->bmm_fits);
+                    x->name, x->threshold_final, x->threshold_end.min, x->threshold_end.max,
+                    x->bmm_fits);
         if (x->kind != FB_NONE)
             fprintf(f, "  %s: %d/%d runs identical to NONE; agreement checked on %llu tokens "
                        "(%llu handed out)%s\n", x->name, x->identical_runs, x->runs,
@@ -144,8 +143,9 @@ void fb_print_table(FILE *f, const fb_report *r)
                "K/V-cache reads are not counted.\n"
                "  peak MB = VmHWM of the whole process (model mapping and every context) "
                "%s; ru_maxrss %.1f MB, VmHWM %.1f MB at the end.\n",
-            p->threads, p->ok ? "" : " (probe not run: 0)", r->hwm_per_run ? "during the config's runs (reset before each run)"
-                                       : "(could not be reset per run: whole process so far)",
+            p->threads, p->ok ? "" : " (probe not run: 0)",
+            r->hwm_per_run ? "during the config's runs (reset before each run)"
+                           : "(could not be reset per run: whole process so far)",
             r->maxrss_kb / 1024.0, r->hwm_kb / 1024.0);
 }
 
@@ -167,8 +167,9 @@ static void json_result(FILE *f, const fb_report *r, const fb_result *x, int las
     const fb_probe *p = &r->probe;
     fputs("    {\n      \"name\": ", f);
     fb_json_string(f, x->name);
-    fprintf(f, ",\n      \"mode\": \"%s\", \"threshold\": %.6g, \"zeta\": %.6g, \"runs\": %d,\n",
-            kind_name(x->kind), x->threshold, x->zeta, x->runs);
+    fprintf(f, ",\n      \"mode\": \"%s\", \"threshold\": %.6g, \"threshold_final\": %.6g, "
+               "\"zeta\": %.6g, \"runs\": %d,\n",
+            kind_name(x->kind), x->threshold, x->threshold_final, x->zeta, x->runs);
     json_summary(f, "decode_tokens_per_s", &x->decode_tps, 0);
     json_summary(f, "prefill_tokens_per_s", &x->prefill_tps, 0);
     json_summary(f, "speedup", &x->speedup, 0);

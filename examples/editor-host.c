@@ -18,6 +18,7 @@
  * context; a prefix longer than the context keeps its end.
  *
  *     editor-host [-m MODEL] [-t THREADS] [-c CTX] [--exit MODE] [--threshold X]
+ *                 [--max-tokens N]
  *
  * The default model is free-code-22M, a Python code model. */
 #define _POSIX_C_SOURCE 200809L
@@ -584,24 +585,25 @@ typedef struct utf8_acc {
 
 static int utf8_push(utf8_acc *u, const unsigned char *p, size_t n, buf *out)
 {
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
         u->pend[u->n++] = p[i];
         size_t need = utf8_seq(u->pend, u->n);
-        if (need && u->n == need) {
-            if (buf_add(out, u->pend, need))
-                return -1;
-            u->n = 0;
+        if (need) {
+            i++;
+            if (u->n == need) {
+                if (buf_add(out, u->pend, need))
+                    return -1;
+                u->n = 0;
+            }
             continue;
         }
-        if (need)
-            continue; /* wait for the rest of the character */
-        /* Invalid: replace the first byte, then look at the rest again. */
-        unsigned char rest[4];
-        size_t k = u->n - 1;
-        memcpy(rest, u->pend + 1, k);
-        u->n = 0;
-        if (buf_add(out, REPLACEMENT, 3) || utf8_push(u, rest, k, out))
+        /* Invalid: one U+FFFD replaces the bytes before p[i] (the longest valid start), and
+         * p[i] is looked at again on its own, since it may begin a character. */
+        if (buf_add(out, REPLACEMENT, 3))
             return -1;
+        if (u->n == 1)
+            i++;
+        u->n = 0;
     }
     return 0;
 }

@@ -31,7 +31,7 @@ static const struct {
     {"Guard", "The old guard looked at the stranger at the gate and said:"},
     {"Innkeeper", "The innkeeper wiped the counter, smiled at the traveller and said:"},
     {"Wizard", "The wizard raised his staff towards the dark tower and said:"},
-    {"Captain", "The captain of the ship stood on the deck in the storm and cried:"},
+    {"Captain", "The captain of the ship looked at the sea and said to his men:"},
     {"Queen", "The queen rose from her throne and spoke to the assembled lords:"},
     {"Farmer", "The farmer leaned on his fence, looked at the sky and said:"},
     {"Thief", "The thief slipped into the shadows of the market and whispered:"},
@@ -133,9 +133,9 @@ static void work_frame(character *c, long frame)
         free_status s = free_step(c->ctx, &token, &info);
         double dt = now_ms() - s0;
         c->busy_ms += dt;
-        c->steps++;
         /* A running mean weighted to the recent past: step costs vary with the queue. */
-        c->step_ms_estimate = c->steps == 1 ? dt : 0.75 * c->step_ms_estimate + 0.25 * dt;
+        c->step_ms_estimate = c->steps == 0 ? dt : 0.75 * c->step_ms_estimate + 0.25 * dt;
+        c->steps += s == FREE_OK;
         if (s != FREE_OK) {
             c->status = s;
             snprintf(c->error, sizeof c->error, "%s: %s", free_strerror(s),
@@ -312,10 +312,11 @@ static void report(const game *g, long frames, double wall_ms)
             json_string(c->name);
             printf(", \"line\": ");
             json_string(c->text ? c->text : "");
-            printf(", \"tokens\": %d, \"line_tokens\": %d, \"frames\": %d, \"finished_frame\": %ld, "
-                   "\"busy_ms\": %.3f, \"tokens_per_s\": %.3f, \"early_exits\": %llu, "
-                   "\"overruns\": %d, \"worst_frame_ms\": %.3f, \"eos\": %s, \"error\": ",
-                   c->steps, c->n_ids, c->frames, c->finished_frame, c->busy_ms,
+            printf(", \"tokens\": %d, \"line_tokens\": %d, \"frames\": %d, "
+                   "\"finished_frame\": %ld, \"prefill_ms\": %.3f, \"busy_ms\": %.3f, "
+                   "\"tokens_per_s\": %.3f, \"early_exits\": %llu, \"overruns\": %d, "
+                   "\"worst_frame_ms\": %.3f, \"eos\": %s, \"error\": ",
+                   c->steps, c->n_ids, c->frames, c->finished_frame, c->prefill_ms, c->busy_ms,
                    per_s(c->steps, c->busy_ms), (unsigned long long)st.shallow_exits,
                    c->overruns, c->worst_frame_ms, c->eos ? "true" : "false");
             if (c->status != FREE_OK)
@@ -327,15 +328,16 @@ static void report(const game *g, long frames, double wall_ms)
         printf("]}\n");
         return;
     }
-    printf("\n%-10s %6s %6s %7s %9s %9s %6s %8s %9s\n", "character", "tokens", "frames",
-           "steps/f", "busy ms", "tokens/s", "early", "overrun", "worst ms");
+    printf("\n%-10s %6s %6s %7s %10s %9s %9s %6s %8s %9s\n", "character", "tokens", "frames",
+           "steps/f", "prefill ms", "busy ms", "tokens/s", "early", "overrun", "worst ms");
     for (int i = 0; i < g->n_chars; i++) {
         const character *c = &g->chars[i];
         free_stats st;
         st.size = sizeof st;
         free_ctx_stats(c->ctx, &st);
-        printf("%-10s %6d %6d %7.2f %9.1f %9.1f %5.0f%% %8d %9.2f\n", c->name, c->steps,
-               c->frames, c->frames ? (double)c->steps / c->frames : 0.0, c->busy_ms,
+        printf("%-10s %6d %6d %7.2f %10.1f %9.1f %9.1f %5.0f%% %8d %9.2f\n", c->name,
+               c->steps, c->frames, c->frames ? (double)c->steps / c->frames : 0.0,
+               c->prefill_ms, c->busy_ms,
                per_s(c->steps, c->busy_ms),
                st.tokens ? 100.0 * (double)st.shallow_exits / (double)st.tokens : 0.0,
                c->overruns, c->worst_frame_ms);

@@ -245,7 +245,7 @@ def main():
     check(name in tests, "unknown test " + name)
     t0 = time.monotonic()
     tests[name](exe, models)
-    print("1 passed, 0 failed (%s, %.1f s)" % (name, time.monotonic() - t0))
+    print("OK: %s (%.1f s)" % (name, time.monotonic() - t0))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define FR_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -111,15 +112,43 @@ static float port_hsum(const float a[PORT_V])
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
+/* fr_f16_to_f32 with selects instead of branches, so that loops of it vectorize; the
+ * subnormal case uses 0.5 + m 2^-24 - 0.5 to stay clear of denormal floats (slow, and
+ * flushed to zero when the host runs with DAZ). */
+static inline float port_h2f(fr_f16 h)
+{
+    uint32_t em = h & 0x7fffu, e = em >> 10;
+    uint32_t bits = (em << 13) + (112u << 23);
+    bits += (0u - (uint32_t)(e == 31)) & (112u << 23); /* inf, nan: exponent 255 */
+    uint32_t sub = f32_bits(f32_from_bits(0x3f000000u | em) - 0.5f);
+    uint32_t is_sub = 0u - (uint32_t)(e == 0);
+    bits = (bits & ~is_sub) | (sub & is_sub);
+    return f32_from_bits(bits | (uint32_t)(h & 0x8000u) << 16);
+}
+
+static void port_to_f32(const fr_f16 *src, float *dst, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = port_h2f(src[i]);
+}
+
+/* Converts a slice of a row into a stack buffer first: the conversion loop and the lane
+ * loop then each compile to tight (often vectorized) code. */
 static float port_dot(const fr_f16 *w, const float *x, int64_t cols)
 {
-    float acc[PORT_V] = {0};
-    int64_t k = 0;
-    for (; k + PORT_V <= cols; k += PORT_V)
-        for (int l = 0; l < PORT_V; l++)
-            acc[l] += fr_f16_to_f32(w[k + l]) * x[k + l];
-    for (int l = 0; k + l < cols; l++)
-        acc[l] += fr_f16_to_f32(w[k + l]) * x[k + l];
+    enum { CHUNK = 256 };
+    float acc[PORT_V] = {0}, wf[CHUNK];
+    for (int64_t k0 = 0; k0 < cols; k0 += CHUNK) {
+        int len = cols - k0 < CHUNK ? (int)(cols - k0) : CHUNK;
+        port_to_f32(w + k0, wf, len);
+        const float *xs = x + k0;
+        int k = 0;
+        for (; k + PORT_V <= len; k += PORT_V)
+            for (int l = 0; l < PORT_V; l++)
+                acc[l] += wf[k + l] * xs[k + l];
+        for (int l = 0; k + l < len; l++)
+            acc[l] += wf[k + l] * xs[k + l];
+    }
     return port_hsum(acc);
 }
 
@@ -133,12 +162,6 @@ static void port_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0, i
             for (int64_t r = rb; r < re; r++)
                 Y[(int64_t)j * rows + r] = port_dot(W + r * cols, X + (int64_t)j * cols, cols);
     }
-}
-
-static void port_to_f32(const fr_f16 *src, float *dst, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = fr_f16_to_f32(src[i]);
 }
 
 static double port_exp_sum(float *x, int n, float shift)
@@ -172,16 +195,37 @@ static const f16_impl impl_portable = {"portable", port_rows, port_to_f32, port_
 /* Full unrolling of the block loops keeps the accumulators in registers at any -O. */
 #define FR_UNROLL _Pragma("GCC unroll 16")
 
+/* CPUID plus XGETBV: the CPU must have the instructions and the OS must save the
+ * registers (AVX: XCR0 bits 1-2; AVX-512: also bits 5-7). */
+static uint64_t x86_xcr0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
 static bool x86_has_avx2(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return false;
+    bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
+         f16c = c & (1u << 29);
+    if (!(fma && osxsave && avx && f16c) || (x86_xcr0() & 0x6) != 0x6)
+        return false;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    return b & (1u << 5);
 }
 
 static bool x86_has_avx512(void)
 {
-    return x86_has_avx2() && __builtin_cpu_supports("avx512f");
+    if (!x86_has_avx2() || (x86_xcr0() & 0xe6) != 0xe6)
+        return false;
+    unsigned a, b, c, d;
+    __cpuid_count(7, 0, a, b, c, d);
+    return b & (1u << 16);
 }
 
 /* -- AVX2 -- */
@@ -215,9 +259,25 @@ FR_AVX2 static FR_INLINE float avx2_hsum(__m256 v)
 
 enum { AVX2_R = 4, AVX2_NB = 2, AVX2_GEMV_R = 8 };
 
-/* Y[j * ldy + r] = W[r] . X[j] for r < R, j < NB. */
+/* Prefetches the part of the next row block (pf, laid out like the current one) that
+ * matches step `step` of the current one, so the next rows stream in while these are
+ * computed: short rows are many short streams, which the hardware prefetcher misses. */
+static FR_INLINE void prefetch_step(const char *pf, int64_t step, int bytes_per_step)
+{
+    if (!pf)
+        return;
+    int64_t off = step * bytes_per_step;
+    if (bytes_per_step >= 64) {
+        for (int q = 0; q < bytes_per_step; q += 64)
+            _mm_prefetch(pf + off + q, _MM_HINT_T0);
+    } else if (off % 64 == 0) {
+        _mm_prefetch(pf + off, _MM_HINT_T0);
+    }
+}
+
+/* Y[j * ldy + r] = W[r] . X[j] for r < R, j < NB; pf: see prefetch_step (may be NULL). */
 FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const float *X, int R,
-                                         int NB, float *Y, int64_t ldy)
+                                         int NB, float *Y, int64_t ldy, const void *pf)
 {
     __m256 acc[AVX2_GEMV_R][AVX2_NB];
     FR_UNROLL
@@ -227,6 +287,7 @@ FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const fl
             acc[r][j] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= cols; k += 8) {
+        prefetch_step(pf, k / 8, R * 16);
         __m256 w[AVX2_GEMV_R];
         FR_UNROLL
         for (int r = 0; r < R; r++)
@@ -261,25 +322,31 @@ FR_AVX2 static void avx2_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64
 {
     int64_t r = r0;
     if (n == 1) {
-        for (; r + AVX2_GEMV_R <= r1; r += AVX2_GEMV_R)
-            avx2_block(W + r * cols, cols, X, AVX2_GEMV_R, 1, Y + r, rows);
+        for (; r + AVX2_GEMV_R <= r1; r += AVX2_GEMV_R) {
+            const fr_f16 *w = W + r * cols, *next = w + AVX2_GEMV_R * cols;
+            avx2_block(w, cols, X, AVX2_GEMV_R, 1, Y + r, rows,
+                       r + 2 * AVX2_GEMV_R <= r1 ? next : NULL);
+        }
         for (; r < r1; r++)
-            avx2_block(W + r * cols, cols, X, 1, 1, Y + r, rows);
+            avx2_block(W + r * cols, cols, X, 1, 1, Y + r, rows, NULL);
         return;
     }
     for (; r < r1; r += AVX2_R) {
         const fr_f16 *w = W + r * cols;
         int j = 0;
         if (r + AVX2_R <= r1) {
-            for (; j + AVX2_NB <= n; j += AVX2_NB)
-                avx2_block(w, cols, X + j * cols, AVX2_R, AVX2_NB, Y + j * rows + r, rows);
-            for (; j < n; j++)
-                avx2_block(w, cols, X + j * cols, AVX2_R, 1, Y + j * rows + r, rows);
+            /* The first pass over the block prefetches the next; later passes hit cache. */
+            const fr_f16 *next = r + 2 * AVX2_R <= r1 ? w + AVX2_R * cols : NULL;
+            for (; j + AVX2_NB <= n; j += AVX2_NB, next = NULL)
+                avx2_block(w, cols, X + j * cols, AVX2_R, AVX2_NB, Y + j * rows + r, rows,
+                           next);
+            for (; j < n; j++, next = NULL)
+                avx2_block(w, cols, X + j * cols, AVX2_R, 1, Y + j * rows + r, rows, next);
             continue;
         }
         for (int64_t rr = r; rr < r1; rr++, w += cols)
             for (j = 0; j < n; j++)
-                avx2_block(w, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows);
+                avx2_block(w, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
     }
 }
 
@@ -392,7 +459,8 @@ FR_AVX512 static FR_INLINE float avx512_hsum(__m512 v)
 enum { AVX512_R = 4, AVX512_NB = 4, AVX512_GEMV_R = 8 };
 
 FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, const float *X,
-                                             int R, int NB, float *Y, int64_t ldy)
+                                             int R, int NB, float *Y, int64_t ldy,
+                                             const void *pf)
 {
     __m512 acc[AVX512_GEMV_R][AVX512_NB];
     FR_UNROLL
@@ -402,6 +470,7 @@ FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, cons
             acc[r][j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= cols; k += 16) {
+        prefetch_step(pf, k / 16, R * 32);
         __m512 w[AVX512_GEMV_R];
         FR_UNROLL
         for (int r = 0; r < R; r++)
@@ -438,25 +507,31 @@ FR_AVX512 static void avx512_rows(const fr_f16 *W, int64_t rows, int64_t cols, i
 {
     int64_t r = r0;
     if (n == 1) {
-        for (; r + AVX512_GEMV_R <= r1; r += AVX512_GEMV_R)
-            avx512_block(W + r * cols, cols, X, AVX512_GEMV_R, 1, Y + r, rows);
+        for (; r + AVX512_GEMV_R <= r1; r += AVX512_GEMV_R) {
+            const fr_f16 *w = W + r * cols, *next = w + AVX512_GEMV_R * cols;
+            avx512_block(w, cols, X, AVX512_GEMV_R, 1, Y + r, rows,
+                         r + 2 * AVX512_GEMV_R <= r1 ? next : NULL);
+        }
         for (; r < r1; r++)
-            avx512_block(W + r * cols, cols, X, 1, 1, Y + r, rows);
+            avx512_block(W + r * cols, cols, X, 1, 1, Y + r, rows, NULL);
         return;
     }
     for (; r < r1; r += AVX512_R) {
         const fr_f16 *w = W + r * cols;
         int j = 0;
         if (r + AVX512_R <= r1) {
-            for (; j + AVX512_NB <= n; j += AVX512_NB)
-                avx512_block(w, cols, X + j * cols, AVX512_R, AVX512_NB, Y + j * rows + r, rows);
-            for (; j < n; j++)
-                avx512_block(w, cols, X + j * cols, AVX512_R, 1, Y + j * rows + r, rows);
+            /* The first pass over the block prefetches the next; later passes hit cache. */
+            const fr_f16 *next = r + 2 * AVX512_R <= r1 ? w + AVX512_R * cols : NULL;
+            for (; j + AVX512_NB <= n; j += AVX512_NB, next = NULL)
+                avx512_block(w, cols, X + j * cols, AVX512_R, AVX512_NB, Y + j * rows + r,
+                             rows, next);
+            for (; j < n; j++, next = NULL)
+                avx512_block(w, cols, X + j * cols, AVX512_R, 1, Y + j * rows + r, rows, next);
             continue;
         }
         for (int64_t rr = r; rr < r1; rr++, w += cols)
             for (j = 0; j < n; j++)
-                avx512_block(w, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows);
+                avx512_block(w, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
     }
 }
 
@@ -691,12 +766,12 @@ void fr_softmax(float *x, int n)
         return;
     /* Eight independent maxima: one chain would be latency-bound (~4 cycles a value). */
     float m[8] = {x[0], x[0], x[0], x[0], x[0], x[0], x[0], x[0]};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
+    int k = 0;
+    for (; k + 8 <= n; k += 8)
         for (int l = 0; l < 8; l++)
-            m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
-    for (; i < n; i++)
-        m[0] = x[i] > m[0] ? x[i] : m[0];
+            m[l] = x[k + l] > m[l] ? x[k + l] : m[l];
+    for (; k < n; k++)
+        m[0] = x[k] > m[0] ? x[k] : m[0];
     float max = m[0];
     for (int l = 1; l < 8; l++)
         max = m[l] > max ? m[l] : max;

@@ -8,6 +8,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -408,8 +409,20 @@ static void check_softmax(const float *in, int n)
     free(x);
 }
 
+/* Selects impls[_i] for an element-wise loop test; false when the CPU lacks it. */
+static bool select_impl(int i)
+{
+    if (fr_kernels_set_f16_impl(impls[i]) != 0) {
+        printf("kernels: implementation %s not supported here, skipped\n", impls[i]);
+        return false;
+    }
+    return true;
+}
+
 START_TEST(test_softmax)
 {
+    if (!select_impl(_i))
+        return;
     enum { N = 4096 };
     static float v[N];
     g_seed = 11;
@@ -433,11 +446,20 @@ START_TEST(test_softmax)
     float posinf[] = {INFINITY, 1.0f, INFINITY};
     fr_softmax(posinf, 3);
     ck_assert(posinf[0] == 0.5f && posinf[1] == 0.0f && posinf[2] == 0.5f);
+    /* exp over its whole range: down to subnormal and zero results, odd lengths. */
+    float wide[241];
+    for (int i = 0; i < 241; i++)
+        wide[i] = -0.5f * (float)i + (i % 3) * 0.01f;
+    for (int len = 1; len <= 241; len += 24)
+        check_softmax(wide, len);
+    fr_kernels_set_f16_impl(NULL);
 }
 END_TEST
 
 START_TEST(test_silu_mul)
 {
+    if (!select_impl(_i))
+        return;
     enum { N = 1029 };
     float g[N], u[N], g0[N];
     g_seed = 3;
@@ -448,12 +470,15 @@ START_TEST(test_silu_mul)
     g[0] = g0[0] = -200.0f;
     g[1] = g0[1] = 200.0f;
     g[2] = g0[2] = 0.0f;
+    for (int i = 3; i < 240; i++) /* exp(-g) from overflow to underflow */
+        g[i] = g0[i] = -118.0f + (float)i - 0.37f;
     fr_silu_mul(g, u, N);
     for (int i = 0; i < N; i++) {
         double x = g0[i], e = x / (1.0 + exp(-x)) * u[i];
         ck_assert_msg(isfinite(g[i]) && fabs(g[i] - e) <= 1e-6 * fabs(e) + 1e-30,
                       "silu_mul[%d] of %g = %.9g, expected %.9g", i, x, (double)g[i], e);
     }
+    fr_kernels_set_f16_impl(NULL);
 }
 END_TEST
 
@@ -538,8 +563,8 @@ static Suite *kernels_suite(void)
     tc = tcase_create("elementwise");
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_rmsnorm);
-    tcase_add_test(tc, test_softmax);
-    tcase_add_test(tc, test_silu_mul);
+    tcase_add_loop_test(tc, test_softmax, 0, N_IMPLS);
+    tcase_add_loop_test(tc, test_silu_mul, 0, N_IMPLS);
     suite_add_tcase(s, tc);
     tc = tcase_create("threadpool");
     tcase_add_test(tc, test_pool);

@@ -1,0 +1,117 @@
+#!/usr/bin/python3
+"""ABI check (e): `meson install --destdir` into a temporary directory, then a small
+program is compiled against the installed header with `pkg-config --cflags --libs free`
+(PKG_CONFIG_SYSROOT_DIR pointing into the destdir) and run with LD_LIBRARY_PATH, checking
+that it really loaded the installed library. With $FREE_MODELS_DIR it also decodes a few
+tokens with stories260K.
+
+usage: check-install.py BUILD_DIR"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PROGRAM = r'''#include <free/free.h>
+#include <stdio.h>
+#include <string.h>
+
+static int on_token(void *user, int32_t token, const char *piece, size_t len,
+                    const free_step_info *info)
+{
+    (void)token; (void)info;
+    *(int *)user += 1;
+    fwrite(piece, 1, len, stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    free_model *m = NULL;
+    if (strcmp(free_version_string(), FREE_VERSION_STRING) != 0) {
+        fprintf(stderr, "header %s, library %s\n", FREE_VERSION_STRING, free_version_string());
+        return 1;
+    }
+    if (free_model_load("/nonexistent.gguf", NULL, &m) != FREE_ERR_IO || !free_last_error()[0])
+        return 1;
+    if (argc > 1) {
+        free_ctx *ctx;
+        free_ctx_params p;
+        int n = 0;
+        if (free_model_load(argv[1], NULL, &m) != FREE_OK) {
+            fprintf(stderr, "%s\n", free_last_error());
+            return 1;
+        }
+        free_ctx_params_init(&p, sizeof p);
+        p.n_ctx = 64;
+        if (free_ctx_create(m, &p, &ctx) != FREE_OK ||
+            free_decode(ctx, "Once upon a time", -1, 8, on_token, &n) != FREE_OK || n == 0)
+            return 1;
+        printf("\n");
+        free_ctx_destroy(ctx);
+        free_model_destroy(m);
+    }
+    printf("installed libfree %s works\n", free_version_string());
+    return 0;
+}
+'''
+
+
+def run(cmd, **kw):
+    print('+', ' '.join(cmd))
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__)
+        return 2
+    build = sys.argv[1]
+    if not shutil.which('pkg-config'):
+        print('SKIP: pkg-config is not installed')
+        return 77
+    with tempfile.TemporaryDirectory(prefix='libfree-install-') as tmp:
+        dest = os.path.join(tmp, 'root')
+        run(['meson', 'install', '-C', build, '--destdir', dest, '--no-rebuild', '--quiet'])
+        pcs = glob.glob(os.path.join(dest, '**', 'pkgconfig', 'free.pc'), recursive=True)
+        if len(pcs) != 1:
+            print(f'FAIL: expected one free.pc under {dest}, found {pcs}')
+            return 1
+        headers = glob.glob(os.path.join(dest, '**', 'include', 'free', '*.h'), recursive=True)
+        print('installed headers:', ', '.join(sorted(os.path.basename(h) for h in headers)))
+        env = dict(os.environ)
+        env['PKG_CONFIG_PATH'] = os.path.dirname(pcs[0])
+        env['PKG_CONFIG_SYSROOT_DIR'] = dest
+        flags = run(['pkg-config', '--cflags', '--libs', 'free'], env=env).split()
+        print('pkg-config:', ' '.join(flags))
+        if not any(f.startswith('-I' + dest) for f in flags):
+            print('FAIL: pkg-config --cflags does not point into the destdir')
+            return 1
+        src = os.path.join(tmp, 'prog.c')
+        exe = os.path.join(tmp, 'prog')
+        with open(src, 'w') as f:
+            f.write(PROGRAM)
+        cc = os.environ.get('CC', 'cc').split()
+        run(cc + ['-std=c99', '-Wall', '-Wextra', '-pedantic', '-Werror', src, '-o', exe]
+            + flags)
+        libdirs = [f[2:] for f in flags if f.startswith('-L')]
+        env = dict(os.environ)
+        env['LD_LIBRARY_PATH'] = ':'.join(libdirs)
+        ldd = run(['ldd', exe], env=env)
+        line = [l for l in ldd.splitlines() if 'libfree' in l]
+        print('ldd:', line)
+        if not line or dest not in line[0]:
+            print('FAIL: the program did not resolve libfree from the destdir')
+            return 1
+        args = [exe]
+        model = os.path.join(os.environ.get('FREE_MODELS_DIR', ''), 'stories260K',
+                             'stories260K.gguf')
+        if os.environ.get('FREE_MODELS_DIR') and os.path.exists(model):
+            args.append(model)
+        print(run(args, env=env))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

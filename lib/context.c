@@ -212,7 +212,7 @@ static free_status create(struct free_ctx *ctx, const free_ctx_params *p, fr_err
     ctx->last_logits = malloc(nv * sizeof(float));
     ctx->probs = malloc(nv * sizeof(float));
     ctx->out = malloc(((size_t)ctx->n_ctx + 1) * sizeof *ctx->out);
-    ctx->piece_cap = fr_tokenizer_max_piece(ctx->model->tokenizer) + 16;
+    ctx->piece_cap = fr_tokenizer_max_piece(ctx->model->tokenizer) + 64;
     ctx->piece = malloc(ctx->piece_cap);
     ctx->tokens = malloc(((size_t)ctx->n_ctx + 2) * sizeof *ctx->tokens);
     if (!ctx->x || !ctx->logits || !ctx->last_logits || !ctx->probs || !ctx->out ||
@@ -302,6 +302,21 @@ FREE_API free_status free_ctx_reset(free_ctx *ctx)
     ctx->has_pending = false;
     ctx->out_head = ctx->out_len = 0;
     fr_detok_init(&ctx->detok, true);
+    return FREE_OK;
+}
+
+FREE_API free_status free_ctx_get_params(const free_ctx *ctx, free_ctx_params *params)
+{
+    if (!ctx || !params || params->size < sizeof *params)
+        return fr_report_msg(FREE_ERR_INVALID_ARG,
+                             "free_ctx_get_params: NULL argument or params->size not set");
+    size_t size = params->size;
+    memset(params, 0, size);
+    memcpy(params, &ctx->params, sizeof *params);
+    params->size = size;
+    params->n_ctx = ctx->n_ctx;
+    params->n_threads = ctx->n_threads;
+    params->n_batch = ctx->n_batch;
     return FREE_OK;
 }
 

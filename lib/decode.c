@@ -209,9 +209,16 @@ static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n
     if (extra)
         buf[0] = ctx->pending_token;
     memmove(buf + extra, tokens, n * sizeof *tokens);
+    const bool was_empty = ctx->n_past == 0;
     FR_TRY(run_full(ctx, buf, (int32_t)n + extra, all_logits, extra));
     ctx->has_pending = false;
     ctx->has_logits = true;
+    /* A new prompt starts a new generation: the estimator's refit point. The streamed
+     * text starts at the beginning only after a lone BOS. */
+    if (ctx->bmm)
+        fr_bmm_begin_generation(ctx->bmm);
+    fr_detok_init(&ctx->detok, was_empty && n == 1 && extra == 0 &&
+                                   tokens[0] == fr_tokenizer_bos(ctx->model->tokenizer));
     ctx->stats.prompt_tokens += n;
     ctx->stats.prefill_ms += fr_now_ms() - t0;
     fr_ctx_check_invariant(ctx);
@@ -416,10 +423,7 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
         int32_t *copy = ctx->tokens + 1;
         memmove(copy, ctx->tokens, n * sizeof *copy);
         FR_TRY(prefill(ctx, copy, n, NULL));
-        fr_detok_init(&ctx->detok, n_prompt == 0);
     }
-    if (ctx->bmm)
-        fr_bmm_begin_generation(ctx->bmm);
     for (int32_t i = 0; max_tokens < 0 || i < max_tokens; i++) {
         if (aborted(ctx))
             return fr_ctx_fail(ctx, FREE_ERR_ABORTED, "decoding aborted by the abort callback");
@@ -429,9 +433,29 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
         FR_TRY(free_step(ctx, &t, &info));
         if (info.is_eos)
             break;
-        size_t n = fr_detok_push(tok, &ctx->detok, t, ctx->piece, ctx->piece_cap);
+        size_t n = 0;
+        FR_TRY(free_ctx_token_text(ctx, t, ctx->piece, ctx->piece_cap, &n));
         if (fn && fn(user, t, ctx->piece, n, &info))
             break;
     }
+    return FREE_OK;
+}
+
+FREE_API free_status free_ctx_token_text(free_ctx *ctx, int32_t token, char *buf, size_t cap,
+                                         size_t *n_out)
+{
+    if (!ctx || !buf || !n_out)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_token_text: NULL argument");
+    const fr_tokenizer *tok = ctx->model->tokenizer;
+    if (token < 0 || token >= fr_tokenizer_n_vocab(tok))
+        return fr_ctx_fail(ctx, FREE_ERR_TOKEN, "token %d is outside the vocabulary [0, %d)",
+                           token, fr_tokenizer_n_vocab(tok));
+    if (cap < ctx->piece_cap) {
+        *n_out = ctx->piece_cap;
+        return fr_ctx_fail(ctx, FREE_ERR_BUFFER_TOO_SMALL,
+                           "free_ctx_token_text needs a buffer of %zu bytes, got %zu",
+                           ctx->piece_cap, cap);
+    }
+    *n_out = fr_detok_push(tok, &ctx->detok, token, buf, cap);
     return FREE_OK;
 }

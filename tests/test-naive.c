@@ -101,8 +101,8 @@ static uint16_t to_f16(float f)
 static float from_f16(uint16_t h)
 {
     int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    double v = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
-    ck_assert_int_ne(e, 31);
+    /* No ck_assert here: Check records every assertion, and this runs per weight. */
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
     return (float)((h & 0x8000) ? -v : v);
 }
 

@@ -238,6 +238,10 @@ FREE_API void free_ctx_destroy(free_ctx *ctx);
  * here). Synchronizes a pending early-exit queue first. */
 FREE_API free_status free_ctx_set_params(free_ctx *ctx, const free_ctx_params *params);
 
+/* Copies the parameters in force into *params (set params->size first): n_ctx, n_threads
+ * and n_batch as resolved at creation, calibration NULL. */
+FREE_API free_status free_ctx_get_params(const free_ctx *ctx, free_ctx_params *params);
+
 /* Forgets every token (KV caches, queue, pending token). Keeps the learned threshold and
  * the statistics. */
 FREE_API free_status free_ctx_reset(free_ctx *ctx);
@@ -275,6 +279,14 @@ FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, f
  * how it was produced. Returns FREE_ERR_STATE when nothing was prefilled and
  * FREE_ERR_CONTEXT_FULL when the context has no room. */
 FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *info);
+
+/* For hosts that call free_step themselves: the text token adds to this context's stream
+ * (complete UTF-8 only, exactly what free_decode would stream; a token ending mid-character
+ * gives 0 bytes and its bytes come later). buf needs at least 64 bytes plus the longest
+ * piece; when cap is too small returns FREE_ERR_BUFFER_TOO_SMALL with the size needed in
+ * *n_out. Not NUL-terminated. */
+FREE_API free_status free_ctx_token_text(free_ctx *ctx, int32_t token, char *buf, size_t cap,
+                                         size_t *n_out);
 
 /* Receives each final token with the text it completes (complete UTF-8 only: a token that
  * ends mid-character gives len 0 and its bytes come with a later token). Return non-zero

@@ -49,22 +49,6 @@ double fb_now(void);
 
 /* ---- gguf-bytes.c ------------------------------------------------------------------- */
 
-/* Bytes of weight matrices in a GGUF file, counted as libfree reads them per row: for each
- * block the seven matrices (attn_q/k/v/output, ffn_gate/up/down) and for the head
- * output.weight (token_embd.weight when the file ties them). Norm vectors are left out
- * (a few KiB). */
-typedef struct fb_weight_bytes {
-    int32_t n_layer;
-    uint64_t *layer; /* [n_layer] */
-    uint64_t head;
-    uint64_t total;  /* all tensors in the file */
-} fb_weight_bytes;
-
-/* Reads the tensor table of path. On failure returns -1 with a message in err. */
-int fb_gguf_weight_bytes(const char *path, fb_weight_bytes *out, char *err, size_t errcap);
-void fb_weight_bytes_destroy(fb_weight_bytes *w);
-/* Sum of layer[l0 .. l1). */
-uint64_t fb_layer_range_bytes(const fb_weight_bytes *w, int32_t l0, int32_t l1);
 
 /* ---- svg.c -------------------------------------------------------------------------- */
 

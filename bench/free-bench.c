@@ -373,10 +373,9 @@ int main(int argc, char **argv)
     fb_result *res = NULL;
     double *scratch = NULL;
     int n_pr = 0, n_cfg = 0, rc = 1, check_failed = 0;
-    fb_weight_bytes wb;
-    char err[512];
-    if (fb_gguf_weight_bytes(o.model, &wb, err, sizeof err)) {
-        fprintf(stderr, "free-bench: %s: %s\n", o.model, err);
+    free_status s = free_model_load(o.model, NULL, &model);
+    if (s != FREE_OK) {
+        fprintf(stderr, "free-bench: %s: %s\n", free_strerror(s), free_last_error());
         return 1;
     }
     if (fb_read_prompts(o.prompts, o.max_prompts, &pr, &n_pr) ||
@@ -392,25 +391,18 @@ int main(int argc, char **argv)
     if (stream_mb > 0) {
         fprintf(stderr, "free-bench: bandwidth probe (%.0f MiB, 1 and %d threads)...\n",
                 stream_mb, probe_threads);
-        uint64_t model_bytes = fb_layer_range_bytes(&wb, 0, wb.n_layer) + wb.head;
+        uint64_t model_bytes =
+            free_model_weight_bytes(model, 0, free_model_n_layers(model)) +
+            free_model_head_bytes(model);
         if (fb_probe_run((size_t)(stream_mb * 1048576.0), (size_t)model_bytes, probe_threads,
                          &rep.probe))
             fprintf(stderr, "free-bench: the bandwidth probe failed; fractions will be 0\n");
     }
 
-    free_status s = free_model_load(o.model, NULL, &model);
-    if (s != FREE_OK) {
-        fprintf(stderr, "free-bench: %s: %s\n", free_strerror(s), free_last_error());
-        goto done;
-    }
     rep.model_desc = free_model_describe(model);
     rep.n_layers = free_model_n_layers(model);
     rep.n_vocab = free_model_n_vocab(model);
     rep.n_params = free_model_n_params(model);
-    if (wb.n_layer != rep.n_layers)
-        fprintf(stderr, "free-bench: warning: the file has matrices for %d blocks, the model "
-                        "%d layers; bytes per token are approximate\n", wb.n_layer,
-                rep.n_layers);
     for (int c = 0; c < n_cfg; c++)
         if (make_ctx(model, &o, &cfg[c]))
             goto done;
@@ -426,9 +418,9 @@ int main(int argc, char **argv)
     if (rep.probe.ok && rep.probe.threads != rep.threads)
         fprintf(stderr, "free-bench: note: probe used %d threads, the contexts %d\n",
                 rep.probe.threads, rep.threads);
-    rep.shallow_bytes = fb_layer_range_bytes(&wb, 0, rep.exit_layer);
-    rep.deep_bytes = fb_layer_range_bytes(&wb, rep.exit_layer, rep.n_layers);
-    rep.head_bytes = wb.head;
+    rep.shallow_bytes = free_model_weight_bytes(model, 0, rep.exit_layer);
+    rep.deep_bytes = free_model_weight_bytes(model, rep.exit_layer, rep.n_layers);
+    rep.head_bytes = free_model_head_bytes(model);
 
     const int32_t n_ctx = free_ctx_n_ctx(ev);
     for (int p = 0; p < n_pr; p++) {
@@ -487,6 +479,5 @@ done:
     }
     free(pr);
     free(cfg);
-    fb_weight_bytes_destroy(&wb);
     return rc;
 }

@@ -103,6 +103,18 @@ FREE_API uint64_t free_model_n_params(const free_model *model)
     return model ? model->n_params : 0;
 }
 
+FREE_API uint64_t free_model_weight_bytes(const free_model *model, int32_t l0, int32_t l1)
+{
+    if (!model || model->vocab_only || l0 < 0 || l1 > model->hp.n_layer || l0 > l1)
+        return 0;
+    return fr_model_layer_bytes(model, l0, l1);
+}
+
+FREE_API uint64_t free_model_head_bytes(const free_model *model)
+{
+    return model && !model->vocab_only ? fr_model_head_bytes(model) : 0;
+}
+
 FREE_API const char *free_model_describe(const free_model *model)
 {
     return model ? model->desc : "";

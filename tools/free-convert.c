@@ -193,8 +193,10 @@ static bool convertible(uint32_t type)
     return gguf_row_bytes(type, 32) != 0;
 }
 
-static free_status convert(const gguf_file *in, uint32_t dst, const char *out_path,
-                           convert_stats *stats, fr_error *err)
+/* dst: the matrix type to write, or UINT32_MAX to keep every tensor as it is.
+ * exit_layer: a free.exit_layer value to write, or 0 to copy the file's. */
+static free_status convert(const gguf_file *in, uint32_t dst, uint32_t exit_layer,
+                           const char *out_path, convert_stats *stats, fr_error *err)
 {
     fr_gguf_writer *w = NULL;
     uint64_t nt = gguf_n_tensors(in);
@@ -202,20 +204,27 @@ static free_status convert(const gguf_file *in, uint32_t dst, const char *out_pa
     if (!owned)
         return fr_fail(err, FREE_ERR_NOMEM, "out of memory");
     free_status st = fr_gguf_writer_create(&w, err);
+    const bool keep = dst == UINT32_MAX;
     uint32_t file_type = dst == GGUF_TENSOR_F16 ? FILE_TYPE_MOSTLY_F16 : FILE_TYPE_ALL_F32;
-    bool have_file_type = false;
-    /* Keys keep their order; general.file_type gets its new value in place. */
+    bool have_file_type = keep, have_exit = exit_layer == 0;
+    /* Keys keep their order; general.file_type and free.exit_layer get new values in
+     * place. */
     for (uint64_t i = 0; i < gguf_n_kv(in) && st == FREE_OK; i++) {
         const gguf_kv *kv = gguf_kv_at(in, i);
-        if (gguf_str_eq(kv->key, "general.file_type")) {
+        if (!keep && gguf_str_eq(kv->key, "general.file_type")) {
             have_file_type = true;
             st = fr_gguf_add_u32(w, "general.file_type", file_type, err);
+        } else if (exit_layer && gguf_str_eq(kv->key, "free.exit_layer")) {
+            have_exit = true;
+            st = fr_gguf_add_u32(w, "free.exit_layer", exit_layer, err);
         } else {
             st = fr_gguf_add_kv_copy(w, kv, err);
         }
     }
     if (st == FREE_OK && !have_file_type)
         st = fr_gguf_add_u32(w, "general.file_type", file_type, err);
+    if (st == FREE_OK && !have_exit)
+        st = fr_gguf_add_u32(w, "free.exit_layer", exit_layer, err);
     for (uint64_t i = 0; i < nt && st == FREE_OK; i++) {
         const gguf_tensor *t = gguf_tensor_at(in, i);
         char name[256];
@@ -226,12 +235,12 @@ static free_status convert(const gguf_file *in, uint32_t dst, const char *out_pa
         }
         memcpy(name, t->name.ptr, (size_t)t->name.len);
         name[t->name.len] = '\0';
-        if (!convertible(t->type)) {
+        if (!keep && !convertible(t->type)) {
             st = fr_fail(err, FREE_ERR_UNSUPPORTED, "tensor %s has type %s, which cannot be "
                          "converted", name, gguf_tensor_type_name(t->type));
             break;
         }
-        uint32_t want = t->n_dims >= 2 ? dst : GGUF_TENSOR_F32;
+        uint32_t want = keep ? t->type : t->n_dims >= 2 ? dst : GGUF_TENSOR_F32;
         const void *data = t->data;
         uint64_t nbytes = t->nbytes;
         if (t->type != want) {
@@ -259,9 +268,12 @@ static free_status convert(const gguf_file *in, uint32_t dst, const char *out_pa
 
 static void usage(FILE *fp)
 {
-    fprintf(fp, "usage: free-convert IN.gguf OUT.gguf --type f32|f16\n"
-                "  Writes OUT with every weight matrix (2-D or more) as F32 or F16 and every\n"
-                "  1-D tensor as F32; sources may be F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.\n");
+    fprintf(fp, "usage: free-convert IN.gguf OUT.gguf [--type f32|f16] [--exit-layer N]\n"
+                "  --type: writes every weight matrix (2-D or more) as F32 or F16 and every\n"
+                "  1-D tensor as F32; sources may be F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.\n"
+                "  Without --type every tensor is copied unchanged.\n"
+                "  --exit-layer N: writes free.exit_layer = N (the early-exit layer libfree\n"
+                "  uses by default; 1 <= N < the model's block count).\n");
 }
 
 static bool same_file(const char *a, const char *b)
@@ -274,6 +286,7 @@ static bool same_file(const char *a, const char *b)
 int main(int argc, char **argv)
 {
     const char *paths[2] = {NULL, NULL}, *type = NULL;
+    long exit_layer = 0;
     int n_paths = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -283,6 +296,13 @@ int main(int argc, char **argv)
             type = argv[++i];
         } else if (strncmp(argv[i], "--type=", 7) == 0) {
             type = argv[i] + 7;
+        } else if (strcmp(argv[i], "--exit-layer") == 0 && i + 1 < argc) {
+            char *end;
+            exit_layer = strtol(argv[++i], &end, 10);
+            if (*end || exit_layer < 1 || exit_layer > 65535) {
+                fprintf(stderr, "free-convert: --exit-layer needs a layer number >= 1\n");
+                return 2;
+            }
         } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
             fprintf(stderr, "free-convert: unknown option %s\n", argv[i]);
             usage(stderr);
@@ -295,12 +315,14 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (n_paths != 2 || !type) {
+    if (n_paths != 2 || (!type && !exit_layer)) {
         usage(stderr);
         return 2;
     }
-    uint32_t dst;
-    if (strcmp(type, "f32") == 0 || strcmp(type, "F32") == 0) {
+    uint32_t dst = UINT32_MAX;
+    if (!type) {
+        /* keep every tensor's type */
+    } else if (strcmp(type, "f32") == 0 || strcmp(type, "F32") == 0) {
         dst = GGUF_TENSOR_F32;
     } else if (strcmp(type, "f16") == 0 || strcmp(type, "F16") == 0) {
         dst = GGUF_TENSOR_F16;
@@ -321,7 +343,17 @@ int main(int argc, char **argv)
         return 1;
     }
     convert_stats stats = {0, 0, 0};
-    free_status st = convert(in, dst, paths[1], &stats, &err);
+    free_status st = FREE_OK;
+    uint32_t n_layer = 0;
+    bool found = false;
+    if (exit_layer) {
+        st = gguf_get_u32(in, "llama.block_count", &n_layer, &found, &err);
+        if (st == FREE_OK && found && (uint32_t)exit_layer >= n_layer)
+            st = fr_fail(&err, FREE_ERR_INVALID_ARG, "--exit-layer %ld must be below the "
+                         "model's %u blocks", exit_layer, n_layer);
+    }
+    if (st == FREE_OK)
+        st = convert(in, dst, (uint32_t)exit_layer, paths[1], &stats, &err);
     size_t in_size = gguf_file_size(in);
     uint64_t n_tensors = gguf_n_tensors(in);
     gguf_close(in);

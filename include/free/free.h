@@ -146,6 +146,10 @@ FREE_API int32_t free_model_n_ctx_train(const free_model *model);
 FREE_API const char *free_model_architecture(const free_model *model);
 /* Number of weights in all tensors. */
 FREE_API uint64_t free_model_n_params(const free_model *model);
+/* Bytes of weight matrices read to run one row through layers [l0, l1) (0 when the range
+ * is invalid), and of the LM head. For bandwidth accounting. */
+FREE_API uint64_t free_model_weight_bytes(const free_model *model, int32_t l0, int32_t l1);
+FREE_API uint64_t free_model_head_bytes(const free_model *model);
 /* A one-line description ("llama, 12 layers, dim 384, vocab 4096, F16"). Owned by the
  * model. */
 FREE_API const char *free_model_describe(const free_model *model);

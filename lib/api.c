@@ -55,7 +55,10 @@ FREE_API free_status free_model_load(const char *path, const free_model_params *
     }
     fr_error_clear(&err);
     if (fr_model_load(path, p.vocab_only != 0, out, &err) != FREE_OK) {
-        /* Prefix the path so the message stands alone. */
+        /* Prefix the path so the message stands alone (the reader names it already when
+         * the file itself could not be opened). */
+        if (strstr(err.msg, path))
+            return fr_report(&err);
         fr_error e2 = err;
         snprintf(e2.msg, sizeof e2.msg, "%.200s: %.300s", path, err.msg);
         return fr_report(&e2);

@@ -163,7 +163,8 @@ static uint64_t matrix_bytes(const fr_matrix *m)
     return (uint64_t)m->rows * gguf_row_bytes(m->type, (uint64_t)m->cols);
 }
 
-static free_status bind_layer(struct free_model *m, int il, float *norm_buf, fr_error *err)
+/* Binds a layer's seven matrices (presence, shape, type); norms come later. */
+static free_status bind_layer_matrices(struct free_model *m, int il, fr_error *err)
 {
     const fr_hparams *hp = &m->hp;
     fr_layer *L = &m->layers[il];
@@ -171,8 +172,6 @@ static free_status bind_layer(struct free_model *m, int il, float *norm_buf, fr_
     int64_t d = hp->n_embd, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
     char name[96];
 #define FR_NAME(s) (snprintf(name, sizeof name, "blk.%d.%s.weight", il, s), name)
-    FR_TRY(bind_vector(f, FR_NAME("attn_norm"), d, norm_buf, &L->attn_norm, err));
-    FR_TRY(bind_vector(f, FR_NAME("ffn_norm"), d, norm_buf + d, &L->ffn_norm, err));
     FR_TRY(bind_matrix(f, FR_NAME("attn_q"), d, d, &L->wq, err));
     FR_TRY(bind_matrix(f, FR_NAME("attn_k"), kvd, d, &L->wk, err));
     FR_TRY(bind_matrix(f, FR_NAME("attn_v"), kvd, d, &L->wv, err));
@@ -180,6 +179,17 @@ static free_status bind_layer(struct free_model *m, int il, float *norm_buf, fr_
     FR_TRY(bind_matrix(f, FR_NAME("ffn_gate"), hp->n_ff, d, &L->w_gate, err));
     FR_TRY(bind_matrix(f, FR_NAME("ffn_up"), hp->n_ff, d, &L->w_up, err));
     FR_TRY(bind_matrix(f, FR_NAME("ffn_down"), d, hp->n_ff, &L->w_down, err));
+    return FREE_OK;
+}
+
+static free_status bind_layer_norms(struct free_model *m, int il, float *norm_buf,
+                                    fr_error *err)
+{
+    fr_layer *L = &m->layers[il];
+    int64_t d = m->hp.n_embd;
+    char name[96];
+    FR_TRY(bind_vector(m->gguf, FR_NAME("attn_norm"), d, norm_buf, &L->attn_norm, err));
+    FR_TRY(bind_vector(m->gguf, FR_NAME("ffn_norm"), d, norm_buf + d, &L->ffn_norm, err));
 #undef FR_NAME
     return FREE_OK;
 }
@@ -229,16 +239,22 @@ static free_status bind_tensors(struct free_model *m, fr_error *err)
     else
         m->output = m->tok_embd;
 
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory binding %d layers", hp->n_layer);
+    /* Every matrix is checked against the file before memory proportional to the claimed
+     * shape is allocated: a hostile header cannot ask for more than the file holds. */
+    for (int il = 0; il < hp->n_layer; il++)
+        FR_TRY(bind_layer_matrices(m, il, err));
     size_t n_norms = (size_t)(2 * hp->n_layer + 1) * (size_t)hp->n_embd;
     m->norms_f32 = malloc(n_norms * sizeof(float));
-    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
-    if (!m->norms_f32 || !m->layers)
-        return fr_fail(err, FREE_ERR_NOMEM, "out of memory binding %d layers", hp->n_layer);
+    if (!m->norms_f32)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory for %zu norm weights", n_norms);
     FR_TRY(bind_vector(m->gguf, "output_norm.weight", hp->n_embd, m->norms_f32,
                        &m->output_norm, err));
     for (int il = 0; il < hp->n_layer; il++)
-        FR_TRY(bind_layer(m, il, m->norms_f32 + (size_t)(1 + 2 * il) * (size_t)hp->n_embd,
-                          err));
+        FR_TRY(bind_layer_norms(m, il, m->norms_f32 + (size_t)(1 + 2 * il) * (size_t)hp->n_embd,
+                                err));
     return FREE_OK;
 }
 

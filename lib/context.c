@@ -376,8 +376,9 @@ FREE_API free_status free_ctx_stats(const free_ctx *ctx, free_stats *stats)
         s.bmm_alpha_disagree = b.disagree.alpha;
         s.bmm_beta_disagree = b.disagree.beta;
     }
+    const size_t caller_size = stats->size;
     memcpy(stats, &s, s.size);
-    stats->size = s.size < stats->size ? stats->size : s.size;
+    stats->size = caller_size; /* a newer caller's size stays; its unknown tail untouched */
     return FREE_OK;
 }
 

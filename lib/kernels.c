@@ -98,6 +98,9 @@ typedef struct f16_impl {
     const char *name;
     void (*rows)(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int n,
                  const float *X, float *Y);
+    /* The same for F32 weights; NULL: cblas serves (the portable build). */
+    void (*rows_f32)(const float *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                     int n, const float *X, float *Y);
     void (*to_f32)(const fr_f16 *src, float *dst, int64_t n);
     /* x[i] = exp(x[i] - shift), returns the sum (accumulated in double). */
     double (*exp_sum)(float *x, int n, float shift);
@@ -182,7 +185,7 @@ static void port_silu_mul(float *gate, const float *up, int n)
     }
 }
 
-static const f16_impl impl_portable = {"portable", port_rows, port_to_f32, port_exp_sum,
+static const f16_impl impl_portable = {"portable", port_rows, NULL, port_to_f32, port_exp_sum,
                                        port_silu_mul};
 
 #ifdef FR_X86
@@ -275,9 +278,22 @@ static FR_INLINE void prefetch_step(const char *pf, int64_t step, int bytes_per_
     }
 }
 
-/* Y[j * ldy + r] = W[r] . X[j] for r < R, j < NB; pf: see prefetch_step (may be NULL). */
-FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const float *X, int R,
-                                         int NB, float *Y, int64_t ldy, const void *pf)
+/* Y[j * ldy + r] = W[r] . X[j] for r < R, j < NB; pf: see prefetch_step (may be NULL).
+ * W holds F16 (f16 != 0) or F32 rows; f16 is a constant at every call, so each weight type
+ * gets its own straight-line code. */
+FR_AVX2 static FR_INLINE __m256 avx2_load_w(const void *W, int f16, int64_t i)
+{
+    return f16 ? avx2_load_h((const fr_f16 *)W + i) : _mm256_loadu_ps((const float *)W + i);
+}
+
+FR_AVX2 static FR_INLINE __m256 avx2_load_w_part(const void *W, int f16, int64_t i, int m)
+{
+    return f16 ? avx2_load_h_part((const fr_f16 *)W + i, m)
+               : avx2_load_f_part((const float *)W + i, m);
+}
+
+FR_AVX2 static FR_INLINE void avx2_block(const void *W, int f16, int64_t cols, const float *X,
+                                         int R, int NB, float *Y, int64_t ldy, const void *pf)
 {
     __m256 acc[AVX2_GEMV_R][AVX2_NB];
     FR_UNROLL
@@ -287,11 +303,11 @@ FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const fl
             acc[r][j] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= cols; k += 8) {
-        prefetch_step(pf, k / 8, R * 16);
+        prefetch_step(pf, k / 8, R * (f16 ? 16 : 32));
         __m256 w[AVX2_GEMV_R];
         FR_UNROLL
         for (int r = 0; r < R; r++)
-            w[r] = avx2_load_h(W + r * cols + k);
+            w[r] = avx2_load_w(W, f16, r * cols + k);
         FR_UNROLL
         for (int j = 0; j < NB; j++) {
             __m256 x = _mm256_loadu_ps(X + j * cols + k);
@@ -307,7 +323,8 @@ FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const fl
             __m256 x = avx2_load_f_part(X + j * cols + k, m);
             FR_UNROLL
             for (int r = 0; r < R; r++)
-                acc[r][j] = _mm256_fmadd_ps(avx2_load_h_part(W + r * cols + k, m), x, acc[r][j]);
+                acc[r][j] = _mm256_fmadd_ps(avx2_load_w_part(W, f16, r * cols + k, m), x,
+                                            acc[r][j]);
         }
     }
     FR_UNROLL
@@ -317,37 +334,52 @@ FR_AVX2 static FR_INLINE void avx2_block(const fr_f16 *W, int64_t cols, const fl
             Y[j * ldy + r] = avx2_hsum(acc[r][j]);
 }
 
-FR_AVX2 static void avx2_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0,
-                              int64_t r1, int n, const float *X, float *Y)
+FR_AVX2 static FR_INLINE void avx2_rows_t(const void *W0, int f16, int64_t rows, int64_t cols,
+                                          int64_t r0, int64_t r1, int n, const float *X,
+                                          float *Y)
 {
+    const char *W = W0;
+    const int64_t row_bytes = cols * (f16 ? 2 : 4);
     int64_t r = r0;
     if (n == 1) {
         for (; r + AVX2_GEMV_R <= r1; r += AVX2_GEMV_R) {
-            const fr_f16 *w = W + r * cols, *next = w + AVX2_GEMV_R * cols;
-            avx2_block(w, cols, X, AVX2_GEMV_R, 1, Y + r, rows,
+            const char *w = W + r * row_bytes, *next = w + AVX2_GEMV_R * row_bytes;
+            avx2_block(w, f16, cols, X, AVX2_GEMV_R, 1, Y + r, rows,
                        r + 2 * AVX2_GEMV_R <= r1 ? next : NULL);
         }
         for (; r < r1; r++)
-            avx2_block(W + r * cols, cols, X, 1, 1, Y + r, rows, NULL);
+            avx2_block(W + r * row_bytes, f16, cols, X, 1, 1, Y + r, rows, NULL);
         return;
     }
     for (; r < r1; r += AVX2_R) {
-        const fr_f16 *w = W + r * cols;
+        const char *w = W + r * row_bytes;
         int j = 0;
         if (r + AVX2_R <= r1) {
             /* The first pass over the block prefetches the next; later passes hit cache. */
-            const fr_f16 *next = r + 2 * AVX2_R <= r1 ? w + AVX2_R * cols : NULL;
+            const char *next = r + 2 * AVX2_R <= r1 ? w + AVX2_R * row_bytes : NULL;
             for (; j + AVX2_NB <= n; j += AVX2_NB, next = NULL)
-                avx2_block(w, cols, X + j * cols, AVX2_R, AVX2_NB, Y + j * rows + r, rows,
+                avx2_block(w, f16, cols, X + j * cols, AVX2_R, AVX2_NB, Y + j * rows + r, rows,
                            next);
             for (; j < n; j++, next = NULL)
-                avx2_block(w, cols, X + j * cols, AVX2_R, 1, Y + j * rows + r, rows, next);
+                avx2_block(w, f16, cols, X + j * cols, AVX2_R, 1, Y + j * rows + r, rows, next);
             continue;
         }
-        for (int64_t rr = r; rr < r1; rr++, w += cols)
+        for (int64_t rr = r; rr < r1; rr++, w += row_bytes)
             for (j = 0; j < n; j++)
-                avx2_block(w, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
+                avx2_block(w, f16, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
     }
+}
+
+FR_AVX2 static void avx2_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0,
+                              int64_t r1, int n, const float *X, float *Y)
+{
+    avx2_rows_t(W, 1, rows, cols, r0, r1, n, X, Y);
+}
+
+FR_AVX2 static void avx2_rows_f32(const float *W, int64_t rows, int64_t cols, int64_t r0,
+                                  int64_t r1, int n, const float *X, float *Y)
+{
+    avx2_rows_t(W, 0, rows, cols, r0, r1, n, X, Y);
 }
 
 FR_AVX2 static void avx2_to_f32(const fr_f16 *src, float *dst, int64_t n)
@@ -432,7 +464,8 @@ FR_AVX2 static void avx2_silu_mul(float *gate, const float *up, int n)
     }
 }
 
-static const f16_impl impl_avx2 = {"avx2-f16c", avx2_rows, avx2_to_f32, avx2_exp_sum,
+static const f16_impl impl_avx2 = {"avx2-f16c", avx2_rows, avx2_rows_f32, avx2_to_f32,
+                                   avx2_exp_sum,
                                    avx2_silu_mul};
 
 /* -- AVX-512 -- */
@@ -458,9 +491,20 @@ FR_AVX512 static FR_INLINE float avx512_hsum(__m512 v)
 
 enum { AVX512_R = 4, AVX512_NB = 4, AVX512_GEMV_R = 8 };
 
-FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, const float *X,
-                                             int R, int NB, float *Y, int64_t ldy,
-                                             const void *pf)
+FR_AVX512 static FR_INLINE __m512 avx512_load_w(const void *W, int f16, int64_t i)
+{
+    return f16 ? avx512_load_h((const fr_f16 *)W + i) : _mm512_loadu_ps((const float *)W + i);
+}
+
+FR_AVX512 static FR_INLINE __m512 avx512_load_w_part(const void *W, int f16, int64_t i, int m)
+{
+    return f16 ? avx512_load_h_part((const fr_f16 *)W + i, m)
+               : _mm512_maskz_loadu_ps((__mmask16)((1u << m) - 1), (const float *)W + i);
+}
+
+FR_AVX512 static FR_INLINE void avx512_block(const void *W, int f16, int64_t cols,
+                                             const float *X, int R, int NB, float *Y,
+                                             int64_t ldy, const void *pf)
 {
     __m512 acc[AVX512_GEMV_R][AVX512_NB];
     FR_UNROLL
@@ -470,11 +514,11 @@ FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, cons
             acc[r][j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= cols; k += 16) {
-        prefetch_step(pf, k / 16, R * 32);
+        prefetch_step(pf, k / 16, R * (f16 ? 32 : 64));
         __m512 w[AVX512_GEMV_R];
         FR_UNROLL
         for (int r = 0; r < R; r++)
-            w[r] = avx512_load_h(W + r * cols + k);
+            w[r] = avx512_load_w(W, f16, r * cols + k);
         FR_UNROLL
         for (int j = 0; j < NB; j++) {
             __m512 x = _mm512_loadu_ps(X + j * cols + k);
@@ -491,8 +535,8 @@ FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, cons
             __m512 x = _mm512_maskz_loadu_ps(mask, X + j * cols + k);
             FR_UNROLL
             for (int r = 0; r < R; r++)
-                acc[r][j] =
-                    _mm512_fmadd_ps(avx512_load_h_part(W + r * cols + k, m), x, acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(avx512_load_w_part(W, f16, r * cols + k, m), x,
+                                            acc[r][j]);
         }
     }
     FR_UNROLL
@@ -502,37 +546,53 @@ FR_AVX512 static FR_INLINE void avx512_block(const fr_f16 *W, int64_t cols, cons
             Y[j * ldy + r] = avx512_hsum(acc[r][j]);
 }
 
-FR_AVX512 static void avx512_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0,
-                                  int64_t r1, int n, const float *X, float *Y)
+FR_AVX512 static FR_INLINE void avx512_rows_t(const void *W0, int f16, int64_t rows,
+                                              int64_t cols, int64_t r0, int64_t r1, int n,
+                                              const float *X, float *Y)
 {
+    const char *W = W0;
+    const int64_t row_bytes = cols * (f16 ? 2 : 4);
     int64_t r = r0;
     if (n == 1) {
         for (; r + AVX512_GEMV_R <= r1; r += AVX512_GEMV_R) {
-            const fr_f16 *w = W + r * cols, *next = w + AVX512_GEMV_R * cols;
-            avx512_block(w, cols, X, AVX512_GEMV_R, 1, Y + r, rows,
+            const char *w = W + r * row_bytes, *next = w + AVX512_GEMV_R * row_bytes;
+            avx512_block(w, f16, cols, X, AVX512_GEMV_R, 1, Y + r, rows,
                          r + 2 * AVX512_GEMV_R <= r1 ? next : NULL);
         }
         for (; r < r1; r++)
-            avx512_block(W + r * cols, cols, X, 1, 1, Y + r, rows, NULL);
+            avx512_block(W + r * row_bytes, f16, cols, X, 1, 1, Y + r, rows, NULL);
         return;
     }
     for (; r < r1; r += AVX512_R) {
-        const fr_f16 *w = W + r * cols;
+        const char *w = W + r * row_bytes;
         int j = 0;
         if (r + AVX512_R <= r1) {
             /* The first pass over the block prefetches the next; later passes hit cache. */
-            const fr_f16 *next = r + 2 * AVX512_R <= r1 ? w + AVX512_R * cols : NULL;
+            const char *next = r + 2 * AVX512_R <= r1 ? w + AVX512_R * row_bytes : NULL;
             for (; j + AVX512_NB <= n; j += AVX512_NB, next = NULL)
-                avx512_block(w, cols, X + j * cols, AVX512_R, AVX512_NB, Y + j * rows + r,
-                             rows, next);
+                avx512_block(w, f16, cols, X + j * cols, AVX512_R, AVX512_NB,
+                             Y + j * rows + r, rows, next);
             for (; j < n; j++, next = NULL)
-                avx512_block(w, cols, X + j * cols, AVX512_R, 1, Y + j * rows + r, rows, next);
+                avx512_block(w, f16, cols, X + j * cols, AVX512_R, 1, Y + j * rows + r, rows,
+                             next);
             continue;
         }
-        for (int64_t rr = r; rr < r1; rr++, w += cols)
+        for (int64_t rr = r; rr < r1; rr++, w += row_bytes)
             for (j = 0; j < n; j++)
-                avx512_block(w, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
+                avx512_block(w, f16, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
     }
+}
+
+FR_AVX512 static void avx512_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0,
+                                  int64_t r1, int n, const float *X, float *Y)
+{
+    avx512_rows_t(W, 1, rows, cols, r0, r1, n, X, Y);
+}
+
+FR_AVX512 static void avx512_rows_f32(const float *W, int64_t rows, int64_t cols, int64_t r0,
+                                      int64_t r1, int n, const float *X, float *Y)
+{
+    avx512_rows_t(W, 0, rows, cols, r0, r1, n, X, Y);
 }
 
 FR_AVX512 static void avx512_to_f32(const fr_f16 *src, float *dst, int64_t n)
@@ -545,7 +605,8 @@ FR_AVX512 static void avx512_to_f32(const fr_f16 *src, float *dst, int64_t n)
 }
 
 /* Element-wise work is tiny next to the matrix products: the AVX2 versions serve here. */
-static const f16_impl impl_avx512 = {"avx512", avx512_rows, avx512_to_f32, avx2_exp_sum,
+static const f16_impl impl_avx512 = {"avx512", avx512_rows, avx512_rows_f32, avx512_to_f32,
+                                     avx2_exp_sum,
                                      avx2_silu_mul};
 #endif /* FR_X86 */
 
@@ -655,11 +716,15 @@ static void matmul_worker(void *arg, int ith, int nth)
 {
     const matmul_task *t = arg;
     int64_t r0, r1;
-    if (t->W->type == GGUF_TENSOR_F16) {
+    if (t->W->type == GGUF_TENSOR_F16 || t->impl->rows_f32) {
         /* Multiples of 16 rows: whole SIMD row groups per thread. */
         split_rows(t->W->rows, 16, ith, nth, &r0, &r1);
-        if (r0 < r1)
+        if (r0 >= r1)
+            return;
+        if (t->W->type == GGUF_TENSOR_F16)
             t->impl->rows(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
+        else
+            t->impl->rows_f32(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
         return;
     }
     int64_t chunk = f32_chunk_rows(t->W->rows);
@@ -675,7 +740,7 @@ void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *poo
 {
     if (n <= 0 || W->rows <= 0)
         return;
-    matmul_task t = {W, W->type == GGUF_TENSOR_F16 ? f16() : NULL, n, X, Y};
+    matmul_task t = {W, f16(), n, X, Y};
     if (W->cols <= 0) {
         for (int64_t i = 0; i < (int64_t)n * W->rows; i++)
             Y[i] = 0.0f;

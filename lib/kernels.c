@@ -572,9 +572,15 @@ FR_AVX512 static FR_INLINE void avx512_rows_t(const void *W0, int f16, int64_t r
             for (; j + AVX512_NB <= n; j += AVX512_NB, next = NULL)
                 avx512_block(w, f16, cols, X + j * cols, AVX512_R, AVX512_NB,
                              Y + j * rows + r, rows, next);
-            for (; j < n; j++, next = NULL)
-                avx512_block(w, f16, cols, X + j * cols, AVX512_R, 1, Y + j * rows + r, rows,
-                             next);
+            /* The rest of the inputs in one pass too: each weight converted once. */
+            const float *Xj = X + j * cols;
+            float *Yj = Y + j * rows + r;
+            switch (n - j) {
+            case 3: avx512_block(w, f16, cols, Xj, AVX512_R, 3, Yj, rows, next); break;
+            case 2: avx512_block(w, f16, cols, Xj, AVX512_R, 2, Yj, rows, next); break;
+            case 1: avx512_block(w, f16, cols, Xj, AVX512_R, 1, Yj, rows, next); break;
+            default: break;
+            }
             continue;
         }
         for (int64_t rr = r; rr < r1; rr++, w += row_bytes)

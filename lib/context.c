@@ -129,9 +129,25 @@ static int default_threads(void)
     return n < 1 ? 1 : n > 8 ? 8 : (int)n;
 }
 
+static void bmm_params_from(const free_ctx_params *p, fr_bmm_params *bp)
+{
+    fr_bmm_params_default(bp);
+    bp->zeta = p->zeta;
+    bp->initial = p->threshold;
+    bp->min_threshold = p->threshold_min;
+    bp->max_threshold = p->threshold_max;
+    bp->rule = p->bmm_rule;
+    bp->min_per_class = p->bmm_min_per_class;
+    bp->max_updates = p->bmm_max_updates;
+    bp->refit_every = p->bmm_refit_every;
+    if (p->bmm_capacity > 0)
+        bp->capacity = p->bmm_capacity;
+}
+
 /* Applies the per-generation parameters (everything but sizes and threads). With
  * keep_learned, an existing estimator keeps what it learned (unless a calibration is
- * given) and only takes the new settings. */
+ * given) and only takes the new settings. Every step that can fail runs before anything
+ * changes, so a failure leaves the context as it was. */
 static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
                                 bool keep_learned, fr_error *err)
 {
@@ -144,49 +160,46 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
     if (p->exit_mode != FREE_EXIT_NONE && ls >= hp->n_layer)
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "early exit needs at least 2 layers; this model has %d", hp->n_layer);
-    fr_sampler_config sc = {p->temperature, p->top_k, p->top_p, p->seed};
-    fr_sampler_configure(ctx->sampler, &sc);
+
+    fr_bmm_params bp;
+    fr_bmm *fresh = NULL;
+    const bool keep = p->adaptive && keep_learned && ctx->bmm && !p->calibration;
+    if (p->adaptive) {
+        bmm_params_from(p, &bp);
+        if (keep) {
+            FR_TRY(fr_bmm_params_check(&bp, err));
+        } else {
+            FR_TRY(fr_bmm_create(&bp, &fresh, err));
+            if (p->calibration && fr_bmm_import(fresh, p->calibration, err) != FREE_OK) {
+                fr_bmm_destroy(fresh);
+                return err->status;
+            }
+        }
+    }
     /* Unbounded drafting would run to the end of the context before the first check:
      * VERIFY defaults to a short draft window, as speculative decoding does. */
     int32_t limit = p->max_queue;
     if (limit == 0 && p->exit_mode == FREE_EXIT_VERIFY)
         limit = FR_VERIFY_DEFAULT_DRAFTS;
+    const int32_t old_limit = ctx->queue->limit;
     fr_exit_queue_set_limit(ctx->queue, limit);
-    if (p->exit_mode == FREE_EXIT_VERIFY && p->temperature > 0.0f)
-        FR_TRY(fr_exit_queue_keep_probs(ctx->queue, hp->n_vocab, err));
-    if (p->adaptive) {
-        fr_bmm_params bp;
-        fr_bmm_params_default(&bp);
-        bp.zeta = p->zeta;
-        bp.initial = p->threshold;
-        bp.min_threshold = p->threshold_min;
-        bp.max_threshold = p->threshold_max;
-        bp.rule = p->bmm_rule;
-        bp.min_per_class = p->bmm_min_per_class;
-        bp.max_updates = p->bmm_max_updates;
-        bp.refit_every = p->bmm_refit_every;
-        if (p->bmm_capacity > 0)
-            bp.capacity = p->bmm_capacity;
-        if (keep_learned && ctx->bmm && !p->calibration) {
-            FR_TRY(fr_bmm_set_params(ctx->bmm, &bp, err));
-            goto done;
-        }
-        fr_bmm *b = NULL;
-        FR_TRY(fr_bmm_create(&bp, &b, err));
-        if (p->calibration) {
-            free_status s = fr_bmm_import(b, p->calibration, err);
-            if (s != FREE_OK) {
-                fr_bmm_destroy(b);
-                return s;
-            }
-        }
-        fr_bmm_destroy(ctx->bmm);
-        ctx->bmm = b;
+    if (p->exit_mode == FREE_EXIT_VERIFY && p->temperature > 0.0f &&
+        fr_exit_queue_keep_probs(ctx->queue, hp->n_vocab, err) != FREE_OK) {
+        ctx->queue->limit = old_limit;
+        fr_bmm_destroy(fresh);
+        return err->status;
+    }
+
+    /* Nothing below fails. */
+    if (keep) {
+        free_status s = fr_bmm_set_params(ctx->bmm, &bp, err);
+        (void)s; /* checked above */
     } else {
         fr_bmm_destroy(ctx->bmm);
-        ctx->bmm = NULL;
+        ctx->bmm = fresh;
     }
-done:
+    fr_sampler_config sc = {p->temperature, p->top_k, p->top_p, p->seed};
+    fr_sampler_configure(ctx->sampler, &sc);
     ctx->exit_layer = ls;
     ctx->params = *p;
     ctx->params.calibration = NULL;

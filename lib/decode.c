@@ -233,9 +233,9 @@ FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n
 FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, float *logits)
 {
     if (!ctx)
-        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_prefill: ctx is NULL");
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_prefill/free_eval: ctx is NULL");
     if (!tokens && n)
-        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_prefill: tokens is NULL");
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_prefill/free_eval: tokens is NULL");
     if (logits && n == 0)
         return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_eval: no tokens to evaluate");
     return prefill(ctx, tokens, n, logits);

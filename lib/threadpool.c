@@ -1,14 +1,22 @@
 /* A fork-join pool tuned for many short jobs: a decoding step issues about a hundred
  * fr_pool_run calls of a few microseconds each, so a futex round trip per call would cost
- * as much as the work. Workers therefore spin on a generation counter for a short while
- * after each job and only then sleep on a condition variable; the caller wakes sleepers
- * only when some are known to be asleep (a Dekker-style handshake on `sleepers` makes the
- * check race-free). The caller waits for completion the same way. */
+ * as much as the work.
+ *
+ * - Workers spin on a generation counter for a short while after each job (yielding after
+ *   the first microseconds), then sleep on a condition variable. The caller signals only
+ *   when some worker is known to be asleep (a Dekker-style handshake on `sleepers`).
+ * - Each job has one slot per thread. A worker claims its slot with a CAS before running
+ *   it; the caller, once done with slot 0, claims and runs every slot not yet claimed. A
+ *   worker that is asleep, descheduled or late (a loaded machine, a host's busy threads)
+ *   therefore never stalls the job: at worst the caller runs it alone. Results do not
+ *   change, since every slot ith still runs exactly once with the same (ith, nth).
+ * - The caller waits for claimed slots the same way: spin, then a condition variable. */
 #include "threadpool.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -29,35 +37,37 @@
  * the matrix products of one token (attention, norms: a few microseconds), short enough
  * that an idle context does not hold a core. */
 #define FR_POOL_SPIN_US_DEFAULT 100
-/* After this much pure spinning the spinner yields between checks, so that when there are
- * more runnable threads than cores (a loaded machine, an oversubscribed pool) the thread
- * it waits for can run: without it an oversubscribed pool costs a time slice per job. */
+/* After this much pure spinning a spinner yields between checks, so that when there are
+ * more runnable threads than cores the thread it waits for can run: without it an
+ * oversubscribed pool loses a time slice per job. */
 #define FR_POOL_PURE_SPIN_NS 10000
 
 typedef struct fr_worker {
+    /* The generation whose slot `ith` was last claimed (by the worker or the caller). */
+    alignas(64) atomic_uint claimed;
     fr_pool *pool;
     int ith;
 } fr_worker;
 
 struct fr_pool {
     int n_threads;
-    int n_started; /* OS threads actually started (n_threads - 1 on success) */
+    int n_started; /* OS threads running (n_threads - 1 once created) */
     pthread_t *threads;
-    fr_worker *workers;
+    fr_worker *workers; /* workers[i] owns slot i + 1 */
 
     pthread_mutex_t mu;
     pthread_cond_t wake; /* workers: a new generation was published */
-    pthread_cond_t done; /* caller: the last worker finished */
+    pthread_cond_t done; /* caller: the last claimed slot finished */
 
-    atomic_uint gen;       /* incremented once per job (and once at shutdown) */
-    atomic_int pending;    /* workers that have not finished the current job */
-    atomic_int sleepers;   /* workers blocked (or about to block) on `wake` */
+    atomic_uint gen;     /* incremented once per job (and once at shutdown) */
+    atomic_int pending;  /* slots 1..n-1 of the current job not finished */
+    atomic_int sleepers; /* workers blocked (or about to block) on `wake` */
     atomic_int caller_waiting;
     atomic_bool stop;
     atomic_int spin_us;
 
-    /* The job. Written by the caller before the release increment of gen, read by
-     * workers after their acquire load of it. */
+    /* The job. Written by the caller before the release increment of gen; read only by a
+     * thread that has claimed a slot of that generation, which keeps the job alive. */
     fr_pool_fn fn;
     void *arg;
 };
@@ -69,35 +79,23 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Spins until pred(pool, seen) is false or the spin budget is spent; returns true when
- * the condition changed while spinning. Reading the clock every 64 pauses keeps the
- * check cheap. */
-static bool spin_while_gen(fr_pool *pool, unsigned seen)
+/* The condition a spinner waits for: a new generation (workers) or a finished job
+ * (caller). */
+static bool ready(fr_pool *pool, bool caller, unsigned seen)
 {
-    int64_t budget = (int64_t)atomic_load_explicit(&pool->spin_us, memory_order_relaxed) * 1000;
-    int64_t start = 0;
-    for (unsigned i = 0;; i++) {
-        if (atomic_load_explicit(&pool->gen, memory_order_acquire) != seen)
-            return true;
-        if ((i & 63) == 0) {
-            int64_t t = now_ns();
-            if (i == 0)
-                start = t;
-            else if (t - start >= budget)
-                return false;
-            else if (t - start >= FR_POOL_PURE_SPIN_NS)
-                sched_yield();
-        }
-        FR_CPU_RELAX();
-    }
+    if (caller)
+        return atomic_load_explicit(&pool->pending, memory_order_acquire) == 0;
+    return atomic_load_explicit(&pool->gen, memory_order_acquire) != seen;
 }
 
-static bool spin_while_pending(fr_pool *pool)
+/* Spins until ready() or the spin budget is spent; true when ready. The clock is read
+ * every 64 pauses, which keeps the check cheap. */
+static bool spin(fr_pool *pool, bool caller, unsigned seen)
 {
     int64_t budget = (int64_t)atomic_load_explicit(&pool->spin_us, memory_order_relaxed) * 1000;
     int64_t start = 0;
     for (unsigned i = 0;; i++) {
-        if (atomic_load_explicit(&pool->pending, memory_order_acquire) == 0)
+        if (ready(pool, caller, seen))
             return true;
         if ((i & 63) == 0) {
             int64_t t = now_ns();
@@ -114,7 +112,7 @@ static bool spin_while_pending(fr_pool *pool)
 
 static unsigned wait_for_job(fr_pool *pool, unsigned seen)
 {
-    if (!spin_while_gen(pool, seen)) {
+    if (!spin(pool, false, seen)) {
         pthread_mutex_lock(&pool->mu);
         /* seq_cst store then load; the caller does the mirror image (gen, then sleepers),
          * so at least one of us sees the other and no wake-up is lost. */
@@ -127,15 +125,29 @@ static unsigned wait_for_job(fr_pool *pool, unsigned seen)
     return atomic_load_explicit(&pool->gen, memory_order_acquire);
 }
 
+/* Claims slot w->ith of job g; false when someone already has, or when g is stale. While
+ * job g runs, `claimed` is g - 1 (free) or g (taken): it moves only from g - 1 to g, so a
+ * worker that saw g late cannot claim anything once g is over. And job g cannot finish
+ * without a claimed slot, so a successful claimer may read fn and arg. */
+static bool claim(fr_worker *w, unsigned g)
+{
+    unsigned expected = g - 1;
+    return atomic_compare_exchange_strong(&w->claimed, &expected, g);
+}
+
 static void *worker_main(void *p)
 {
     fr_worker *w = p;
     fr_pool *pool = w->pool;
+    /* Not the current generation: a thread that starts late must still see a shutdown
+     * that happened before it ran (jobs it missed were run by the caller). */
     unsigned seen = 0;
     for (;;) {
         seen = wait_for_job(pool, seen);
         if (atomic_load_explicit(&pool->stop, memory_order_acquire))
             break;
+        if (!claim(w, seen))
+            continue; /* the caller ran this slot already */
         pool->fn(pool->arg, w->ith, pool->n_threads);
         if (atomic_fetch_sub(&pool->pending, 1) == 1 && atomic_load(&pool->caller_waiting)) {
             /* Holding the mutex guarantees the caller is inside pthread_cond_wait (it
@@ -194,7 +206,7 @@ free_status fr_pool_create(int n_threads, fr_pool **out, fr_error *err)
     }
 
     pool->threads = calloc((size_t)n_threads - 1, sizeof *pool->threads);
-    pool->workers = calloc((size_t)n_threads - 1, sizeof *pool->workers);
+    pool->workers = aligned_alloc(64, ((size_t)n_threads - 1) * sizeof *pool->workers);
     if (!pool->threads || !pool->workers) {
         free(pool->threads);
         free(pool->workers);
@@ -217,8 +229,11 @@ free_status fr_pool_create(int n_threads, fr_pool **out, fr_error *err)
     }
 
     for (int i = 0; i < n_threads - 1; i++) {
+        atomic_init(&pool->workers[i].claimed, 0);
         pool->workers[i].pool = pool;
         pool->workers[i].ith = i + 1;
+    }
+    for (int i = 0; i < n_threads - 1; i++) {
         rc = pthread_create(&pool->threads[i], NULL, worker_main, &pool->workers[i]);
         if (rc != 0) {
             fr_pool_destroy(pool);
@@ -265,15 +280,23 @@ void fr_pool_run(fr_pool *pool, fr_pool_fn fn, void *arg)
         fn(arg, 0, 1);
         return;
     }
+    const int nth = pool->n_threads;
     pool->fn = fn;
     pool->arg = arg;
-    atomic_store_explicit(&pool->pending, pool->n_threads - 1, memory_order_relaxed);
-    atomic_fetch_add(&pool->gen, 1); /* seq_cst: publishes the job, pairs with sleepers */
+    atomic_store_explicit(&pool->pending, nth - 1, memory_order_relaxed);
+    /* seq_cst: publishes the job (release) and pairs with `sleepers` in wait_for_job. */
+    unsigned g = atomic_fetch_add(&pool->gen, 1) + 1;
     wake_workers(pool);
 
-    fn(arg, 0, pool->n_threads);
+    fn(arg, 0, nth);
+    for (int i = 1; i < nth; i++) {
+        if (claim(&pool->workers[i - 1], g)) {
+            fn(arg, i, nth);
+            atomic_fetch_sub(&pool->pending, 1);
+        }
+    }
 
-    if (!spin_while_pending(pool)) {
+    if (!spin(pool, true, 0)) {
         pthread_mutex_lock(&pool->mu);
         atomic_store(&pool->caller_waiting, 1);
         while (atomic_load(&pool->pending) != 0)

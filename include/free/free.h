@@ -111,8 +111,9 @@ typedef enum free_log_level {
 /* Receives one formatted, NUL-terminated message without a trailing newline. */
 typedef void (*free_log_fn)(void *user, free_log_level level, const char *message);
 
-/* Installs a process-wide log callback (NULL restores the default, which prints ERROR
- * and WARN messages to stderr) and the most verbose level delivered. Thread-safe. */
+/* Installs a process-wide log callback (NULL restores the default printer, which writes
+ * to stderr) and the most verbose level delivered (default FREE_LOG_WARN). Failures are
+ * returned to the caller and traced at FREE_LOG_DEBUG. Thread-safe. */
 FREE_API void free_log_set(free_log_fn fn, void *user, free_log_level max_level);
 
 /* ---------------------------------------------------------------------------------- */
@@ -150,13 +151,14 @@ FREE_API uint64_t free_model_n_params(const free_model *model);
  * is invalid), and of the LM head. For bandwidth accounting. */
 FREE_API uint64_t free_model_weight_bytes(const free_model *model, int32_t l0, int32_t l1);
 FREE_API uint64_t free_model_head_bytes(const free_model *model);
-/* A one-line description ("llama, 12 layers, dim 384, vocab 4096, F16"). Owned by the
- * model. */
+/* A one-line description ("llama, 12 layers, dim 384, 6 heads (2 kv), ffn 1024, vocab
+ * 4096, F16, 22.0M params"). Owned by the model. */
 FREE_API const char *free_model_describe(const free_model *model);
 
 /* ---------------------------------------------------------------------------------- */
 /* Tokens                                                                             */
 
+/* Beginning- and end-of-sequence ids; -1 when model is NULL. */
 FREE_API int32_t free_token_bos(const free_model *model);
 FREE_API int32_t free_token_eos(const free_model *model);
 
@@ -174,7 +176,8 @@ FREE_API free_status free_token_to_piece(const free_model *model, int32_t token,
 
 /* Decodes n tokens into text as SentencePiece does (byte tokens assembled, the leading
  * space of the first piece removed, control tokens skipped, invalid UTF-8 replaced by
- * U+FFFD). Writes a NUL terminator when room remains; *n_out excludes it. */
+ * U+FFFD). Writes the text and a NUL terminator: cap must exceed the text's length, else
+ * FREE_ERR_BUFFER_TOO_SMALL with the length (without the NUL) in *n_out. */
 FREE_API free_status free_detokenize(const free_model *model, const int32_t *tokens,
                                      size_t n, char *buf, size_t cap, size_t *n_out);
 
@@ -214,6 +217,9 @@ typedef struct free_ctx_params {
     int32_t max_queue;         /* early-exit queue bound; 0 = up to the context (FREE),
                                   8 drafts per verification (VERIFY) */
     /* adaptive threshold (Beta mixture) */
+    /* The fields below are checked only when adaptive is on: then threshold must lie in
+     * [threshold_min, threshold_max] within [0, 1], bmm_min_per_class >= 2 and
+     * bmm_capacity >= 2 * bmm_min_per_class. */
     int32_t adaptive;          /* non-zero: learn the threshold while decoding */
     float zeta;                /* posterior level; default 0.4 */
     float threshold_min;       /* bounds for the learned threshold; default 0.05 .. 0.99 */
@@ -223,7 +229,8 @@ typedef struct free_ctx_params {
     int32_t bmm_max_updates;   /* fits before the threshold freezes; default 300 */
     int32_t bmm_refit_every;   /* also refit every N new samples; 0 = per generation only */
     int32_t bmm_capacity;      /* samples kept (a ring); default 4096 */
-    const char *calibration;   /* text from free_ctx_export_calibration, or NULL; copied */
+    const char *calibration;   /* text from free_ctx_export_calibration, or NULL; read
+                                  during the call (adaptive only) */
     /* cancellation */
     free_abort_fn abort_fn;    /* may be NULL */
     void *abort_user;
@@ -272,7 +279,9 @@ typedef struct free_step_info {
 } free_step_info;
 
 /* Appends n tokens and runs them through all layers in batches (synchronizing a pending
- * early-exit queue first). The next free_step samples from the last row. */
+ * early-exit queue first, and running the token last handed out, if any, before them).
+ * The next free_step samples from the last row. Each prefill starts a new generation:
+ * the adaptive threshold refits here when its schedule says so. */
 FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n);
 
 /* Like free_prefill, and writes the full-depth logits of every appended row to
@@ -300,7 +309,8 @@ typedef int (*free_token_fn)(void *user, int32_t token, const char *piece, size_
 
 /* Tokenizes prompt (len < 0: NUL-terminated; a BOS is added when the context is empty;
  * NULL or "" continues from the current state), prefills it, and generates up to
- * max_tokens tokens, streaming them to fn (may be NULL). Stops at end-of-sequence (not
+ * max_tokens tokens (< 0: no limit), streaming them to fn (may be NULL; it must not call
+ * back into ctx). Stops at end-of-sequence (not
  * streamed), after max_tokens, when fn returns non-zero, or with FREE_ERR_CONTEXT_FULL
  * when the context is full. */
 FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t len,

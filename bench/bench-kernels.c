@@ -11,6 +11,7 @@
 #include "gguf.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,17 +46,30 @@ static float frand(unsigned *s)
 
 static float __attribute__((noinline)) sum_read(const float *p, size_t n)
 {
-    float a[16] = {0};
-    for (size_t i = 0; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++)
+    float a[32] = {0}; /* 8 independent SSE chains: enough to be bound by the memory */
+    for (size_t i = 0; i + 32 <= n; i += 32)
+        for (int l = 0; l < 32; l++)
             a[l] += p[i + l];
     float s = 0;
-    for (int l = 0; l < 16; l++)
+    for (int l = 0; l < 32; l++)
         s += a[l];
     return s;
 }
 
-static void bench_memory(void)
+typedef struct read_job {
+    const float *p;
+    size_t n;
+    float sums[8];
+} read_job;
+
+static void read_part(void *arg, int ith, int nth)
+{
+    read_job *j = arg;
+    size_t n0 = j->n / 32 * ith / nth * 32, n1 = j->n / 32 * (ith + 1) / nth * 32;
+    j->sums[ith] = sum_read(j->p + n0, n1 - n0);
+}
+
+static void bench_memory(fr_pool *pool2)
 {
     size_t sizes[] = {1 << 20, 44 << 20, 512 << 20};
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
@@ -63,24 +77,31 @@ static void bench_memory(void)
         float *a = xmalloc(n * sizeof *a), *b = xmalloc(n * sizeof *b);
         memset(a, 0, n * sizeof *a);
         memset(b, 0, n * sizeof *b);
-        volatile float sink = 0;
-        double best_rd = 1e30, best_cp = 1e30, t0 = now_s();
+        double best_rd[2] = {1e30, 1e30}, best_cp = 1e30;
+        for (int t = 0; t < 2; t++) { /* read-only first: a copy would evict a */
+            read_job j = {a, n, {0}};
+            double t0 = now_s();
+            do {
+                double r0 = now_s();
+                fr_pool_run(t ? pool2 : NULL, read_part, &j);
+                double r = now_s() - r0;
+                best_rd[t] = r < best_rd[t] ? r : best_rd[t];
+            } while (now_s() - t0 < 2 * g_secs);
+        }
+        double t0 = now_s();
         int reps = 0;
         do {
             double r0 = now_s();
-            sink += sum_read(a, n);
-            double r1 = now_s();
             memcpy(b, a, n * sizeof *a);
+            double r = now_s() - r0;
             a[reps % n] = b[(reps * 7) % n];
             reps++;
-            double r2 = now_s();
-            best_rd = r1 - r0 < best_rd ? r1 - r0 : best_rd;
-            best_cp = r2 - r1 < best_cp ? r2 - r1 : best_cp;
-        } while (now_s() - t0 < 3 * g_secs || reps < 3);
-        double rd = (double)(n * sizeof *a) / best_rd / 1e9;
-        double cp = 2.0 * (double)(n * sizeof *a) / best_cp / 1e9;
-        printf("memory %4zu MB: read %6.1f GB/s, memcpy (read+write) %6.1f GB/s\n",
-               sizes[si] >> 20, rd, cp);
+            best_cp = r < best_cp ? r : best_cp;
+        } while (now_s() - t0 < 2 * g_secs);
+        double bytes = (double)(n * sizeof *a);
+        printf("memory %4zu MB: read %6.1f GB/s (1T) %6.1f GB/s (2T), memcpy (read+write, 1T) "
+               "%6.1f GB/s\n", sizes[si] >> 20, bytes / best_rd[0] / 1e9,
+               bytes / best_rd[1] / 1e9, 2 * bytes / best_cp / 1e9);
         free(a);
         free(b);
     }
@@ -161,6 +182,14 @@ static void bench_matmul(uint32_t type, int64_t rows, int64_t cols, int n, bool 
     free_case(&c);
 }
 
+static void bench_f32(fr_pool *pool, const char *label)
+{
+    bench_matmul(GGUF_TENSOR_F32, 384, 1024, 1, true, pool, label);
+    bench_matmul(GGUF_TENSOR_F32, 4096, 384, 1, true, pool, label);
+    bench_matmul(GGUF_TENSOR_F32, 1024, 384, 16, true, pool, label);
+    bench_matmul(GGUF_TENSOR_F32, 1024, 384, 64, true, pool, label);
+}
+
 /* The matrices of one free-llama-22M token (12 layers + LM head), each read once. */
 static void bench_model(fr_pool *pool, int n)
 {
@@ -204,27 +233,45 @@ static void bench_model(fr_pool *pool, int n)
 
 /* ---- pool ---- */
 
-static void empty_job(void *arg, int ith, int nth)
+typedef struct pool_job {
+    double work_s; /* busy time of every slot */
+    pthread_t caller;
+    int stolen;    /* slots > 0 that the caller ran itself (written by the caller only) */
+} pool_job;
+
+static void busy_job(void *arg, int ith, int nth)
 {
-    (void)arg;
-    (void)ith;
+    pool_job *j = arg;
     (void)nth;
+    if (ith > 0 && pthread_equal(pthread_self(), j->caller))
+        j->stolen++;
+    if (j->work_s > 0) {
+        double t0 = now_s();
+        while (now_s() - t0 < j->work_s)
+            ;
+    }
 }
 
-static void bench_pool(fr_pool *pool, int spin_us)
+/* Time per fr_pool_run where every slot busy-waits work_us: the overhead is what exceeds
+ * work_us when the slots run in parallel. */
+static void bench_pool(fr_pool *pool, int spin_us, double work_us)
 {
     fr_pool_set_spin_us(pool, spin_us);
+    pool_job j = {work_us * 1e-6, pthread_self(), 0};
     int calls = 0;
-    double t0 = now_s(), best = 1e30;
+    double t0 = now_s(), best = 1e30, sum = 0;
     do {
         double b0 = now_s();
         for (int i = 0; i < 64; i++, calls++)
-            fr_pool_run(pool, empty_job, NULL);
+            fr_pool_run(pool, busy_job, &j);
         double b = (now_s() - b0) / 64;
         best = b < best ? b : best;
+        sum += b;
     } while (now_s() - t0 < g_secs);
-    printf("pool %dT spin %3d us: %7.2f us per fr_pool_run (best batch, back to back)\n",
-           fr_pool_size(pool), spin_us, best * 1e6);
+    printf("pool %dT spin %3d us, job %4.1f us/slot: best %6.2f us, mean %6.2f us per "
+           "fr_pool_run; caller ran %4.1f%% of the workers' slots\n",
+           fr_pool_size(pool), spin_us, work_us, best * 1e6, sum / (calls / 64) * 1e6,
+           100.0 * j.stolen / ((double)calls * (fr_pool_size(pool) - 1)));
     fr_pool_set_spin_us(pool, 100);
 }
 
@@ -237,9 +284,12 @@ int main(int argc, char **argv)
         return 1;
     fr_pool *pools[2] = {pool1, pool2};
 
-    bench_memory();
-    bench_pool(pool2, 100);
-    bench_pool(pool2, 0);
+    bench_memory(pool2);
+    const double works[] = {0.0, 2.0, 10.0};
+    for (int w = 0; w < 3; w++) {
+        bench_pool(pool2, 100, works[w]);
+        bench_pool(pool2, 0, works[w]);
+    }
 
     const char *impls[] = {"avx512", "avx2-f16c", "portable"};
     for (int ii = 0; ii < 3; ii++) {
@@ -262,23 +312,25 @@ int main(int argc, char **argv)
         for (int i = 0; i < 5; i++)
             bench_matmul(GGUF_TENSOR_F16, 1024, 384, ns[i], true, pools[p], "batched");
 
+    /* F32: the SIMD kernels (what fr_matmul uses on x86), then cblas (what it uses with
+     * the portable implementation), with OpenBLAS's own threads at 1 and at its default. */
+    for (int p = 0; p < 2; p++)
+        bench_f32(pools[p], fr_kernels_f16_impl());
+    fr_kernels_set_f16_impl("portable");
 #ifdef OPENBLAS_VERSION
     int blas_threads[] = {1, openblas_get_num_threads()};
     for (int b = 0; b < (blas_threads[1] > 1 ? 2 : 1); b++) {
         openblas_set_num_threads(blas_threads[b]);
         char label[32];
-        snprintf(label, sizeof label, "blas%dT", blas_threads[b]);
+        snprintf(label, sizeof label, "cblas-%dT", blas_threads[b]);
 #else
     {
-        const char *label = "blas";
+        const char *label = "cblas";
 #endif
-        for (int p = 0; p < 2; p++) {
-            bench_matmul(GGUF_TENSOR_F32, 384, 1024, 1, true, pools[p], label);
-            bench_matmul(GGUF_TENSOR_F32, 4096, 384, 1, true, pools[p], label);
-            bench_matmul(GGUF_TENSOR_F32, 1024, 384, 16, true, pools[p], label);
-            bench_matmul(GGUF_TENSOR_F32, 1024, 384, 64, true, pools[p], label);
-        }
+        for (int p = 0; p < 2; p++)
+            bench_f32(pools[p], label);
     }
+    fr_kernels_set_f16_impl(NULL);
     fr_pool_destroy(pool1);
     fr_pool_destroy(pool2);
     return 0;

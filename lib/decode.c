@@ -96,9 +96,7 @@ static void sync_row(void *user, int32_t r, const float *logits)
     }
     count_agreement(ctx, tok, deep);
     push_out(ctx, tok, pos, ok, q->conf[r]);
-    if (ok) {
-        ctx->stats.shallow_exits++;
-    } else {
+    if (!ok) {
         job->rejected_at = r;
         ctx->stats.drafts_rejected++;
     }
@@ -306,7 +304,6 @@ static void step_free(struct free_ctx *ctx)
                                                          : fr_sample(ctx->sampler, ctx->logits);
         fr_exit_queue_push(q, r.confidence, tok, r.argmax);
         push_out(ctx, tok, ctx->n_past, true, r.confidence);
-        ctx->stats.shallow_exits++;
         return;
     }
     sync_job job;
@@ -362,7 +359,9 @@ static free_status pop_out(struct free_ctx *ctx, int32_t *token, free_step_info 
         memcpy(info, &o->info, n);
         info->size = keep;
     }
+    /* Counted when handed out: verified tokens the host never takes are not produced. */
     ctx->stats.tokens++;
+    ctx->stats.shallow_exits += o->info.early_exit != 0;
     if (ctx->out_len == 0) {
         /* The last token handed out is the one the next step runs. */
         ctx->pending_token = o->token;

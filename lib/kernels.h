@@ -19,9 +19,13 @@ typedef struct fr_matrix {
     int64_t cols; /* input features */
 } fr_matrix;
 
-/* Y[n][W.rows] = X[n][W.cols] * W^T. One row (n == 1) is a matrix-vector product (cblas
- * sgemv for F32, the F16 kernel for F16); several rows use sgemm / a batched F16 path, so
- * each weight is read once for all rows. Work is split across pool (may be NULL). */
+/* Y[n][W.rows] = X[n][W.cols] * W^T, F32 or F16 weights. One row (n == 1) is a
+ * matrix-vector product; several rows take a batched path that reads each weight once for
+ * all rows. Work is split across pool (may be NULL). Results never depend on the pool's
+ * size, and Y[j] is bit for bit the same whatever n is (a batch equals its rows one at a
+ * time), so a batched deep pass reproduces single-row passes exactly. The one exception:
+ * F32 weights on the "portable" implementation go to cblas, where sgemv (n == 1) and sgemm
+ * (n > 1) may round differently. */
 void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *pool);
 
 /* Copies row `row` of an embedding matrix (F32 or F16) into out[W.cols] as F32. */
@@ -51,7 +55,8 @@ float fr_f16_to_f32(fr_f16 h);
 fr_f16 fr_f32_to_f16(float f); /* round to nearest even */
 void fr_f16_to_f32_row(const fr_f16 *src, float *dst, int64_t n);
 
-/* Name of the F16 kernel chosen at run time ("avx2-f16c", "portable", ...). */
+/* Name of the kernel set chosen at run time ("avx512", "avx2-f16c", "portable"): the
+ * matrix products (F16 and F32) and the element-wise exp-based functions. */
 const char *fr_kernels_f16_impl(void);
 
 /* Selects the F16 kernel by name ("portable", "avx2-f16c", "avx512", or "auto"/NULL for the

@@ -8,6 +8,7 @@
 #include <free/free.h>
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -147,6 +148,30 @@ START_TEST(last_error_follows_failures)
     /* The next failure replaces the message. */
     CHECK_FAIL(free_model_load(NULL, NULL, &m), FREE_ERR_INVALID_ARG, "path", NULL);
     ck_assert_msg(strstr(free_last_error(), "a.gguf") == NULL, "stale: %s", free_last_error());
+}
+END_TEST
+
+static void *fail_in_thread(void *arg)
+{
+    free_model *m = NULL;
+    char *seen = arg;
+    free_model_load("/nonexistent/other-thread.gguf", NULL, &m);
+    snprintf(seen, 512, "%s", free_last_error());
+    return NULL;
+}
+
+START_TEST(last_error_is_per_thread)
+{
+    free_model *m = NULL;
+    char seen[512] = "";
+    pthread_t th;
+    CHECK_FAIL(free_model_load("/nonexistent/main-thread.gguf", NULL, &m), FREE_ERR_IO,
+               "main-thread.gguf", NULL);
+    ck_assert_int_eq(pthread_create(&th, NULL, fail_in_thread, seen), 0);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    ck_assert_msg(strstr(seen, "other-thread.gguf") != NULL, "thread saw: %s", seen);
+    ck_assert_msg(strstr(free_last_error(), "main-thread.gguf") != NULL, "main sees: %s",
+                  free_last_error());
 }
 END_TEST
 
@@ -732,6 +757,41 @@ START_TEST(decode_past_small_context)
 }
 END_TEST
 
+/* free_step writes *info only up to the caller's size, and keeps that size. */
+START_TEST(step_info_sizes)
+{
+    free_model *m = load_stories();
+    free_ctx *ctx = make_ctx(m, 64, FREE_EXIT_NONE);
+    int32_t ids[8], t;
+    size_t n = 0;
+    ck_assert_int_eq(free_tokenize(m, "Once", -1, 1, ids, 8, &n), FREE_OK);
+    ck_assert_int_eq(free_prefill(ctx, ids, n), FREE_OK);
+    struct {
+        free_step_info info;
+        unsigned char guard[16];
+    } g;
+    memset(&g, 0xee, sizeof g);
+    g.info.size = offsetof(free_step_info, early_exit);
+    ck_assert_int_eq(free_step(ctx, &t, &g.info), FREE_OK);
+    ck_assert_uint_eq(g.info.size, offsetof(free_step_info, early_exit));
+    ck_assert_int_eq(g.info.position, (int32_t)n);
+    ck_assert_int_eq(g.info.layers, 5);
+    const unsigned char *b = (const unsigned char *)&g;
+    for (size_t i = offsetof(free_step_info, early_exit); i < sizeof g; i++)
+        ck_assert_msg(b[i] == 0xee, "byte %zu past the caller's size was written", i);
+    /* A newer, larger struct: filled, size kept, tail untouched. */
+    memset(&g, 0xee, sizeof g);
+    g.info.size = sizeof g;
+    ck_assert_int_eq(free_step(ctx, &t, &g.info), FREE_OK);
+    ck_assert_uint_eq(g.info.size, sizeof g);
+    ck_assert_int_eq(g.info.position, (int32_t)n + 1);
+    for (size_t i = 0; i < sizeof g.guard; i++)
+        ck_assert_int_eq(g.guard[i], 0xee);
+    free_ctx_destroy(ctx);
+    free_model_destroy(m);
+}
+END_TEST
+
 static int count_aborts;
 
 static int abort_now(void *user)
@@ -838,6 +898,85 @@ START_TEST(calibration_buffers)
 }
 END_TEST
 
+START_TEST(get_params_and_token_text)
+{
+    free_model *m = load_stories();
+    free_ctx *ctx = make_ctx(m, 64, FREE_EXIT_FREE);
+    free_ctx_params p;
+    struct {
+        free_ctx_params p;
+        unsigned char tail[24];
+    } big;
+
+    CHECK_FAIL(free_ctx_get_params(NULL, &p), FREE_ERR_INVALID_ARG, "free_ctx_get_params",
+               NULL);
+    CHECK_FAIL(free_ctx_get_params(ctx, NULL), FREE_ERR_INVALID_ARG, "free_ctx_get_params",
+               NULL);
+    memset(&p, 0, sizeof p);
+    CHECK_FAIL(free_ctx_get_params(ctx, &p), FREE_ERR_INVALID_ARG, "size", NULL);
+    p.size = sizeof p;
+    ck_assert_int_eq(free_ctx_get_params(ctx, &p), FREE_OK);
+    ck_assert_int_eq(p.n_ctx, 64);
+    ck_assert_int_eq(p.n_threads, 1);
+    ck_assert_int_eq(p.exit_mode, FREE_EXIT_FREE);
+    ck_assert_ptr_null(p.calibration);
+    /* A newer caller: its size kept, its unknown tail zeroed. */
+    memset(&big, 0x77, sizeof big);
+    big.p.size = sizeof big;
+    ck_assert_int_eq(free_ctx_get_params(ctx, &big.p), FREE_OK);
+    ck_assert_uint_eq(big.p.size, sizeof big);
+    for (size_t i = 0; i < sizeof big.tail; i++)
+        ck_assert_int_eq(big.tail[i], 0);
+    /* ... which goes back in unchanged. */
+    ck_assert_int_eq(free_ctx_set_params(ctx, &big.p), FREE_OK);
+    /* A failing set_params changes nothing. */
+    free_ctx_params bad = p;
+    bad.exit_mode = FREE_EXIT_VERIFY;
+    bad.temperature = 0.5f;
+    bad.adaptive = 1;
+    bad.bmm_min_per_class = 1;
+    CHECK_CTX_FAIL(ctx, free_ctx_set_params(ctx, &bad), FREE_ERR_INVALID_ARG, "min_per_class");
+    free_ctx_params after;
+    after.size = sizeof after;
+    ck_assert_int_eq(free_ctx_get_params(ctx, &after), FREE_OK);
+    ck_assert_int_eq(after.exit_mode, FREE_EXIT_FREE);
+    ck_assert_float_eq(after.temperature, p.temperature);
+    ck_assert_int_eq(after.adaptive, 0);
+    ck_assert_int_eq(memcmp(&after, &p, sizeof p), 0);
+
+    char buf[1024];
+    size_t n = 0;
+    CHECK_FAIL(free_ctx_token_text(NULL, 5, buf, sizeof buf, &n), FREE_ERR_INVALID_ARG,
+               "free_ctx_token_text", NULL);
+    CHECK_FAIL(free_ctx_token_text(ctx, 5, buf, sizeof buf, NULL), FREE_ERR_INVALID_ARG,
+               "free_ctx_token_text", NULL);
+    CHECK_CTX_FAIL(ctx, free_ctx_token_text(ctx, 512, buf, sizeof buf, &n), FREE_ERR_TOKEN,
+                   "512");
+    CHECK_CTX_FAIL(ctx, free_ctx_token_text(ctx, -3, buf, sizeof buf, &n), FREE_ERR_TOKEN,
+                   "-3");
+    CHECK_CTX_FAIL(ctx, free_ctx_token_text(ctx, 5, buf, 2, &n), FREE_ERR_BUFFER_TOO_SMALL,
+                   "bytes");
+    size_t need = n;
+    ck_assert_uint_gt(need, 2);
+    ck_assert_uint_le(need, sizeof buf);
+    ck_assert_int_eq(free_ctx_token_text(ctx, 5, buf, need, &n), FREE_OK);
+    ck_assert_uint_le(n, need);
+
+    /* The model's byte counts: 0 for invalid ranges and NULL. */
+    ck_assert_uint_eq(free_model_weight_bytes(NULL, 0, 1), 0);
+    ck_assert_uint_eq(free_model_head_bytes(NULL), 0);
+    ck_assert_uint_eq(free_model_weight_bytes(m, -1, 2), 0);
+    ck_assert_uint_eq(free_model_weight_bytes(m, 0, 6), 0);
+    ck_assert_uint_eq(free_model_weight_bytes(m, 3, 2), 0);
+    ck_assert_uint_eq(free_model_weight_bytes(m, 2, 2), 0);
+    ck_assert_uint_eq(free_model_weight_bytes(m, 0, 5),
+                      free_model_weight_bytes(m, 0, 2) + free_model_weight_bytes(m, 2, 5));
+    ck_assert_uint_gt(free_model_head_bytes(m), 0);
+    free_ctx_destroy(ctx);
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -846,6 +985,7 @@ static Suite *api_suite(void)
     tcase_add_test(c, version_strings);
     tcase_add_test(c, log_callback_gets_formatted_text);
     tcase_add_test(c, last_error_follows_failures);
+    tcase_add_test(c, last_error_is_per_thread);
     tcase_add_test(c, null_model_queries);
     suite_add_tcase(s, c);
 
@@ -872,6 +1012,7 @@ static Suite *api_suite(void)
     c = tcase_create("decode");
     tcase_add_test(c, step_before_prefill);
     tcase_add_test(c, prefill_edges);
+    tcase_add_test(c, step_info_sizes);
     tcase_add_test(c, long_prompt_none);
     tcase_add_test(c, long_prompt_free);
     tcase_add_test(c, long_prompt_verify);
@@ -879,6 +1020,7 @@ static Suite *api_suite(void)
     tcase_add_test(c, abort_callback);
     tcase_add_test(c, stats_sizes);
     tcase_add_test(c, calibration_buffers);
+    tcase_add_test(c, get_params_and_token_text);
     suite_add_tcase(s, c);
     return s;
 }

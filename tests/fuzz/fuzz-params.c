@@ -70,7 +70,10 @@ static void exercise(free_model *m, free_ctx *ctx, const free_ctx_params *p)
     memset(&st, 0, sizeof st);
     st.size = sizeof st;
     FR_FUZZ_ASSERT(free_ctx_stats(ctx, &st) == FREE_OK);
+    /* Shallow exits are some of the tokens handed out; the mean depth lies between. */
     FR_FUZZ_ASSERT(st.shallow_exits <= st.tokens);
+    FR_FUZZ_ASSERT(st.tokens == 0 || (st.avg_layers_per_token >= st.exit_layer - 1e-6 &&
+                                      st.avg_layers_per_token <= st.n_layers + 1e-6));
     FR_FUZZ_ASSERT(st.agreement_matched <= st.agreement_checked);
     FR_FUZZ_ASSERT(!isnan(st.threshold));
 
@@ -80,10 +83,32 @@ static void exercise(free_model *m, free_ctx *ctx, const free_ctx_params *p)
     fr_fuzz_check_message(s, "free_ctx_export_calibration");
     if (s == FREE_OK && p->adaptive) {
         free_ctx_params q = *p;
+        q.size = sizeof q; /* p may be a larger struct: q holds only the known part */
         q.calibration = cal;
         s = free_ctx_set_params(ctx, &q);
         fr_fuzz_check_message(s, "free_ctx_set_params (own calibration)");
         FR_FUZZ_ASSERT(s == FREE_OK);
+    }
+    /* The parameters in force go back in unchanged. */
+    free_ctx_params now;
+    memset(&now, 0, sizeof now);
+    now.size = sizeof now;
+    FR_FUZZ_ASSERT(free_ctx_get_params(ctx, &now) == FREE_OK);
+    FR_FUZZ_ASSERT(now.n_ctx == free_ctx_n_ctx(ctx) && now.calibration == NULL);
+    s = free_ctx_set_params(ctx, &now);
+    fr_fuzz_check_message(s, "free_ctx_set_params (own params)");
+    FR_FUZZ_ASSERT(s == FREE_OK);
+
+    /* Stream text for a few ids the way a host that calls free_step does. */
+    char text[1024];
+    for (int32_t t = -1; t < free_model_n_vocab(m) + 1; t += 97) {
+        size_t k = 0;
+        s = free_ctx_token_text(ctx, t, text, sizeof text, &k);
+        fr_fuzz_check_message(s, "free_ctx_token_text");
+        FR_FUZZ_ASSERT(s == ((t < 0 || t >= free_model_n_vocab(m)) ? FREE_ERR_TOKEN : FREE_OK));
+        if (s == FREE_OK)
+            FR_FUZZ_ASSERT(k <= sizeof text &&
+                           fr_fuzz_utf8_valid((const unsigned char *)text, k));
     }
     free_ctx_reset(ctx);
     s = free_decode(ctx, "", 0, 2, on_token, m);
@@ -125,9 +150,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (i < size && data[i] == 0xff)
         i++;
-    /* Threads are real threads: keep them few, but let invalid counts through. */
+    /* Threads are real threads: keep them few, but let invalid counts through. Valid
+     * contexts stay small: VERIFY with threshold <= 0 and an unbounded queue drafts the
+     * whole context inside one free_step (minutes for 2^20 positions). */
     if (p->n_threads > 2)
         p->n_threads = 1 + (p->n_threads & 1);
+    if (p->n_ctx > 256 && p->n_ctx <= (1 << 20))
+        p->n_ctx = 256;
     char *cal = NULL;
     if (i < size) {
         cal = malloc(size - i + 1);

@@ -23,8 +23,8 @@ static fr_tokenizer *small_vocab(void)
         return t;
     static const char *const pieces[] = {
         "<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", "c", "ab", "\xe2\x96\x81" "a",
-        "\xe2\x96\x81" "ab", "abc", "<0x41>", "<|user|>", "<|u", "\xc3\xa9", "\xe2\x96\x81\xe2\x96\x81",
-        "ba", "bab", " ", "unused"};
+        "\xe2\x96\x81" "ab", "abc", "<0x41>", "<|user|>", "<|u", "\xc3\xa9",
+        "\xe2\x96\x81\xe2\x96\x81", "ba", "bab", " ", "unused"};
     static const int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 4, 4, 1, 1, 1, 1, 1, 5};
     enum { N = sizeof pieces / sizeof pieces[0] };
     gguf_str p[N];

@@ -207,7 +207,30 @@ def _text_bytes(text):
 
 # -- model --------------------------------------------------------------------------------
 
-class Model:
+class _Handle:
+    """A C handle owned by a Python object: closed by close(), by `with`, or when
+    garbage-collected. Subclasses set self._handle and define close()."""
+
+    _handle = None
+
+    @property
+    def closed(self):
+        return not self._handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Model(_Handle):
     """A loaded GGUF model (free_model). Use as a context manager or call close()."""
 
     def __init__(self, path, *, vocab_only=False):
@@ -242,22 +265,6 @@ class Model:
             ctx.close()
         _ffi.lib().free_model_destroy(self._handle)
         self._handle = None
-
-    @property
-    def closed(self):
-        return not self._handle
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         if not self._handle:
@@ -346,7 +353,7 @@ def _enum_value(enum_cls, value, what):
     return int(enum_cls(value))
 
 
-class Context:
+class Context(_Handle):
     """A decoding stream on a Model (free_ctx). Keyword parameters are the fields of
     free_ctx_params: n_ctx, n_threads, n_batch, temperature, top_k, top_p, seed,
     exit_mode ('none' | 'free' | 'verify'), exit_layer, threshold, max_queue, adaptive,
@@ -391,22 +398,6 @@ class Context:
             self._stream.cancel()
         _ffi.lib().free_ctx_destroy(self._handle)
         self._handle = None
-
-    @property
-    def closed(self):
-        return not self._handle
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self):
         if not self._handle:

@@ -35,18 +35,22 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_ctx_params_init: params is NULL or size %zu < %zu", size,
                              sizeof *p);
+    /* The estimator's defaults are bmm.c's: one place decides them. */
+    fr_bmm_params bp;
+    fr_bmm_params_default(&bp);
     memset(p, 0, size);
     p->size = size;
     p->top_p = 1.0f;
     p->exit_mode = FREE_EXIT_NONE;
-    p->threshold = 0.9f;
-    p->zeta = 0.4f;
-    p->threshold_min = 0.05f;
-    p->threshold_max = 0.99f;
-    p->bmm_rule = FREE_BMM_RULE_GRID;
-    p->bmm_min_per_class = 8;
-    p->bmm_max_updates = 300;
-    p->bmm_capacity = 4096;
+    p->threshold = bp.initial;
+    p->zeta = bp.zeta;
+    p->threshold_min = bp.min_threshold;
+    p->threshold_max = bp.max_threshold;
+    p->bmm_rule = bp.rule;
+    p->bmm_min_per_class = bp.min_per_class;
+    p->bmm_max_updates = bp.max_updates;
+    p->bmm_refit_every = bp.refit_every;
+    p->bmm_capacity = bp.capacity;
     return FREE_OK;
 }
 

@@ -161,7 +161,8 @@ FREE_API free_status free_token_to_piece(const free_model *model, int32_t token,
     if (len > cap)
         return fr_report_msg(FREE_ERR_BUFFER_TOO_SMALL,
                              "token %d needs %zu bytes, buffer has %zu", token, len, cap);
-    memcpy(buf, bytes, len);
+    if (len)
+        memcpy(buf, bytes, len);
     return FREE_OK;
 }
 

@@ -5,7 +5,10 @@
  *   corpus/gguf/...        valid files shrunk to a few KB, then mutated (truncated, v2,
  *                          shapes and offsets off by one)
  * Usage: make-seeds STORIES260K.GGUF OUTDIR (OUTDIR = tests/fuzz). Run once by hand when the
- * seed format changes; the outputs are committed, the program is not part of the tests. */
+ * seed format changes; the outputs are committed, the program is not part of the tests:
+ *   gcc -std=c11 -D_GNU_SOURCE -Iinclude -Ibuild/include -Ilib tests/fuzz/make-seeds.c \
+ *       lib/gguf.c lib/gguf_get.c lib/gguf_write.c lib/status.c -o make-seeds
+ * (the output is byte-for-byte reproducible). */
 #include "gguf.h"
 #include "gguf_write.h"
 

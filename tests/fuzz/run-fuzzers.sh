@@ -32,7 +32,8 @@ for t in "$@"; do
         rc=$?
         took=$(($(date +%s) - start))
         execs=$(grep -a 'stat::number_of_executed_units' "$dir/log" | tail -1 | awk '{print $2}')
-        cov=$(grep -a '#[0-9]*.*cov:' "$dir/log" | tail -1 | sed 's/.*cov: \([0-9]*\).*ft: \([0-9]*\).*/\1 \2/')
+        cov=$(grep -a '#[0-9]*.*cov:' "$dir/log" | tail -1 |
+              sed 's/.*cov: \([0-9]*\).*ft: \([0-9]*\).*/\1 \2/')
         echo "$took ${execs:-0} ${cov:-0 0} rc=$rc" >>"$dir/totals"
         done_s=$((done_s + took))
         [ "$took" -lt 2 ] && break # fails at once: a setup problem, not a finding

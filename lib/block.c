@@ -2,6 +2,8 @@
  * feed-forward, residual connections. Named after the LLaMA paper's symbols. */
 #include "block.h"
 
+#include "attention.h"
+
 #include <assert.h>
 #include <math.h>
 #include <stdlib.h>
@@ -21,9 +23,10 @@ free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t 
         ws->gate = malloc(rows * ff * sizeof(float));
         ws->up = malloc(rows * ff * sizeof(float));
         ws->scores = malloc((size_t)n_threads * (size_t)n_ctx * sizeof(float));
+        ws->rope = malloc(rows * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
     }
     if (!ws || !ws->xn || !ws->q || !ws->attn || !ws->proj || !ws->gate || !ws->up ||
-        !ws->scores) {
+        !ws->scores || !ws->rope) {
         fr_workspace_destroy(ws);
         return fr_fail(err, FREE_ERR_NOMEM, "out of memory for a %d-row workspace", max_rows);
     }
@@ -45,6 +48,7 @@ void fr_workspace_destroy(fr_workspace *ws)
     free(ws->gate);
     free(ws->up);
     free(ws->scores);
+    free(ws->rope);
     free(ws);
 }
 
@@ -63,20 +67,6 @@ typedef struct attn_job {
     int32_t base;    /* cache rows before the batch */
 } attn_job;
 
-/* A dot product with eight independent partial sums (vectorizable, no BLAS call: OpenBLAS
- * would start its own threads inside our pool once a head has a few hundred keys). */
-static inline float dot8(const float *a, const float *b, int32_t n)
-{
-    float acc[8] = {0};
-    int32_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            acc[k] += a[i + k] * b[i + k];
-    for (; i < n; i++)
-        acc[0] += a[i] * b[i];
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-}
-
 /* Attention for (row, head) pairs split across threads. A head's keys are a strided
  * matrix in the cache (row stride kv_dim). */
 static void attention_task(void *arg, int ith, int nth)
@@ -91,20 +81,11 @@ static void attention_task(void *arg, int ith, int nth)
 
     for (int32_t task = ith; task < total; task += nth) {
         const int32_t i = task / hp->n_head, h = task % hp->n_head, kvh = h / group;
-        const int32_t n_keys = job->base + i + 1;
         const float *q = job->ws->q + (size_t)i * (size_t)d + (size_t)h * (size_t)hd;
         float *out = job->ws->attn + (size_t)i * (size_t)d + (size_t)h * (size_t)hd;
         const float *K = fr_kv_k(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
         const float *V = fr_kv_v(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
-        for (int32_t t = 0; t < n_keys; t++)
-            scores[t] = dot8(K + (size_t)t * (size_t)kvd, q, hd) * scale;
-        fr_softmax(scores, n_keys);
-        memset(out, 0, (size_t)hd * sizeof *out);
-        for (int32_t t = 0; t < n_keys; t++) {
-            const float *v = V + (size_t)t * (size_t)kvd, p = scores[t];
-            for (int32_t j = 0; j < hd; j++)
-                out[j] += p * v[j];
-        }
+        fr_attend_head(q, K, V, kvd, job->base + i + 1, hd, scale, scores, out);
     }
 }
 
@@ -125,10 +106,10 @@ static void block_forward(const struct free_model *m, int32_t il, fr_kv_cache *k
     fr_matmul(&L->wk, n, ws->xn, k, pool);
     fr_matmul(&L->wv, n, ws->xn, v, pool);
     for (int32_t i = 0; i < n; i++) {
-        fr_rope(ws->q + i * d, hp->n_head, hp->head_dim, hp->rope_dim, pos0 + i,
-                hp->rope_base);
-        fr_rope(k + (size_t)i * (size_t)kv->kv_dim, hp->n_head_kv, hp->head_dim, hp->rope_dim,
-                pos0 + i, hp->rope_base);
+        const float *cs = ws->rope + (size_t)i * (size_t)hp->rope_dim;
+        fr_rope_apply(ws->q + i * d, hp->n_head, hp->head_dim, hp->rope_dim, cs);
+        fr_rope_apply(k + (size_t)i * (size_t)kv->kv_dim, hp->n_head_kv, hp->head_dim,
+                      hp->rope_dim, cs);
     }
     kv->len[il] = base + n;
     attn_job job = {m, kv, ws, il, n, base};
@@ -155,6 +136,10 @@ void fr_layers_forward(const struct free_model *m, int32_t l0, int32_t l1, fr_kv
                        int32_t n, int32_t pos0, float *x, fr_workspace *ws, fr_pool *pool)
 {
     assert(n >= 1 && n <= ws->max_rows);
+    /* The rotation angles depend on the position only: once per row, not per layer. */
+    for (int32_t i = 0; i < n; i++)
+        fr_rope_cache(ws->rope + (size_t)i * (size_t)m->hp.rope_dim, m->hp.rope_dim, pos0 + i,
+                      m->hp.rope_base);
     for (int32_t il = l0; il < l1; il++)
         block_forward(m, il, kv, n, pos0, x, ws, pool);
 }

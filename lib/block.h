@@ -19,6 +19,7 @@ typedef struct fr_workspace {
     float *gate;    /* [max_rows][n_ff] */
     float *up;      /* [max_rows][n_ff] */
     float *scores;  /* [n_threads][n_ctx] */
+    float *rope;    /* [max_rows][rope_dim] cos, sin pairs for the rows' positions */
 } fr_workspace;
 
 free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t n_ctx,

@@ -21,29 +21,10 @@ double fb_now(void)
 
 /* ---- the read kernel ------------------------------------------------------------------ */
 
-#if defined(__GNUC__)
-/* 32-byte loads with four independent sums, so the loop is bound by the loads. */
-typedef uint64_t fb_vec __attribute__((vector_size(32)));
-
-static uint64_t sum_bytes(const void *p, size_t bytes)
-{
-    const fb_vec *v = p;
-    size_t n = bytes / sizeof(fb_vec);
-    fb_vec a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        a0 += v[i];
-        a1 += v[i + 1];
-        a2 += v[i + 2];
-        a3 += v[i + 3];
-    }
-    for (; i < n; i++)
-        a0 += v[i];
-    a0 += a1 + a2 + a3;
-    return a0[0] + a0[1] + a0[2] + a0[3];
-}
-#else
-static uint64_t sum_bytes(const void *p, size_t bytes)
+/* The widest loads the CPU has, four independent sums: the loop must be bound by the loads,
+ * as the decoder's matrix kernels are (they use the same instruction sets), or the probe
+ * would report the adder's speed rather than the memory's. */
+static uint64_t sum_bytes_plain(const void *p, size_t bytes)
 {
     const uint64_t *v = p;
     size_t n = bytes / sizeof(uint64_t);
@@ -58,6 +39,62 @@ static uint64_t sum_bytes(const void *p, size_t bytes)
     for (; i < n; i++)
         a0 += v[i];
     return a0 + a1 + a2 + a3;
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static uint64_t sum_bytes_avx2(const void *p, size_t bytes)
+{
+    const __m256i *v = p;
+    size_t n = bytes / sizeof(__m256i);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(v + i));
+        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(v + i + 1));
+        a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(v + i + 2));
+        a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(v + i + 3));
+    }
+    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, a0);
+    size_t done = i * sizeof(__m256i);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] +
+           sum_bytes_plain((const unsigned char *)p + done, bytes - done);
+}
+
+__attribute__((target("avx512f"))) static uint64_t sum_bytes_avx512(const void *p,
+                                                                     size_t bytes)
+{
+    const unsigned char *c = p;
+    size_t n = bytes / 64;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 = _mm512_add_epi64(a0, _mm512_loadu_si512(c + 64 * i));
+        a1 = _mm512_add_epi64(a1, _mm512_loadu_si512(c + 64 * (i + 1)));
+        a2 = _mm512_add_epi64(a2, _mm512_loadu_si512(c + 64 * (i + 2)));
+        a3 = _mm512_add_epi64(a3, _mm512_loadu_si512(c + 64 * (i + 3)));
+    }
+    a0 = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
+    size_t done = i * 64;
+    return (uint64_t)_mm512_reduce_add_epi64(a0) + sum_bytes_plain(c + done, bytes - done);
+}
+
+static uint64_t sum_bytes(const void *p, size_t bytes)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return sum_bytes_avx512(p, bytes);
+    if (__builtin_cpu_supports("avx2"))
+        return sum_bytes_avx2(p, bytes);
+    return sum_bytes_plain(p, bytes);
+}
+#else
+static uint64_t sum_bytes(const void *p, size_t bytes)
+{
+    return sum_bytes_plain(p, bytes);
 }
 #endif
 

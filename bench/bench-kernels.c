@@ -1,7 +1,13 @@
 /* Kernel benchmark: the F16 and F32 matrix products at the shapes of free-llama-22M, the
  * thread pool's per-call overhead and the machine's memory bandwidth for comparison.
  *
- *   bench-kernels [seconds-per-case]      (default 0.3)
+ *   bench-kernels [seconds-per-case [section]]     (default 0.3, every section)
+ *
+ * Sections: memory, pool, gemv, model, batched, f32. "batched" is the table of
+ * fr_matmul at n = 1 .. 128 inputs for F16 and F32 weights, both layer shapes, 1 and 2
+ * threads, for each SIMD implementation the CPU has; "x n=1" is the time of a call over
+ * the time of the n = 1 call at the same settings (memory-bound small batches should stay
+ * near 1, since each weight is read once for all inputs).
  *
  * "cold" cases cycle through enough distinct copies of a matrix (64 MB) that every call
  * streams its weights from L3 or memory, as decoding does (the model does not fit in L2);
@@ -116,12 +122,14 @@ typedef struct mcase {
     float *X, *Y;
 } mcase;
 
-static mcase make_case(uint32_t type, int64_t rows, int64_t cols, int n, bool cold)
+/* Copies of one matrix: enough (64 MB in all) when cold that every call streams its
+ * weights from L3 or memory. X and Y hold max_n inputs and outputs. */
+static mcase make_case(uint32_t type, int64_t rows, int64_t cols, int max_n, bool cold)
 {
     size_t esz = type == GGUF_TENSOR_F16 ? 2 : 4;
     size_t bytes = (size_t)(rows * cols) * esz;
     int n_mats = cold ? (int)((64u << 20) / bytes) + 1 : 1;
-    mcase c = {calloc((size_t)n_mats, sizeof(fr_matrix)), n_mats, n, NULL, NULL};
+    mcase c = {calloc((size_t)n_mats, sizeof(fr_matrix)), n_mats, max_n, NULL, NULL};
     unsigned s = 12345;
     for (int m = 0; m < n_mats; m++) {
         void *d = xmalloc(bytes);
@@ -134,9 +142,9 @@ static mcase make_case(uint32_t type, int64_t rows, int64_t cols, int n, bool co
         }
         c.mats[m] = (fr_matrix){d, type, rows, cols};
     }
-    c.X = xmalloc((size_t)(n * cols) * sizeof(float));
-    c.Y = xmalloc((size_t)(n * rows) * sizeof(float));
-    for (int64_t i = 0; i < n * cols; i++)
+    c.X = xmalloc((size_t)(max_n * cols) * sizeof(float));
+    c.Y = xmalloc((size_t)(max_n * rows) * sizeof(float));
+    for (int64_t i = 0; i < max_n * cols; i++)
         c.X[i] = frand(&s);
     return c;
 }
@@ -168,18 +176,51 @@ static double time_case(mcase *c, fr_pool *pool)
     return best;
 }
 
+/* One line, without its end: the batched table appends to it. */
+static void print_case(const mcase *c, double t, fr_pool *pool, bool cold, const char *label)
+{
+    const fr_matrix *W = &c->mats[0];
+    double bytes = (double)(W->rows * W->cols) * (W->type == GGUF_TENSOR_F16 ? 2 : 4);
+    double flops = 2.0 * (double)(W->rows * W->cols) * c->n;
+    printf("%-10s %-4s %5lldx%-5lld n=%-3d %dT %-5s %8.2f us  %6.1f GB/s  %6.1f GFLOP/s",
+           label, W->type == GGUF_TENSOR_F16 ? "F16" : "F32", (long long)W->rows,
+           (long long)W->cols, c->n, fr_pool_size(pool), cold ? "cold" : "hot", t * 1e6,
+           bytes / t / 1e9, flops / t / 1e9);
+}
+
 static void bench_matmul(uint32_t type, int64_t rows, int64_t cols, int n, bool cold,
                          fr_pool *pool, const char *label)
 {
     mcase c = make_case(type, rows, cols, n, cold);
-    double t = time_case(&c, pool);
-    double bytes = (double)(rows * cols) * (type == GGUF_TENSOR_F16 ? 2 : 4);
-    double flops = 2.0 * (double)(rows * cols) * n;
-    printf("%-10s %-4s %5lldx%-5lld n=%-3d %dT %-5s %8.2f us  %6.1f GB/s  %6.1f GFLOP/s\n",
-           label, type == GGUF_TENSOR_F16 ? "F16" : "F32", (long long)rows, (long long)cols, n,
-           fr_pool_size(pool), cold ? "cold" : "hot", t * 1e6, bytes / t / 1e9,
-           flops / t / 1e9);
+    print_case(&c, time_case(&c, pool), pool, cold, label);
+    printf("\n");
     free_case(&c);
+}
+
+/* The batched table for the implementation in use: per weight type and shape, one set of
+ * cold matrices timed at every n and thread count. */
+static void bench_batched(fr_pool *const pools[2])
+{
+    static const int ns[] = {1, 2, 3, 4, 8, 16, 64, 128};
+    enum { NN = sizeof ns / sizeof ns[0] };
+    const int64_t shapes[2][2] = {{1024, 384}, {384, 1024}};
+    for (int ti = 0; ti < 2; ti++) {
+        uint32_t type = ti ? GGUF_TENSOR_F32 : GGUF_TENSOR_F16;
+        for (int si = 0; si < 2; si++) {
+            mcase c = make_case(type, shapes[si][0], shapes[si][1], ns[NN - 1], true);
+            for (int p = 0; p < 2; p++) {
+                double t1 = 0;
+                for (int i = 0; i < NN; i++) {
+                    c.n = ns[i];
+                    double t = time_case(&c, pools[p]);
+                    t1 = i == 0 ? t : t1;
+                    print_case(&c, t, pools[p], true, fr_kernels_f16_impl());
+                    printf("  x n=1 %5.2f\n", t / t1);
+                }
+            }
+            free_case(&c);
+        }
+    }
 }
 
 static void bench_f32(fr_pool *pool, const char *label)
@@ -275,45 +316,10 @@ static void bench_pool(fr_pool *pool, int spin_us, double work_us)
     fr_pool_set_spin_us(pool, 100);
 }
 
-int main(int argc, char **argv)
+/* F32: the SIMD kernels (what fr_matmul uses on x86), then cblas (what it uses with the
+ * portable implementation), with OpenBLAS's own threads at 1 and at its default. */
+static void bench_f32_all(fr_pool *const pools[2])
 {
-    if (argc > 1)
-        g_secs = atof(argv[1]);
-    fr_pool *pool1 = NULL, *pool2 = NULL;
-    if (fr_pool_create(1, &pool1, NULL) != FREE_OK || fr_pool_create(2, &pool2, NULL) != FREE_OK)
-        return 1;
-    fr_pool *pools[2] = {pool1, pool2};
-
-    bench_memory(pool2);
-    const double works[] = {0.0, 2.0, 10.0};
-    for (int w = 0; w < 3; w++) {
-        bench_pool(pool2, 100, works[w]);
-        bench_pool(pool2, 0, works[w]);
-    }
-
-    const char *impls[] = {"avx512", "avx2-f16c", "portable"};
-    for (int ii = 0; ii < 3; ii++) {
-        if (fr_kernels_set_f16_impl(impls[ii]) != 0)
-            continue;
-        for (int p = 0; p < 2; p++) {
-            bench_matmul(GGUF_TENSOR_F16, 384, 1024, 1, true, pools[p], impls[ii]);
-            bench_matmul(GGUF_TENSOR_F16, 4096, 384, 1, true, pools[p], impls[ii]);
-            bench_matmul(GGUF_TENSOR_F16, 1024, 384, 1, false, pools[p], impls[ii]);
-        }
-    }
-    fr_kernels_set_f16_impl(NULL);
-    printf("f16 kernel in use: %s\n", fr_kernels_f16_impl());
-    for (int p = 0; p < 2; p++) {
-        bench_model(pools[p], 1);
-        bench_model(pools[p], 4);
-    }
-    int ns[] = {2, 4, 8, 16, 64};
-    for (int p = 0; p < 2; p++)
-        for (int i = 0; i < 5; i++)
-            bench_matmul(GGUF_TENSOR_F16, 1024, 384, ns[i], true, pools[p], "batched");
-
-    /* F32: the SIMD kernels (what fr_matmul uses on x86), then cblas (what it uses with
-     * the portable implementation), with OpenBLAS's own threads at 1 and at its default. */
     for (int p = 0; p < 2; p++)
         bench_f32(pools[p], fr_kernels_f16_impl());
     fr_kernels_set_f16_impl("portable");
@@ -331,6 +337,54 @@ int main(int argc, char **argv)
             bench_f32(pools[p], label);
     }
     fr_kernels_set_f16_impl(NULL);
+}
+
+static bool want(const char *section, const char *name)
+{
+    return !section || strcmp(section, name) == 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1)
+        g_secs = atof(argv[1]);
+    const char *section = argc > 2 ? argv[2] : NULL;
+    fr_pool *pool1 = NULL, *pool2 = NULL;
+    if (fr_pool_create(1, &pool1, NULL) != FREE_OK || fr_pool_create(2, &pool2, NULL) != FREE_OK)
+        return 1;
+    fr_pool *pools[2] = {pool1, pool2};
+
+    if (want(section, "memory"))
+        bench_memory(pool2);
+    const double works[] = {0.0, 2.0, 10.0};
+    for (int w = 0; w < 3 && want(section, "pool"); w++) {
+        bench_pool(pool2, 100, works[w]);
+        bench_pool(pool2, 0, works[w]);
+    }
+
+    const char *impls[] = {"avx512", "avx2-f16c", "portable"};
+    for (int ii = 0; ii < 3 && want(section, "gemv"); ii++) {
+        if (fr_kernels_set_f16_impl(impls[ii]) != 0)
+            continue;
+        for (int p = 0; p < 2; p++) {
+            bench_matmul(GGUF_TENSOR_F16, 384, 1024, 1, true, pools[p], impls[ii]);
+            bench_matmul(GGUF_TENSOR_F16, 4096, 384, 1, true, pools[p], impls[ii]);
+            bench_matmul(GGUF_TENSOR_F16, 1024, 384, 1, false, pools[p], impls[ii]);
+        }
+    }
+    fr_kernels_set_f16_impl(NULL);
+    printf("f16 kernel in use: %s\n", fr_kernels_f16_impl());
+    for (int p = 0; p < 2 && want(section, "model"); p++) {
+        bench_model(pools[p], 1);
+        bench_model(pools[p], 4);
+    }
+    /* The portable implementation has no batched SIMD path (F32 goes to cblas, below). */
+    for (int ii = 0; ii < 2 && want(section, "batched"); ii++)
+        if (fr_kernels_set_f16_impl(impls[ii]) == 0)
+            bench_batched(pools);
+    fr_kernels_set_f16_impl(NULL);
+    if (want(section, "f32"))
+        bench_f32_all(pools);
     fr_pool_destroy(pool1);
     fr_pool_destroy(pool2);
     return 0;

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Largest `size` a params struct may declare (the same bound as context.c's): scanning or
+ * clearing more would run past any real caller's object. */
+#define FR_PARAMS_MAX_SIZE 4096
+
 FREE_API const char *free_version_string(void)
 {
     return FREE_VERSION_STRING;
@@ -23,6 +27,10 @@ FREE_API free_status free_model_params_init(free_model_params *p, size_t size)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_model_params_init: params is NULL or size %zu < %zu", size,
                              sizeof *p);
+    if (size > FR_PARAMS_MAX_SIZE)
+        return fr_report_msg(FREE_ERR_INVALID_ARG,
+                             "free_model_params_init: size %zu is larger than %d bytes, the "
+                             "most a params struct may declare", size, FR_PARAMS_MAX_SIZE);
     memset(p, 0, size);
     p->size = size;
     return FREE_OK;
@@ -44,6 +52,11 @@ FREE_API free_status free_model_load(const char *path, const free_model_params *
             return fr_report_msg(FREE_ERR_INVALID_ARG,
                                  "free_model_params.size %zu is smaller than %zu", params->size,
                                  sizeof p);
+        if (params->size > FR_PARAMS_MAX_SIZE)
+            return fr_report_msg(FREE_ERR_INVALID_ARG,
+                                 "free_model_params.size %zu is larger than %d bytes, the most "
+                                 "a params struct may declare", params->size,
+                                 FR_PARAMS_MAX_SIZE);
         const unsigned char *b = (const unsigned char *)params;
         for (size_t i = sizeof p; i < params->size; i++)
             if (b[i])

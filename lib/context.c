@@ -11,6 +11,13 @@
 
 /* Drafts per verification when max_queue is 0 in VERIFY mode. */
 #define FR_VERIFY_DEFAULT_DRAFTS 8
+/* Most drafts per verification whatever max_queue says: one free_step drafts at most this
+ * many tokens before its deep pass, and keeps at most this many sampling distributions. */
+#define FR_VERIFY_MAX_DRAFTS 64
+/* Largest `size` a params struct may declare. Fields are only appended, so a real struct
+ * stays far below it; a larger value is a caller's bug, and scanning (or clearing) that
+ * many bytes would run past the caller's object. The same bound is in api.c. */
+#define FR_PARAMS_MAX_SIZE 4096
 
 free_status fr_ctx_fail(struct free_ctx *ctx, free_status status, const char *fmt, ...)
 {
@@ -35,6 +42,10 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_ctx_params_init: params is NULL or size %zu < %zu", size,
                              sizeof *p);
+    if (size > FR_PARAMS_MAX_SIZE)
+        return fr_report_msg(FREE_ERR_INVALID_ARG,
+                             "free_ctx_params_init: size %zu is larger than %d bytes, the "
+                             "most a params struct may declare", size, FR_PARAMS_MAX_SIZE);
     /* The estimator's defaults are bmm.c's: one place decides them. */
     fr_bmm_params bp;
     fr_bmm_params_default(&bp);
@@ -73,6 +84,10 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
             return fr_fail(err, FREE_ERR_INVALID_ARG,
                            "free_ctx_params.size %zu is smaller than any released struct (%zu)",
                            in->size, sizeof *in);
+        if (in->size > FR_PARAMS_MAX_SIZE)
+            return fr_fail(err, FREE_ERR_INVALID_ARG,
+                           "free_ctx_params.size %zu is larger than %d bytes, the most a "
+                           "params struct may declare", in->size, FR_PARAMS_MAX_SIZE);
         if (!tail_is_zero(in, sizeof *in, in->size))
             return fr_fail(err, FREE_ERR_UNSUPPORTED,
                            "free_ctx_params has %zu bytes of fields this library (%s) does not "
@@ -181,10 +196,15 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         }
     }
     /* Unbounded drafting would run to the end of the context before the first check:
-     * VERIFY defaults to a short draft window, as speculative decoding does. */
+     * VERIFY defaults to a short draft window, as speculative decoding does, and never
+     * drafts more than FR_VERIFY_MAX_DRAFTS tokens per check. */
     int32_t limit = p->max_queue;
-    if (limit == 0 && p->exit_mode == FREE_EXIT_VERIFY)
-        limit = FR_VERIFY_DEFAULT_DRAFTS;
+    if (p->exit_mode == FREE_EXIT_VERIFY) {
+        if (limit == 0)
+            limit = FR_VERIFY_DEFAULT_DRAFTS;
+        if (limit > FR_VERIFY_MAX_DRAFTS)
+            limit = FR_VERIFY_MAX_DRAFTS;
+    }
     const int32_t old_limit = ctx->queue->limit;
     fr_exit_queue_set_limit(ctx->queue, limit);
     if (p->exit_mode == FREE_EXIT_VERIFY && p->temperature > 0.0f &&
@@ -327,6 +347,11 @@ FREE_API free_status free_ctx_get_params(const free_ctx *ctx, free_ctx_params *p
     if (!ctx || !params || params->size < sizeof *params)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_ctx_get_params: NULL argument or params->size not set");
+    if (params->size > FR_PARAMS_MAX_SIZE)
+        return fr_report_msg(FREE_ERR_INVALID_ARG,
+                             "free_ctx_get_params: params->size %zu is larger than %d bytes, "
+                             "the most a params struct may declare", params->size,
+                             FR_PARAMS_MAX_SIZE);
     size_t size = params->size;
     memset(params, 0, size);
     memcpy(params, &ctx->params, sizeof *params);

@@ -312,11 +312,26 @@ static void step_free(struct free_ctx *ctx)
     emit_from_deep(ctx, r.confidence);
 }
 
-static void step_verify(struct free_ctx *ctx)
+/* Drafts while the shallow head is confident (at most the queue bound, which VERIFY caps),
+ * then verifies the drafts in one deep pass. The abort callback is asked before each draft
+ * after the first; when it stops, the step is undone: the shallow caches, the queue and the
+ * pending token are as they were before the call. */
+static free_status step_verify(struct free_ctx *ctx)
 {
     fr_exit_queue *q = ctx->queue;
     const bool greedy = fr_sampler_is_greedy(ctx->sampler);
+    const int32_t past0 = ctx->n_past, queued0 = q->len, pending0 = ctx->pending_token;
     for (;;) {
+        if (ctx->n_past > past0 && aborted(ctx)) {
+            const int32_t drafts = ctx->n_past - past0;
+            fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, past0);
+            fr_exit_queue_truncate(q, queued0);
+            ctx->n_past = past0;
+            ctx->pending_token = pending0;
+            return fr_ctx_fail(ctx, FREE_ERR_ABORTED,
+                               "decoding aborted by the abort callback after %d VERIFY drafts "
+                               "at position %d; the step was undone", drafts, past0);
+        }
         fr_shallow_result r = step_shallow(ctx);
         /* A draft needs a slot of its own to be checked at the next synchronization. */
         if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q) &&
@@ -343,7 +358,7 @@ static void step_verify(struct free_ctx *ctx)
         } else {
             emit_from_deep(ctx, r.confidence);
         }
-        return;
+        return FREE_OK;
     }
 }
 
@@ -388,7 +403,7 @@ FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *in
         FR_TRY(need_room(ctx));
         switch (ctx->params.exit_mode) {
         case FREE_EXIT_FREE: step_free(ctx); break;
-        case FREE_EXIT_VERIFY: step_verify(ctx); break;
+        case FREE_EXIT_VERIFY: FR_TRY(step_verify(ctx)); break;
         default: step_full(ctx); break;
         }
     }
@@ -443,7 +458,7 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
 FREE_API free_status free_ctx_token_text(free_ctx *ctx, int32_t token, char *buf, size_t cap,
                                          size_t *n_out)
 {
-    if (!ctx || !buf || !n_out)
+    if (!ctx || !n_out || (!buf && cap))
         return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_token_text: NULL argument");
     const fr_tokenizer *tok = ctx->model->tokenizer;
     if (token < 0 || token >= fr_tokenizer_n_vocab(tok))

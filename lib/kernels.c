@@ -2,13 +2,18 @@
  * chain of matrix-vector products whose speed is the speed at which F16 weights stream in
  * from cache or memory, so they read F16 directly (no F32 copy of the model).
  *
- * Every F16 output element Y[j][r] is computed by one canonical sequence of operations:
- * one vector accumulator over the columns in order, a zero-padded last chunk, then a fixed
- * horizontal sum. The sequence depends on neither the number of inputs n, nor how rows are
- * grouped or split across threads, so a batch of rows gives bit for bit the results of the
- * same rows one at a time, on any number of threads. (Only the instruction set changes it:
- * AVX-512, AVX2 and portable results differ in the last bits.) */
+ * Every output element Y[j][r] of the SIMD matrix products (F16 or F32 weights) is computed
+ * by one canonical sequence of operations: one V-lane vector accumulator (V = 16 with
+ * AVX-512, 8 with AVX2) over the columns in order, chunk after chunk, with FMA; a
+ * zero-padded last chunk; then a fixed horizontal sum (avx2_hsum8, avx512_hsum16 in
+ * kernels_x86.c spell out its tree). The sequence depends on neither the number of inputs
+ * n, nor which kernel runs, nor how rows are grouped or split across threads, so a batch of
+ * rows gives bit for bit the results of the same rows one at a time, on any number of
+ * threads; early exit's exactness rests on it, and tests/test-kernels.c checks it against
+ * the sequence written out in scalars. (Only the instruction set changes it: AVX-512, AVX2
+ * and portable results differ in the last bits.) */
 #include "kernels.h"
+#include "kernels_impl.h"
 
 #include "gguf.h"
 #include "threadpool.h"
@@ -21,11 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define FR_X86 1
-#include <cpuid.h>
-#include <immintrin.h>
-#endif
 
 /* ---- scalar f16 <-> f32 ------------------------------------------------------------- */
 
@@ -92,20 +92,6 @@ fr_f16 fr_f32_to_f16(float f)
 
 /* ---- F16 implementations ------------------------------------------------------------ */
 
-/* rows(W, rows, cols, r0, r1, n, X, Y): Y[j][r] = dot(W[r], X[j]) for r in [r0, r1),
- * j < n; Y has row stride `rows`, X has row stride `cols`. */
-typedef struct f16_impl {
-    const char *name;
-    void (*rows)(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int n,
-                 const float *X, float *Y);
-    /* The same for F32 weights; NULL: cblas serves (the portable build). */
-    void (*rows_f32)(const float *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
-                     int n, const float *X, float *Y);
-    void (*to_f32)(const fr_f16 *src, float *dst, int64_t n);
-    /* x[i] = exp(x[i] - shift), returns the sum (accumulated in double). */
-    double (*exp_sum)(float *x, int n, float shift);
-    void (*silu_mul)(float *gate, const float *up, int n);
-} f16_impl;
 
 /* Portable: eight scalar lanes play the role of a vector register. */
 #define PORT_V 8
@@ -188,433 +174,6 @@ static void port_silu_mul(float *gate, const float *up, int n)
 static const f16_impl impl_portable = {"portable", port_rows, NULL, port_to_f32, port_exp_sum,
                                        port_silu_mul};
 
-#ifdef FR_X86
-/* x86: AVX2 + FMA + F16C (8 lanes) and AVX-512F (16 lanes). The kernels are templates
- * (always_inline with constant block sizes) that keep R rows x NB inputs of accumulators in
- * registers: each converted weight vector is used NB times, each input vector R times. */
-#define FR_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define FR_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-#define FR_INLINE inline __attribute__((always_inline))
-/* Full unrolling of the block loops keeps the accumulators in registers at any -O. */
-#define FR_UNROLL _Pragma("GCC unroll 16")
-
-/* CPUID plus XGETBV: the CPU must have the instructions and the OS must save the
- * registers (AVX: XCR0 bits 1-2; AVX-512: also bits 5-7). */
-static uint64_t x86_xcr0(void)
-{
-    uint32_t lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return ((uint64_t)hi << 32) | lo;
-}
-
-static bool x86_has_avx2(void)
-{
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d))
-        return false;
-    bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
-         f16c = c & (1u << 29);
-    if (!(fma && osxsave && avx && f16c) || (x86_xcr0() & 0x6) != 0x6)
-        return false;
-    if (__get_cpuid_max(0, NULL) < 7)
-        return false;
-    __cpuid_count(7, 0, a, b, c, d);
-    return b & (1u << 5);
-}
-
-static bool x86_has_avx512(void)
-{
-    if (!x86_has_avx2() || (x86_xcr0() & 0xe6) != 0xe6)
-        return false;
-    unsigned a, b, c, d;
-    __cpuid_count(7, 0, a, b, c, d);
-    return b & (1u << 16);
-}
-
-/* -- AVX2 -- */
-
-FR_AVX2 static FR_INLINE __m256 avx2_load_h(const fr_f16 *p)
-{
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-FR_AVX2 static FR_INLINE __m256 avx2_load_h_part(const fr_f16 *p, int m)
-{
-    fr_f16 buf[8] = {0};
-    memcpy(buf, p, (size_t)m * sizeof *p);
-    return avx2_load_h(buf);
-}
-
-FR_AVX2 static FR_INLINE __m256 avx2_load_f_part(const float *p, int m)
-{
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(m), idx);
-    return _mm256_maskload_ps(p, mask);
-}
-
-FR_AVX2 static FR_INLINE float avx2_hsum(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-enum { AVX2_R = 4, AVX2_NB = 2, AVX2_GEMV_R = 8 };
-
-/* Prefetches the part of the next row block (pf, laid out like the current one) that
- * matches step `step` of the current one, so the next rows stream in while these are
- * computed: short rows are many short streams, which the hardware prefetcher misses. */
-static FR_INLINE void prefetch_step(const char *pf, int64_t step, int bytes_per_step)
-{
-    if (!pf)
-        return;
-    int64_t off = step * bytes_per_step;
-    if (bytes_per_step >= 64) {
-        for (int q = 0; q < bytes_per_step; q += 64)
-            _mm_prefetch(pf + off + q, _MM_HINT_T0);
-    } else if (off % 64 == 0) {
-        _mm_prefetch(pf + off, _MM_HINT_T0);
-    }
-}
-
-/* Y[j * ldy + r] = W[r] . X[j] for r < R, j < NB; pf: see prefetch_step (may be NULL).
- * W holds F16 (f16 != 0) or F32 rows; f16 is a constant at every call, so each weight type
- * gets its own straight-line code. */
-FR_AVX2 static FR_INLINE __m256 avx2_load_w(const void *W, int f16, int64_t i)
-{
-    return f16 ? avx2_load_h((const fr_f16 *)W + i) : _mm256_loadu_ps((const float *)W + i);
-}
-
-FR_AVX2 static FR_INLINE __m256 avx2_load_w_part(const void *W, int f16, int64_t i, int m)
-{
-    return f16 ? avx2_load_h_part((const fr_f16 *)W + i, m)
-               : avx2_load_f_part((const float *)W + i, m);
-}
-
-FR_AVX2 static FR_INLINE void avx2_block(const void *W, int f16, int64_t cols, const float *X,
-                                         int R, int NB, float *Y, int64_t ldy, const void *pf)
-{
-    __m256 acc[AVX2_GEMV_R][AVX2_NB];
-    FR_UNROLL
-    for (int r = 0; r < R; r++)
-        FR_UNROLL
-        for (int j = 0; j < NB; j++)
-            acc[r][j] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 <= cols; k += 8) {
-        prefetch_step(pf, k / 8, R * (f16 ? 16 : 32));
-        __m256 w[AVX2_GEMV_R];
-        FR_UNROLL
-        for (int r = 0; r < R; r++)
-            w[r] = avx2_load_w(W, f16, r * cols + k);
-        FR_UNROLL
-        for (int j = 0; j < NB; j++) {
-            __m256 x = _mm256_loadu_ps(X + j * cols + k);
-            FR_UNROLL
-            for (int r = 0; r < R; r++)
-                acc[r][j] = _mm256_fmadd_ps(w[r], x, acc[r][j]);
-        }
-    }
-    if (k < cols) {
-        int m = (int)(cols - k);
-        FR_UNROLL
-        for (int j = 0; j < NB; j++) {
-            __m256 x = avx2_load_f_part(X + j * cols + k, m);
-            FR_UNROLL
-            for (int r = 0; r < R; r++)
-                acc[r][j] = _mm256_fmadd_ps(avx2_load_w_part(W, f16, r * cols + k, m), x,
-                                            acc[r][j]);
-        }
-    }
-    FR_UNROLL
-    for (int r = 0; r < R; r++)
-        FR_UNROLL
-        for (int j = 0; j < NB; j++)
-            Y[j * ldy + r] = avx2_hsum(acc[r][j]);
-}
-
-FR_AVX2 static FR_INLINE void avx2_rows_t(const void *W0, int f16, int64_t rows, int64_t cols,
-                                          int64_t r0, int64_t r1, int n, const float *X,
-                                          float *Y)
-{
-    const char *W = W0;
-    const int64_t row_bytes = cols * (f16 ? 2 : 4);
-    int64_t r = r0;
-    if (n == 1) {
-        for (; r + AVX2_GEMV_R <= r1; r += AVX2_GEMV_R) {
-            const char *w = W + r * row_bytes, *next = w + AVX2_GEMV_R * row_bytes;
-            avx2_block(w, f16, cols, X, AVX2_GEMV_R, 1, Y + r, rows,
-                       r + 2 * AVX2_GEMV_R <= r1 ? next : NULL);
-        }
-        for (; r < r1; r++)
-            avx2_block(W + r * row_bytes, f16, cols, X, 1, 1, Y + r, rows, NULL);
-        return;
-    }
-    for (; r < r1; r += AVX2_R) {
-        const char *w = W + r * row_bytes;
-        int j = 0;
-        if (r + AVX2_R <= r1) {
-            /* The first pass over the block prefetches the next; later passes hit cache. */
-            const char *next = r + 2 * AVX2_R <= r1 ? w + AVX2_R * row_bytes : NULL;
-            for (; j + AVX2_NB <= n; j += AVX2_NB, next = NULL)
-                avx2_block(w, f16, cols, X + j * cols, AVX2_R, AVX2_NB, Y + j * rows + r, rows,
-                           next);
-            for (; j < n; j++, next = NULL)
-                avx2_block(w, f16, cols, X + j * cols, AVX2_R, 1, Y + j * rows + r, rows, next);
-            continue;
-        }
-        for (int64_t rr = r; rr < r1; rr++, w += row_bytes)
-            for (j = 0; j < n; j++)
-                avx2_block(w, f16, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
-    }
-}
-
-FR_AVX2 static void avx2_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0,
-                              int64_t r1, int n, const float *X, float *Y)
-{
-    avx2_rows_t(W, 1, rows, cols, r0, r1, n, X, Y);
-}
-
-FR_AVX2 static void avx2_rows_f32(const float *W, int64_t rows, int64_t cols, int64_t r0,
-                                  int64_t r1, int n, const float *X, float *Y)
-{
-    avx2_rows_t(W, 0, rows, cols, r0, r1, n, X, Y);
-}
-
-FR_AVX2 static void avx2_to_f32(const fr_f16 *src, float *dst, int64_t n)
-{
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, avx2_load_h(src + i));
-    for (; i < n; i++)
-        dst[i] = fr_f16_to_f32(src[i]);
-}
-
-/* exp(x) to about 2 ulp: x = n ln2 + r (Cody-Waite, exact with FMA), e^r by Cephes'
- * degree-7 minimax form, 2^n applied in two halves so results from subnormal to overflow
- * come out right. NaN propagates. */
-FR_AVX2 static FR_INLINE __m256 avx2_exp(__m256 x)
-{
-    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(89.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i h = _mm256_srai_epi32(ni, 1);
-    const __m256i bias = _mm256_set1_epi32(127);
-    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
-    __m256 s2 = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
-    __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-    return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-}
-
-FR_AVX2 static double avx2_exp_sum(float *x, int n, float shift)
-{
-    __m256 sh = _mm256_set1_ps(shift);
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = avx2_exp(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
-        _mm256_storeu_ps(x + i, e);
-        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(s0, s1));
-    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    if (i < n) {
-        float tail[8] = {0};
-        memcpy(tail, x + i, (size_t)(n - i) * sizeof *x);
-        _mm256_storeu_ps(tail, avx2_exp(_mm256_sub_ps(_mm256_loadu_ps(tail), sh)));
-        for (int k = 0; k < n - i; k++)
-            sum += tail[k];
-        memcpy(x + i, tail, (size_t)(n - i) * sizeof *x);
-    }
-    return sum;
-}
-
-FR_AVX2 static FR_INLINE __m256 avx2_silu_mul8(__m256 g, __m256 u)
-{
-    __m256 e = avx2_exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
-    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
-}
-
-FR_AVX2 static void avx2_silu_mul(float *gate, const float *up, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(gate + i,
-                         avx2_silu_mul8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
-    if (i < n) {
-        float g[8] = {0}, u[8] = {0};
-        memcpy(g, gate + i, (size_t)(n - i) * sizeof *g);
-        memcpy(u, up + i, (size_t)(n - i) * sizeof *u);
-        _mm256_storeu_ps(g, avx2_silu_mul8(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
-        memcpy(gate + i, g, (size_t)(n - i) * sizeof *g);
-    }
-}
-
-static const f16_impl impl_avx2 = {"avx2-f16c", avx2_rows, avx2_rows_f32, avx2_to_f32,
-                                   avx2_exp_sum,
-                                   avx2_silu_mul};
-
-/* -- AVX-512 -- */
-
-FR_AVX512 static FR_INLINE __m512 avx512_load_h(const fr_f16 *p)
-{
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-}
-
-FR_AVX512 static FR_INLINE __m512 avx512_load_h_part(const fr_f16 *p, int m)
-{
-    fr_f16 buf[16] = {0};
-    memcpy(buf, p, (size_t)m * sizeof *p);
-    return avx512_load_h(buf);
-}
-
-FR_AVX512 static FR_INLINE float avx512_hsum(__m512 v)
-{
-    __m256 lo = _mm512_castps512_ps256(v);
-    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    return avx2_hsum(_mm256_add_ps(lo, hi));
-}
-
-enum { AVX512_R = 4, AVX512_NB = 4, AVX512_GEMV_R = 8 };
-
-FR_AVX512 static FR_INLINE __m512 avx512_load_w(const void *W, int f16, int64_t i)
-{
-    return f16 ? avx512_load_h((const fr_f16 *)W + i) : _mm512_loadu_ps((const float *)W + i);
-}
-
-FR_AVX512 static FR_INLINE __m512 avx512_load_w_part(const void *W, int f16, int64_t i, int m)
-{
-    return f16 ? avx512_load_h_part((const fr_f16 *)W + i, m)
-               : _mm512_maskz_loadu_ps((__mmask16)((1u << m) - 1), (const float *)W + i);
-}
-
-FR_AVX512 static FR_INLINE void avx512_block(const void *W, int f16, int64_t cols,
-                                             const float *X, int R, int NB, float *Y,
-                                             int64_t ldy, const void *pf)
-{
-    __m512 acc[AVX512_GEMV_R][AVX512_NB];
-    FR_UNROLL
-    for (int r = 0; r < R; r++)
-        FR_UNROLL
-        for (int j = 0; j < NB; j++)
-            acc[r][j] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= cols; k += 16) {
-        prefetch_step(pf, k / 16, R * (f16 ? 32 : 64));
-        __m512 w[AVX512_GEMV_R];
-        FR_UNROLL
-        for (int r = 0; r < R; r++)
-            w[r] = avx512_load_w(W, f16, r * cols + k);
-        FR_UNROLL
-        for (int j = 0; j < NB; j++) {
-            __m512 x = _mm512_loadu_ps(X + j * cols + k);
-            FR_UNROLL
-            for (int r = 0; r < R; r++)
-                acc[r][j] = _mm512_fmadd_ps(w[r], x, acc[r][j]);
-        }
-    }
-    if (k < cols) {
-        int m = (int)(cols - k);
-        __mmask16 mask = (__mmask16)((1u << m) - 1);
-        FR_UNROLL
-        for (int j = 0; j < NB; j++) {
-            __m512 x = _mm512_maskz_loadu_ps(mask, X + j * cols + k);
-            FR_UNROLL
-            for (int r = 0; r < R; r++)
-                acc[r][j] = _mm512_fmadd_ps(avx512_load_w_part(W, f16, r * cols + k, m), x,
-                                            acc[r][j]);
-        }
-    }
-    FR_UNROLL
-    for (int r = 0; r < R; r++)
-        FR_UNROLL
-        for (int j = 0; j < NB; j++)
-            Y[j * ldy + r] = avx512_hsum(acc[r][j]);
-}
-
-FR_AVX512 static FR_INLINE void avx512_rows_t(const void *W0, int f16, int64_t rows,
-                                              int64_t cols, int64_t r0, int64_t r1, int n,
-                                              const float *X, float *Y)
-{
-    const char *W = W0;
-    const int64_t row_bytes = cols * (f16 ? 2 : 4);
-    int64_t r = r0;
-    if (n == 1) {
-        for (; r + AVX512_GEMV_R <= r1; r += AVX512_GEMV_R) {
-            const char *w = W + r * row_bytes, *next = w + AVX512_GEMV_R * row_bytes;
-            avx512_block(w, f16, cols, X, AVX512_GEMV_R, 1, Y + r, rows,
-                         r + 2 * AVX512_GEMV_R <= r1 ? next : NULL);
-        }
-        for (; r < r1; r++)
-            avx512_block(W + r * row_bytes, f16, cols, X, 1, 1, Y + r, rows, NULL);
-        return;
-    }
-    for (; r < r1; r += AVX512_R) {
-        const char *w = W + r * row_bytes;
-        int j = 0;
-        if (r + AVX512_R <= r1) {
-            /* The first pass over the block prefetches the next; later passes hit cache. */
-            const char *next = r + 2 * AVX512_R <= r1 ? w + AVX512_R * row_bytes : NULL;
-            for (; j + AVX512_NB <= n; j += AVX512_NB, next = NULL)
-                avx512_block(w, f16, cols, X + j * cols, AVX512_R, AVX512_NB,
-                             Y + j * rows + r, rows, next);
-            /* The rest of the inputs in one pass too: each weight converted once. */
-            const float *Xj = X + j * cols;
-            float *Yj = Y + j * rows + r;
-            switch (n - j) {
-            case 3: avx512_block(w, f16, cols, Xj, AVX512_R, 3, Yj, rows, next); break;
-            case 2: avx512_block(w, f16, cols, Xj, AVX512_R, 2, Yj, rows, next); break;
-            case 1: avx512_block(w, f16, cols, Xj, AVX512_R, 1, Yj, rows, next); break;
-            default: break;
-            }
-            continue;
-        }
-        for (int64_t rr = r; rr < r1; rr++, w += row_bytes)
-            for (j = 0; j < n; j++)
-                avx512_block(w, f16, cols, X + j * cols, 1, 1, Y + j * rows + rr, rows, NULL);
-    }
-}
-
-FR_AVX512 static void avx512_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0,
-                                  int64_t r1, int n, const float *X, float *Y)
-{
-    avx512_rows_t(W, 1, rows, cols, r0, r1, n, X, Y);
-}
-
-FR_AVX512 static void avx512_rows_f32(const float *W, int64_t rows, int64_t cols, int64_t r0,
-                                      int64_t r1, int n, const float *X, float *Y)
-{
-    avx512_rows_t(W, 0, rows, cols, r0, r1, n, X, Y);
-}
-
-FR_AVX512 static void avx512_to_f32(const fr_f16 *src, float *dst, int64_t n)
-{
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, avx512_load_h(src + i));
-    for (; i < n; i++)
-        dst[i] = fr_f16_to_f32(src[i]);
-}
-
-/* Element-wise work is tiny next to the matrix products: the AVX2 versions serve here. */
-static const f16_impl impl_avx512 = {"avx512", avx512_rows, avx512_rows_f32, avx512_to_f32,
-                                     avx2_exp_sum,
-                                     avx2_silu_mul};
-#endif /* FR_X86 */
 
 /* ---- dispatch ----------------------------------------------------------------------- */
 
@@ -627,20 +186,20 @@ static const f16_impl *impl_by_name(const char *name)
 {
     if (!name || !*name || strcmp(name, "auto") == 0) {
 #ifdef FR_X86
-        if (x86_has_avx512())
-            return &impl_avx512;
-        if (x86_has_avx2())
-            return &impl_avx2;
+        if (fr_cpu_has_avx512())
+            return &fr_impl_avx512;
+        if (fr_cpu_has_avx2())
+            return &fr_impl_avx2;
 #endif
         return &impl_portable;
     }
     if (strcmp(name, impl_portable.name) == 0)
         return &impl_portable;
 #ifdef FR_X86
-    if (strcmp(name, impl_avx2.name) == 0)
-        return x86_has_avx2() ? &impl_avx2 : NULL;
-    if (strcmp(name, impl_avx512.name) == 0)
-        return x86_has_avx512() ? &impl_avx512 : NULL;
+    if (strcmp(name, fr_impl_avx2.name) == 0)
+        return fr_cpu_has_avx2() ? &fr_impl_avx2 : NULL;
+    if (strcmp(name, fr_impl_avx512.name) == 0)
+        return fr_cpu_has_avx512() ? &fr_impl_avx512 : NULL;
 #endif
     return NULL;
 }

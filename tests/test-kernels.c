@@ -134,54 +134,67 @@ END_TEST
 
 /* ---- matmul ---- */
 
-typedef struct shape {
+typedef struct mm_case {
     int64_t rows, cols;
-} shape;
+    int n;
+} mm_case;
 
-static const shape shapes[] = {{1, 1},   {1, 384},  {5, 7},     {5, 33},   {4, 8},
-                               {17, 15}, {33, 31},  {64, 100},  {31, 257}, {384, 1024},
-                               {130, 384}, {4096, 384}, {3, 1023}};
+/* Shapes from the models and odd ones, each at every batch size in ns (up to a size). */
+static const mm_case shapes[] = {{1, 1, 0},     {1, 384, 0},   {5, 7, 0},     {5, 33, 0},
+                                 {4, 8, 0},     {17, 15, 0},   {33, 31, 0},   {64, 100, 0},
+                                 {31, 257, 0},  {384, 1024, 0}, {130, 384, 0}, {4096, 384, 0},
+                                 {3, 1023, 0}};
 static const int ns[] = {1, 2, 3, 4, 5, 7, 64};
+
+/* Every batched kernel shape and its tails: rows around the row blocks (8, and the thread
+ * split's 16), columns around the vector width (16), n = 1 .. 20 (the tiles of 1 to 8
+ * inputs, passes of several tiles, the switch to the many-inputs kernel at 8 or 13); then
+ * n around that kernel's blocks of 8 or 16 inputs, with columns past its column blocks
+ * (512) too. */
+static const int64_t sweep_rows[] = {17, 33, 100};
+static const int64_t sweep_cols[] = {40, 100, 384};
+static const mm_case big_shapes[] = {{17, 40, 0}, {33, 100, 0}, {17, 1000, 0}, {33, 1000, 0}};
+static const int big_ns[] = {23, 24, 25, 31, 32, 33, 40, 47, 48, 49, 63, 64, 65, 70};
 
 typedef struct mm_data {
     fr_matrix W;
-    double *wd; /* the exact weights */
+    float *wf;  /* the exact weights as float */
     float *X;
     double *ref, *absref; /* reference Y and sum |w x| per element */
 } mm_data;
 
-static mm_data mm_make(uint32_t type, shape s, int n)
+static mm_data mm_make(uint32_t type, mm_case c)
 {
     mm_data d;
-    int64_t nw = s.rows * s.cols;
+    int64_t nw = c.rows * c.cols;
     void *w = malloc((size_t)nw * (type == GGUF_TENSOR_F16 ? 2 : 4));
-    d.wd = malloc((size_t)nw * sizeof *d.wd);
+    d.wf = malloc((size_t)nw * sizeof *d.wf);
     for (int64_t i = 0; i < nw; i++) {
         float v = frand();
         if (type == GGUF_TENSOR_F16) {
             ((fr_f16 *)w)[i] = fr_f32_to_f16(v);
-            d.wd[i] = ref_half(((fr_f16 *)w)[i]);
+            d.wf[i] = (float)ref_half(((fr_f16 *)w)[i]);
         } else {
             ((float *)w)[i] = v;
-            d.wd[i] = v;
+            d.wf[i] = v;
         }
     }
-    d.W = (fr_matrix){w, type, s.rows, s.cols};
-    d.X = malloc((size_t)(n * s.cols) * sizeof *d.X);
-    for (int64_t i = 0; i < n * s.cols; i++)
+    d.W = (fr_matrix){w, type, c.rows, c.cols};
+    d.X = malloc((size_t)(c.n * c.cols) * sizeof *d.X);
+    for (int64_t i = 0; i < c.n * c.cols; i++)
         d.X[i] = frand() * 4.0f;
-    d.ref = malloc((size_t)(n * s.rows) * sizeof *d.ref);
-    d.absref = malloc((size_t)(n * s.rows) * sizeof *d.absref);
-    for (int j = 0; j < n; j++)
-        for (int64_t r = 0; r < s.rows; r++) {
+    d.ref = malloc((size_t)(c.n * c.rows) * sizeof *d.ref);
+    d.absref = malloc((size_t)(c.n * c.rows) * sizeof *d.absref);
+    for (int j = 0; j < c.n; j++)
+        for (int64_t r = 0; r < c.rows; r++) {
             double acc = 0, aacc = 0;
-            for (int64_t k = 0; k < s.cols; k++) {
-                double p = d.wd[r * s.cols + k] * d.X[j * s.cols + k];
+            for (int64_t k = 0; k < c.cols; k++) {
+                double p = (double)d.wf[r * c.cols + k] * d.X[j * c.cols + k];
                 acc += p;
                 aacc += fabs(p);
             }
-            d.ref[j * s.rows + r] = acc;
-            d.absref[j * s.rows + r] = aacc;
+            d.ref[j * c.rows + r] = acc;
+            d.absref[j * c.rows + r] = aacc;
         }
     return d;
 }
@@ -189,7 +202,7 @@ static mm_data mm_make(uint32_t type, shape s, int n)
 static void mm_free(mm_data *d)
 {
     free((void *)d->W.data);
-    free(d->wd);
+    free(d->wf);
     free(d->X);
     free(d->ref);
     free(d->absref);
@@ -202,59 +215,192 @@ static void mm_check(const mm_data *d, int n, const float *Y, const char *what)
     for (int64_t i = 0; i < n * d->W.rows; i++) {
         double err = fabs((double)Y[i] - d->ref[i]);
         ck_assert_msg(err <= bound_f * d->absref[i] + 1e-30,
-                      "%s %lldx%lld n=%d: element %lld is %.9g, expected %.9g", what,
-                      (long long)d->W.rows, (long long)d->W.cols, n, (long long)i, (double)Y[i],
-                      d->ref[i]);
+                      "%s: element %lld is %.9g, expected %.9g", what, (long long)i,
+                      (double)Y[i], d->ref[i]);
     }
+}
+
+/* The canonical operation sequence of the SIMD kernels (top of lib/kernels.c), written
+ * out in scalars: V lanes, lane l accumulating w[k] x[k] with one rounding (fmaf) over
+ * k = l mod V in order, the last chunk zero-padded, then avx512_hsum's / avx2_hsum's tree.
+ * 0 for the portable implementation, which has no such contract. */
+static int canon_lanes(const char *impl)
+{
+    return strcmp(impl, "avx512") == 0 ? 16 : strcmp(impl, "avx2-f16c") == 0 ? 8 : 0;
+}
+
+static float canon_dot(const float *w, const float *x, int64_t cols, int V)
+{
+    float acc[16];
+    for (int l = 0; l < V; l++) {
+        acc[l] = 0.0f;
+        for (int64_t k = l; k < (cols + V - 1) / V * V; k += V)
+            acc[l] = fmaf(k < cols ? w[k] : 0.0f, k < cols ? x[k] : 0.0f, acc[l]);
+    }
+    for (int i = 0; V == 16 && i < 8; i++)
+        acc[i] = acc[i] + acc[i + 8];
+    for (int i = 0; i < 4; i++)
+        acc[i] = acc[i] + acc[i + 4];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+/* Bits equal, or both nan (payloads may differ between implementations of fma). */
+static bool same_float(float a, float b)
+{
+    return bits_of(a) == bits_of(b) || (isnan(a) && isnan(b));
+}
+
+typedef struct mm_env {
+    fr_pool *pools[3]; /* 1, 2 and 3 threads */
+    const char *impl;
+    uint32_t type;
+} mm_env;
+
+/* One case on every pool: each element written, the same bits on 1, 2 and 3 threads,
+ * each row of the batch the same as that row alone (n = 1), the canonical sequence
+ * exactly (SIMD implementations) and the reference within rounding (check_ref). */
+static void mm_run(const mm_env *e, const mm_data *d, int n, bool check_ref)
+{
+    const int64_t rows = d->W.rows, cols = d->W.cols;
+    size_t ysz = (size_t)(n * rows) * sizeof(float);
+    char what[80];
+    snprintf(what, sizeof what, "%s %s %lldx%lld n=%d",
+             e->type == GGUF_TENSOR_F16 ? "F16" : "F32", e->impl, (long long)rows,
+             (long long)cols, n);
+    float *Y[3];
+    for (int p = 0; p < 3; p++) {
+        Y[p] = malloc(ysz);
+        memset(Y[p], 0xff, ysz); /* nan: every element must be written */
+        fr_matmul(&d->W, n, d->X, Y[p], e->pools[p]);
+    }
+    if (check_ref)
+        mm_check(d, n, Y[0], what);
+    for (int p = 1; p < 3; p++)
+        for (int64_t i = 0; i < n * rows; i++)
+            ck_assert_msg(same_float(Y[0][i], Y[p][i]),
+                          "%s: element %lld on %d threads differs from 1 thread", what,
+                          (long long)i, p + 1);
+    int V = canon_lanes(e->impl);
+    for (int j = 0; V && j < n; j++)
+        for (int64_t r = 0; r < rows; r++) {
+            float c = canon_dot(d->wf + r * cols, d->X + j * cols, cols, V);
+            ck_assert_msg(same_float(Y[0][j * rows + r], c),
+                          "%s: Y[%d][%lld] = %a, the canonical sequence gives %a", what, j,
+                          (long long)r, (double)Y[0][j * rows + r], (double)c);
+        }
+    /* A batch gives exactly the rows' results one at a time (F32 on the portable
+     * implementation goes to cblas: sgemm and sgemv round differently). */
+    if (n > 1 && (e->type == GGUF_TENSOR_F16 || strcmp(e->impl, "portable") != 0)) {
+        float *y1 = malloc((size_t)rows * sizeof *y1);
+        for (int j = 0; j < n; j++) {
+            fr_matmul(&d->W, 1, d->X + j * cols, y1, e->pools[j % 3]);
+            for (int64_t r = 0; r < rows; r++)
+                ck_assert_msg(same_float(y1[r], Y[0][j * rows + r]),
+                              "%s: row %d of the batch, element %lld differs from n = 1",
+                              what, j, (long long)r);
+        }
+        free(y1);
+    }
+    for (int p = 0; p < 3; p++)
+        free(Y[p]);
+}
+
+static void mm_case_run(const mm_env *e, mm_case c)
+{
+    mm_data d = mm_make(e->type, c);
+    mm_run(e, &d, c.n, true);
+    mm_free(&d);
+}
+
+/* Zeros of both signs, half subnormals, the largest halves (products overflow), and
+ * infinities and nans in the inputs: every path must give the same bits (or nan). */
+static void mm_special_run(const mm_env *e, int64_t rows, int64_t cols, int n)
+{
+    mm_data d = mm_make(e->type, (mm_case){rows, cols, n});
+    static const float wspecial[] = {0.0f, -0.0f, 0x1p-24f, -0x1p-20f, 65504.0f, -65504.0f};
+    static const float xspecial[] = {0.0f, -0.0f, 1e30f, -1e30f, INFINITY, NAN};
+    for (int64_t i = 0; i < rows * cols; i += 7) {
+        float v = wspecial[(i / 7) % 6];
+        d.wf[i] = v;
+        if (e->type == GGUF_TENSOR_F16)
+            ((fr_f16 *)d.W.data)[i] = fr_f32_to_f16(v);
+        else
+            ((float *)d.W.data)[i] = v;
+    }
+    for (int64_t i = 0; i < n * cols; i += 11)
+        d.X[i] = xspecial[(i / 11) % 6];
+    mm_run(e, &d, n, false);
+    mm_free(&d);
+}
+
+/* Allocation failures on demand. The kernels take their scratch memory from aligned_alloc
+ * and a matrix product cannot fail, so without memory they must take their fallback paths
+ * (X read in place, the few-inputs kernel for any n) and give the same bits: this
+ * definition replaces the C library's for the statically linked kernels. */
+static atomic_bool g_no_memory;
+
+void *aligned_alloc(size_t alignment, size_t size)
+{
+    void *p = NULL;
+    if (atomic_load(&g_no_memory) || posix_memalign(&p, alignment, size) != 0)
+        return NULL;
+    return p;
 }
 
 static void run_matmul_cases(uint32_t type, const char *impl)
 {
-    fr_pool *pools[3];
+    mm_env e = {{NULL, NULL, NULL}, impl, type};
     for (int p = 0; p < 3; p++)
-        ck_assert_int_eq(fr_pool_create(p + 1, &pools[p], NULL), FREE_OK);
+        ck_assert_int_eq(fr_pool_create(p + 1, &e.pools[p], NULL), FREE_OK);
     g_seed = 1234;
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
         for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
-            int n = ns[ni];
-            shape s = shapes[si];
-            if (s.rows * s.cols * n > 30000000)
-                continue;
-            mm_data d = mm_make(type, s, n);
-            size_t ysz = (size_t)(n * s.rows) * sizeof(float);
-            float *Y[3];
-            for (int p = 0; p < 3; p++) {
-                Y[p] = malloc(ysz);
-                memset(Y[p], 0xff, ysz); /* nan: every element must be written */
-                fr_matmul(&d.W, n, d.X, Y[p], pools[p]);
-            }
-            char what[64];
-            snprintf(what, sizeof what, "%s %s", type == GGUF_TENSOR_F16 ? "F16" : "F32", impl);
-            mm_check(&d, n, Y[0], what);
-            for (int p = 1; p < 3; p++)
-                ck_assert_msg(memcmp(Y[0], Y[p], ysz) == 0,
-                              "%s %lldx%lld n=%d: %d threads differ from 1 thread", what,
-                              (long long)s.rows, (long long)s.cols, n, p + 1);
-            /* A batch gives exactly the rows' results one at a time (F32 on the portable
-             * implementation goes to cblas: sgemm and sgemv round differently). */
-            if (n > 1 && (type == GGUF_TENSOR_F16 || strcmp(impl, "portable") != 0)) {
-                float *y1 = malloc((size_t)s.rows * sizeof *y1);
-                for (int j = 0; j < n; j++) {
-                    fr_matmul(&d.W, 1, d.X + j * s.cols, y1, pools[1]);
-                    ck_assert_msg(memcmp(y1, Y[0] + j * s.rows, (size_t)s.rows * 4) == 0,
-                                  "%s %lldx%lld: row %d of a batch of %d differs from n = 1",
-                                  what, (long long)s.rows, (long long)s.cols, j, n);
-                }
-                free(y1);
-            }
-            for (int p = 0; p < 3; p++)
-                free(Y[p]);
-            mm_free(&d);
+            mm_case c = shapes[si];
+            c.n = ns[ni];
+            if (c.rows * c.cols * c.n <= 30000000)
+                mm_case_run(&e, c);
         }
-    }
+    for (size_t ri = 0; ri < sizeof sweep_rows / sizeof sweep_rows[0]; ri++)
+        for (size_t ci = 0; ci < sizeof sweep_cols / sizeof sweep_cols[0]; ci++)
+            for (int n = 1; n <= 20; n++)
+                mm_case_run(&e, (mm_case){sweep_rows[ri], sweep_cols[ci], n});
+    for (size_t si = 0; si < sizeof big_shapes / sizeof big_shapes[0]; si++)
+        for (size_t ni = 0; ni < sizeof big_ns / sizeof big_ns[0]; ni++) {
+            mm_case c = big_shapes[si];
+            c.n = big_ns[ni];
+            mm_case_run(&e, c);
+        }
+    mm_case_run(&e, (mm_case){100, 1000, 16});
+    /* Enough inputs x columns that the many-inputs kernel splits them into several sets
+     * (its packed inputs are kept under 1 MB a set). */
+    mm_case_run(&e, (mm_case){17, 4000, 100});
+    for (int n = 1; n <= 70; n += 23)
+        mm_special_run(&e, 33, 100, n);
     for (int p = 0; p < 3; p++)
-        fr_pool_destroy(pools[p]);
+        fr_pool_destroy(e.pools[p]);
 }
+
+START_TEST(test_matmul_no_memory)
+{
+    const char *name = impls[_i / 2];
+    if (fr_kernels_set_f16_impl(name) != 0) {
+        printf("kernels: implementation %s not supported here, skipped\n", name);
+        return;
+    }
+    mm_env e = {{NULL, NULL, NULL}, name, _i % 2 ? GGUF_TENSOR_F32 : GGUF_TENSOR_F16};
+    for (int p = 0; p < 3; p++)
+        ck_assert_int_eq(fr_pool_create(p + 1, &e.pools[p], NULL), FREE_OK);
+    g_seed = 77;
+    atomic_store(&g_no_memory, true);
+    for (int n = 1; n <= 20; n++)
+        mm_case_run(&e, (mm_case){33, 100, n});
+    mm_case_run(&e, (mm_case){17, 1000, 40});
+    atomic_store(&g_no_memory, false);
+    for (int p = 0; p < 3; p++)
+        fr_pool_destroy(e.pools[p]);
+    fr_kernels_set_f16_impl(NULL);
+}
+END_TEST
 
 START_TEST(test_matmul_f16)
 {
@@ -614,6 +760,7 @@ static Suite *kernels_suite(void)
     tc = tcase_create("matmul");
     tcase_add_loop_test(tc, test_matmul_f16, 0, N_IMPLS);
     tcase_add_loop_test(tc, test_matmul_f32, 0, N_IMPLS);
+    tcase_add_loop_test(tc, test_matmul_no_memory, 0, 2 * N_IMPLS);
     tcase_add_test(tc, test_get_row);
     suite_add_tcase(s, tc);
     tc = tcase_create("elementwise");

@@ -3,7 +3,8 @@
  *
  *   bench-kernels [seconds-per-case [section]]     (default 0.3, every section)
  *
- * Sections: memory, pool, gemv, model, batched, f32. "batched" is the table of
+ * Sections: memory, pool, gemv, model, prefill, batched, f32. "prefill" runs the model's
+ * matrices at n = 64 (one prefill batch). "batched" is the table of
  * fr_matmul at n = 1 .. 128 inputs for F16 and F32 weights, both layer shapes, 1 and 2
  * threads, for each SIMD implementation the CPU has; "x n=1" is the time of a call over
  * the time of the n = 1 call at the same settings (memory-bound small batches should stay
@@ -253,11 +254,14 @@ static void bench_model(fr_pool *pool, int n)
     for (int k = 0; k < n * 4096; k++)
         X[k] = frand(&s);
     int tokens = 0;
-    double t0 = now_s(), best = 1e30, sum = 0;
+    double t0 = now_s(), best = 1e30, sum = 0, per[8] = {0};
     do {
         double p0 = now_s();
-        for (int i = 0; i < NM; i++)
+        for (int i = 0; i < NM; i++) {
+            double m0 = now_s();
             fr_matmul(&mats[i], n, X, Y, pool);
+            per[i < L * 7 ? i % 7 : 7] += now_s() - m0;
+        }
         double p = now_s() - p0;
         best = p < best ? p : best;
         sum += p;
@@ -266,6 +270,15 @@ static void bench_model(fr_pool *pool, int n)
     printf("model-22M  all %d matrices (%.1f MB) n=%-2d %dT: best %7.3f ms/pass = %6.1f "
            "passes/s, %5.1f GB/s (mean %.3f ms)\n", NM, bytes / 1e6, n, fr_pool_size(pool),
            best * 1e3, 1 / best, bytes / best / 1e9, sum / tokens * 1e3);
+    if (n >= 16) { /* batched: where the time goes, by matrix (mean over passes) */
+        static const char *names[8] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
+        printf("  by matrix (mean ms/pass, GFLOP/s):");
+        for (int k = 0; k < 8; k++) {
+            int64_t r = k < 7 ? shapes[k][0] : 4096, cc = k < 7 ? shapes[k][1] : 384;
+            double ms = per[k] / tokens, flops = 2.0 * (double)(r * cc) * n * (k < 7 ? L : 1);
+            printf(" %s %.2f %.0f%s", names[k], ms * 1e3, flops / ms / 1e9, k < 7 ? "," : "\n");
+        }
+    }
     for (int i = 0; i < NM; i++)
         free((void *)mats[i].data);
     free(X);
@@ -378,6 +391,8 @@ int main(int argc, char **argv)
         bench_model(pools[p], 1);
         bench_model(pools[p], 4);
     }
+    for (int p = 0; p < 2 && want(section, "prefill"); p++)
+        bench_model(pools[p], 64);
     /* The portable implementation has no batched SIMD path (F32 goes to cblas, below). */
     for (int ii = 0; ii < 2 && want(section, "batched"); ii++)
         if (fr_kernels_set_f16_impl(impls[ii]) == 0)

@@ -15,6 +15,14 @@
 void fr_attend_head(const float *q, const float *K, const float *V, int64_t stride,
                     int32_t n_keys, int32_t hd, float scale, float *scores, float *out);
 
+/* The same for the n_q heads of a GQA group, which share K and V: q[n_q][hd] and
+ * out[n_q][hd] contiguous, scores[n_q][n_keys] scratch. Each head's output is bit for bit
+ * what fr_attend_head gives it alone; the AVX-512 version reads each K and V row once for
+ * up to three heads. */
+void fr_attend_group(const float *q, int32_t n_q, const float *K, const float *V,
+                     int64_t stride, int32_t n_keys, int32_t hd, float scale, float *scores,
+                     float *out);
+
 /* Name of the implementation chosen for this CPU ("avx512", "avx2", "portable"). */
 const char *fr_attention_impl(void);
 

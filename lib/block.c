@@ -22,7 +22,8 @@ free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t 
         ws->proj = malloc(rows * d * sizeof(float));
         ws->gate = malloc(rows * ff * sizeof(float));
         ws->up = malloc(rows * ff * sizeof(float));
-        ws->scores = malloc((size_t)n_threads * (size_t)n_ctx * sizeof(float));
+        /* attention_task: up to three heads' scores per thread */
+        ws->scores = malloc((size_t)n_threads * (size_t)n_ctx * 3 * sizeof(float));
         ws->rope = malloc(rows * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
     }
     if (!ws || !ws->xn || !ws->q || !ws->attn || !ws->proj || !ws->gate || !ws->up ||
@@ -67,25 +68,33 @@ typedef struct attn_job {
     int32_t base;    /* cache rows before the batch */
 } attn_job;
 
-/* Attention for (row, head) pairs split across threads. A head's keys are a strided
- * matrix in the cache (row stride kv_dim). */
+/* Attention split across threads by (row, KV head, up to three of its query heads): the
+ * heads of a GQA group that go together read their shared keys and values once (three is
+ * what the AVX-512 version takes at a time), and a group of many heads still spreads over
+ * the threads. A head's keys are a strided matrix in the cache (row stride kv_dim). */
+enum { HEADS_PER_TASK = 3 };
+
 static void attention_task(void *arg, int ith, int nth)
 {
     const attn_job *job = arg;
     const fr_hparams *hp = &job->m->hp;
     const int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const int32_t d = hp->n_embd, kvd = job->kv->kv_dim;
+    const int32_t per_kv = (group + HEADS_PER_TASK - 1) / HEADS_PER_TASK;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = job->ws->scores + (size_t)ith * (size_t)job->ws->n_ctx;
-    const int32_t total = job->n * hp->n_head;
+    float *scores = job->ws->scores + (size_t)ith * (size_t)job->ws->n_ctx * HEADS_PER_TASK;
+    const int32_t total = job->n * hp->n_head_kv * per_kv;
 
     for (int32_t task = ith; task < total; task += nth) {
-        const int32_t i = task / hp->n_head, h = task % hp->n_head, kvh = h / group;
-        const float *q = job->ws->q + (size_t)i * (size_t)d + (size_t)h * (size_t)hd;
-        float *out = job->ws->attn + (size_t)i * (size_t)d + (size_t)h * (size_t)hd;
+        const int32_t i = task / (hp->n_head_kv * per_kv), rest = task % (hp->n_head_kv * per_kv);
+        const int32_t kvh = rest / per_kv, skip = rest % per_kv * HEADS_PER_TASK;
+        const int32_t h0 = kvh * group + skip;
+        const int32_t nh = group - skip < HEADS_PER_TASK ? group - skip : HEADS_PER_TASK;
+        const size_t first = (size_t)i * (size_t)d + (size_t)h0 * (size_t)hd;
         const float *K = fr_kv_k(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
         const float *V = fr_kv_v(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
-        fr_attend_head(q, K, V, kvd, job->base + i + 1, hd, scale, scores, out);
+        fr_attend_group(job->ws->q + first, nh, K, V, kvd, job->base + i + 1, hd, scale,
+                        scores, job->ws->attn + first);
     }
 }
 

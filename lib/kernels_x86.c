@@ -30,16 +30,11 @@
 
 #ifdef FR_X86
 
+#include "simd_x86.h"
+
 #include <cpuid.h>
-#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define FR_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define FR_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-#define FR_INLINE inline __attribute__((always_inline))
-/* Full unrolling of the block loops keeps the accumulators in registers at any -O. */
-#define FR_UNROLL _Pragma("GCC unroll 16")
 
 /* CPUID plus XGETBV: the CPU must have the instructions and the OS must save the
  * registers (AVX: XCR0 bits 1-2; AVX-512: also bits 5-7). */
@@ -204,32 +199,6 @@ enum { AVX2_NB = 4, AVX2_BLOCK = 8 };
 static FR_INLINE int avx2_tile_rows(int nb)
 {
     return nb == 1 ? 8 : nb <= 3 ? 4 : 2;
-}
-
-/* The canonical horizontal sum of 8 lanes is ((v0 + v4) + (v2 + v6)) + ((v1 + v5) +
- * (v3 + v7)), the first operand of each addition the lower lanes (as in the sequence
- * _mm_add_ps(low, high 128 bits), _mm_add_ps(s, _mm_movehl_ps(s, s)),
- * _mm_add_ss(s, _mm_movehdup_ps(s))). avx2_hsum8 makes those additions for 8 vectors at
- * once: lane o of the result is the sum of v[o], the levels 4 + 4 (128-bit halves), 2 + 2,
- * 1 + 1 each done 8 lanes wide. After it half h of the result holds the sums of the
- * vectors in slots h, h + 2, h + 4, h + 6, so v[o] goes into slot 2 (o % 4) + o / 4. */
-FR_AVX2 static FR_INLINE __m256 avx2_hsum8(const __m256 v[8])
-{
-    __m256 p[4], q[2];
-    FR_UNROLL
-    for (int i = 0; i < 4; i++) {
-        __m256 a = v[(2 * i) % 2 * 4 + (2 * i) / 2], b = v[(2 * i + 1) % 2 * 4 + (2 * i + 1) / 2];
-        p[i] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20),
-                             _mm256_permute2f128_ps(a, b, 0x31));
-    }
-    FR_UNROLL
-    for (int i = 0; i < 2; i++) {
-        __m256 a = p[2 * i], b = p[2 * i + 1];
-        q[i] = _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    return _mm256_add_ps(_mm256_shuffle_ps(q[0], q[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm256_shuffle_ps(q[0], q[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 /* See avx512_few_pack: chunk t of input j of a pass at xp[(t NB + j) 8]. */
@@ -683,38 +652,6 @@ enum { AVX512_NB = 8, AVX512_BLOCK = 8 };
 static FR_INLINE int avx512_tile_rows(int nb)
 {
     return nb <= 3 ? 8 : nb <= 6 ? 4 : 2;
-}
-
-/* The canonical horizontal sum of 16 lanes adds the two 256-bit halves (low + high), then
- * sums the 8 lanes as avx2_hsum8 does. avx512_hsum16 makes those additions for 16 vectors
- * at once: lane o of the result is the sum of v[o], the levels 8 + 8, 4 + 4 (128-bit
- * quarters), 2 + 2, 1 + 1 each done 16 lanes wide, lower lanes first. After it quarter m
- * of the result holds the sums of the vectors in slots m, m + 4, m + 8, m + 12, so v[o]
- * goes into slot 4 (o % 4) + o / 4. */
-FR_AVX512 static FR_INLINE __m512 avx512_hsum16(const __m512 v[16])
-{
-    __m512 p[8], q[4], s[2];
-    FR_UNROLL
-    for (int i = 0; i < 8; i++) {
-        __m512 a = v[(2 * i) % 4 * 4 + (2 * i) / 4];
-        __m512 b = v[(2 * i + 1) % 4 * 4 + (2 * i + 1) / 4];
-        p[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    FR_UNROLL
-    for (int i = 0; i < 4; i++) {
-        __m512 a = p[2 * i], b = p[2 * i + 1];
-        q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-    }
-    FR_UNROLL
-    for (int i = 0; i < 2; i++) {
-        __m512 a = q[2 * i], b = q[2 * i + 1];
-        s[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-    }
-    return _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_ps(s[0], s[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 /* The inputs of a pass as few_pack lays them out: chunk t of input j at

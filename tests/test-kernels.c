@@ -636,6 +636,43 @@ START_TEST(test_silu_mul)
 }
 END_TEST
 
+/* The AVX-512 element-wise functions repeat the AVX2 ones' operations lane by lane (and the
+ * softmax sum's order), so both sets give the same bits: lengths across the 8- and 16-lane
+ * blocks, values from underflow to overflow, NaN. */
+START_TEST(test_elementwise_avx512_equals_avx2)
+{
+    if (fr_kernels_set_f16_impl("avx512") != 0)
+        return; /* no AVX-512 here */
+    enum { N = 211 };
+    static float in[N], u[N], a[N], b[N];
+    g_seed = 17;
+    for (int i = 0; i < N; i++) {
+        in[i] = frand() * 30.0f;
+        u[i] = frand() * 3.0f;
+    }
+    in[5] = -200.0f;
+    in[6] = 120.0f;
+    in[7] = NAN;
+    for (int n = 1; n <= N; n++) {
+        for (int f = 0; f < 2; f++) {
+            const char *name = f ? "silu_mul" : "softmax";
+            for (int set = 0; set < 2; set++) {
+                float *y = set ? b : a;
+                ck_assert_int_eq(fr_kernels_set_f16_impl(set ? "avx512" : "avx2-f16c"), 0);
+                memcpy(y, in, (size_t)n * sizeof *y);
+                if (f)
+                    fr_silu_mul(y, u, n);
+                else
+                    fr_softmax(y, n);
+            }
+            if (memcmp(a, b, (size_t)n * sizeof *a) != 0)
+                ck_abort_msg("%s over %d values: avx512 and avx2-f16c differ", name, n);
+        }
+    }
+    fr_kernels_set_f16_impl(NULL);
+}
+END_TEST
+
 /* ---- thread pool ---- */
 
 typedef struct count_job {
@@ -768,6 +805,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_loop_test(tc, test_softmax, 0, N_IMPLS);
     tcase_add_loop_test(tc, test_silu_mul, 0, N_IMPLS);
+    tcase_add_test(tc, test_elementwise_avx512_equals_avx2);
     suite_add_tcase(s, tc);
     tc = tcase_create("threadpool");
     tcase_add_test(tc, test_pool);

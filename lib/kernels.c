@@ -426,6 +426,11 @@ void fr_softmax(float *x, int n)
         x[i] *= inv;
 }
 
+double fr_exp_sum(float *x, int n, float shift)
+{
+    return n > 0 ? f16()->exp_sum(x, n, shift) : 0.0;
+}
+
 void fr_silu_mul(float *gate, const float *up, int n)
 {
     f16()->silu_mul(gate, up, n);

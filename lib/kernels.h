@@ -48,6 +48,10 @@ void fr_rope_apply(float *x, int n_heads, int head_dim, int rope_dim, const floa
 /* In-place softmax over x[0..n). */
 void fr_softmax(float *x, int n);
 
+/* x[i] = exp(x[i] - shift) for i < n; returns their sum, accumulated in double. The
+ * softmax's exponentials, from the kernel set in use (a polynomial on AVX2 / AVX-512). */
+double fr_exp_sum(float *x, int n, float shift);
+
 /* gate[i] = silu(gate[i]) * up[i], i < n. */
 void fr_silu_mul(float *gate, const float *up, int n);
 

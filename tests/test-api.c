@@ -279,6 +279,22 @@ START_TEST(model_params_sizes)
     big.p.size = 0;
     CHECK_FAIL(free_model_load(fr_test_model_path(STORIES), &big.p, &m), FREE_ERR_INVALID_ARG,
                "free_model_params.size", NULL);
+
+    /* Above 4096 bytes: refused before anything past the struct is read or cleared. */
+    CHECK_FAIL(free_model_params_init(&big.p, SIZE_MAX), FREE_ERR_INVALID_ARG, "4096", NULL);
+    CHECK_FAIL(free_model_params_init(&big.p, 4097), FREE_ERR_INVALID_ARG, "4096", NULL);
+    big.p.size = SIZE_MAX;
+    CHECK_FAIL(free_model_load(fr_test_model_path(STORIES), &big.p, &m), FREE_ERR_INVALID_ARG,
+               "free_model_params.size", "4096");
+    static union {
+        free_model_params p;
+        unsigned char bytes[4096];
+    } most;
+    ck_assert_int_eq(free_model_params_init(&most.p, sizeof most), FREE_OK);
+    most.p.vocab_only = 1;
+    ck_assert_msg(free_model_load(fr_test_model_path(STORIES), &most.p, &m) == FREE_OK, "%s",
+                  free_last_error());
+    free_model_destroy(m);
 }
 END_TEST
 
@@ -431,6 +447,28 @@ START_TEST(ctx_params_sizes)
     CHECK_FAIL(free_ctx_create(m, &big.p, &ctx), FREE_ERR_INVALID_ARG, "free_ctx_params.size",
                NULL);
     ck_assert_ptr_null(ctx);
+
+    /* Above 4096 bytes: refused before anything past the struct is read or cleared. */
+    CHECK_FAIL(free_ctx_params_init(&big.p, SIZE_MAX), FREE_ERR_INVALID_ARG, "4096", NULL);
+    CHECK_FAIL(free_ctx_params_init(&big.p, 4097), FREE_ERR_INVALID_ARG, "4096", NULL);
+    big.p.size = SIZE_MAX;
+    CHECK_FAIL(free_ctx_create(m, &big.p, &ctx), FREE_ERR_INVALID_ARG, "free_ctx_params.size",
+               "4096");
+    ck_assert_ptr_null(ctx);
+    static union {
+        free_ctx_params p;
+        unsigned char bytes[4096];
+    } most;
+    ck_assert_int_eq(free_ctx_params_init(&most.p, sizeof most), FREE_OK);
+    most.p.n_ctx = 32;
+    most.p.n_threads = 1;
+    ck_assert_msg(free_ctx_create(m, &most.p, &ctx) == FREE_OK, "%s", free_last_error());
+    big.p.size = SIZE_MAX;
+    CHECK_CTX_FAIL(ctx, free_ctx_set_params(ctx, &big.p), FREE_ERR_INVALID_ARG, "4096");
+    CHECK_FAIL(free_ctx_get_params(ctx, &big.p), FREE_ERR_INVALID_ARG, "free_ctx_get_params",
+               "4096");
+    ck_assert_int_eq(free_ctx_get_params(ctx, &most.p), FREE_OK);
+    free_ctx_destroy(ctx);
     free_model_destroy(m);
 }
 END_TEST

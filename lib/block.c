@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Query heads per attention task: what the AVX-512 attention takes at a time. Each thread's
+ * scores scratch holds that many heads' rows. */
+enum { HEADS_PER_TASK = 3 };
+
 free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t n_ctx,
                                 int32_t n_threads, fr_workspace **out, fr_error *err)
 {
@@ -22,8 +26,7 @@ free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t 
         ws->proj = malloc(rows * d * sizeof(float));
         ws->gate = malloc(rows * ff * sizeof(float));
         ws->up = malloc(rows * ff * sizeof(float));
-        /* attention_task: up to three heads' scores per thread */
-        ws->scores = malloc((size_t)n_threads * (size_t)n_ctx * 3 * sizeof(float));
+        ws->scores = malloc((size_t)n_threads * (size_t)n_ctx * HEADS_PER_TASK * sizeof(float));
         ws->rope = malloc(rows * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
     }
     if (!ws || !ws->xn || !ws->q || !ws->attn || !ws->proj || !ws->gate || !ws->up ||
@@ -68,12 +71,10 @@ typedef struct attn_job {
     int32_t base;    /* cache rows before the batch */
 } attn_job;
 
-/* Attention split across threads by (row, KV head, up to three of its query heads): the
- * heads of a GQA group that go together read their shared keys and values once (three is
- * what the AVX-512 version takes at a time), and a group of many heads still spreads over
- * the threads. A head's keys are a strided matrix in the cache (row stride kv_dim). */
-enum { HEADS_PER_TASK = 3 };
-
+/* Attention split across threads by (row, KV head, up to HEADS_PER_TASK of its query
+ * heads): the heads of a GQA group that go together read their shared keys and values
+ * once, and a group of many heads still spreads over the threads. A head's keys are a
+ * strided matrix in the cache (row stride kv_dim). */
 static void attention_task(void *arg, int ith, int nth)
 {
     const attn_job *job = arg;
@@ -83,10 +84,10 @@ static void attention_task(void *arg, int ith, int nth)
     const int32_t per_kv = (group + HEADS_PER_TASK - 1) / HEADS_PER_TASK;
     const float scale = 1.0f / sqrtf((float)hd);
     float *scores = job->ws->scores + (size_t)ith * (size_t)job->ws->n_ctx * HEADS_PER_TASK;
-    const int32_t total = job->n * hp->n_head_kv * per_kv;
+    const int32_t per_row = hp->n_head_kv * per_kv, total = job->n * per_row;
 
     for (int32_t task = ith; task < total; task += nth) {
-        const int32_t i = task / (hp->n_head_kv * per_kv), rest = task % (hp->n_head_kv * per_kv);
+        const int32_t i = task / per_row, rest = task % per_row;
         const int32_t kvh = rest / per_kv, skip = rest % per_kv * HEADS_PER_TASK;
         const int32_t h0 = kvh * group + skip;
         const int32_t nh = group - skip < HEADS_PER_TASK ? group - skip : HEADS_PER_TASK;

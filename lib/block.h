@@ -18,7 +18,7 @@ typedef struct fr_workspace {
     float *proj;    /* [max_rows][n_embd] projection output */
     float *gate;    /* [max_rows][n_ff] */
     float *up;      /* [max_rows][n_ff] */
-    float *scores;  /* [n_threads][3][n_ctx] */
+    float *scores;  /* [n_threads][HEADS_PER_TASK = 3][n_ctx] (block.c) */
     float *rope;    /* [max_rows][rope_dim] cos, sin pairs for the rows' positions */
 } fr_workspace;
 

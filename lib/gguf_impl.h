@@ -56,6 +56,10 @@ static inline bool block_layout(uint32_t type, uint64_t *blck, uint64_t *bytes)
     case GGUF_TENSOR_Q5_0: *blck = 32; *bytes = 22; return true;
     case GGUF_TENSOR_Q5_1: *blck = 32; *bytes = 24; return true;
     case GGUF_TENSOR_Q8_0: *blck = 32; *bytes = 34; return true;
+    case GGUF_TENSOR_Q4_K: *blck = 256; *bytes = 144; return true;
+    case GGUF_TENSOR_Q5_K: *blck = 256; *bytes = 176; return true;
+    case GGUF_TENSOR_Q6_K: *blck = 256; *bytes = 210; return true;
+    case GGUF_TENSOR_BF16: *blck = 1; *bytes = 2; return true;
     default: return false;
     }
 }

@@ -917,7 +917,12 @@ START_TEST(test_row_bytes)
     ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q5_0, 32), 22);
     ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q5_1, 32), 24);
     ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q8_0, 33), 0);
-    ck_assert_uint_eq(gguf_row_bytes(14, 256), 0);
+    ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q4_K, 512), 288);
+    ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q5_K, 256), 176);
+    ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q6_K, 256), 210);
+    ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q6_K, 384), 0);
+    ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_BF16, 3), 6);
+    ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_Q2_K, 256), 0);
     ck_assert_uint_eq(gguf_row_bytes(GGUF_TENSOR_F32, UINT64_MAX), 0);
     ck_assert_str_eq(gguf_tensor_type_name(GGUF_TENSOR_F16), "F16");
     ck_assert_str_eq(gguf_tensor_type_name(5), "unknown");

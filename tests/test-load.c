@@ -714,9 +714,9 @@ START_TEST(bad_tensor_type_field)
     layout L;
     uint8_t *b = valid_copy(&size, &L);
     const int i = tensor_index(&L, "blk.1.ffn_down.weight");
-    put_u32(b + L.type_at[i], 12); /* Q4_K: known to ggml, not to libfree */
+    put_u32(b + L.type_at[i], 10); /* Q2_K: known to ggml, not to libfree */
     expect_fail_bytes(b, size, FREE_ERR_UNSUPPORTED,
-                      NEEDLES("blk.1.ffn_down.weight", "Q4_K"), "type Q4_K");
+                      NEEDLES("blk.1.ffn_down.weight", "Q2_K"), "type Q2_K");
     put_u32(b + L.type_at[i], 1000);
     expect_fail_bytes(b, size, FREE_ERR_FORMAT, NEEDLES("blk.1.ffn_down.weight", "1000"),
                       "type 1000");

@@ -3,7 +3,8 @@
 program is compiled against the installed header with `pkg-config --cflags --libs free`
 (PKG_CONFIG_SYSROOT_DIR pointing into the destdir) and run with LD_LIBRARY_PATH, checking
 that it really loaded the installed library. With $FREE_MODELS_DIR it also decodes a few
-tokens with stories260K.
+tokens with stories260K. Then the Python binding, copied out of the source tree, must find
+the installed library through pkg-config, and LIBFREE_PATH must still win.
 
 usage: check-install.py BUILD_DIR"""
 import glob
@@ -110,6 +111,48 @@ def main():
         if os.environ.get('FREE_MODELS_DIR') and os.path.exists(model):
             args.append(model)
         print(run(args, env=env))
+        return check_python(build, dest, pcs[0], tmp)
+
+
+def check_python(build, dest, pc, tmp):
+    """The Python binding, copied out of the source tree, finds the installed library
+    through pkg-config by itself; LIBFREE_PATH still wins."""
+    source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    python = '/usr/bin/python3'
+    if not os.path.exists(python):
+        print('python binding: SKIP (no /usr/bin/python3)')
+        return 0
+    site = os.path.join(tmp, 'site')
+    shutil.copytree(os.path.join(source, 'bindings', 'python', 'libfree'),
+                    os.path.join(site, 'libfree'))
+    # The destdir stands for the prefix: free.pc as it would read if installed there.
+    pcdir = os.path.join(tmp, 'pc')
+    os.makedirs(pcdir)
+    with open(pc) as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(pcdir, 'free.pc'), 'w') as f:
+        for line in lines:
+            if line.startswith('prefix='):
+                line = 'prefix=' + dest + line[len('prefix='):]
+            f.write(line + '\n')
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('LIBFREE_PATH', 'FREE_BUILD_DIR', 'LD_LIBRARY_PATH')}
+    env['PYTHONPATH'] = site
+    env['PKG_CONFIG_PATH'] = pcdir
+    env.pop('PKG_CONFIG_SYSROOT_DIR', None)
+    probe = 'import libfree; from libfree import _ffi; print(_ffi.lib()._name, libfree.version())'
+    out = run([python, '-c', probe], env=env, cwd=tmp).split()
+    print('python binding via pkg-config:', ' '.join(out))
+    if not out or not out[0].startswith(dest):
+        print('FAIL: the Python binding did not load the installed library')
+        return 1
+    built = os.path.join(build, 'lib', 'libfree.so.0')
+    env['LIBFREE_PATH'] = built
+    out = run([python, '-c', probe], env=env, cwd=tmp).split()
+    print('python binding with LIBFREE_PATH:', ' '.join(out))
+    if not out or out[0] != built:
+        print('FAIL: LIBFREE_PATH did not win over pkg-config')
+        return 1
     return 0
 
 

@@ -2,58 +2,47 @@
 
     import libfree
 
-    with libfree.Model("free-llama-22M.gguf") as model, model.context() as ctx:
-        print(ctx.generate("In the beginning", max_tokens=32, exit_mode="free"))
-        for piece in ctx.stream(" And then", max_tokens=16):
-            print(piece, end="", flush=True)
+    with libfree.Model("free-llama-22M.gguf") as model:
+        print(model.generate("In the beginning", max_tokens=32))        # one shot
+        with model.context(exit_mode="free", threshold=0.5) as ctx:
+            print(ctx.generate("In the beginning", max_tokens=32))      # early exit
+            for piece in ctx.stream("The President shall", max_tokens=16):
+                print(piece, end="", flush=True)
 
-A Model is immutable and may be shared by threads; a Context is one decoding stream, to
-be used from one thread at a time. Every failing call raises FreeError with the status
-and the library's message.
+A Model is immutable and may be shared by threads; a Context holds the settings and the
+cached tokens of one decoding stream, to be used from one thread at a time. Each
+generate() / stream() call stands alone (the same prompt and settings give the same text)
+unless it is asked to continue (reset=False); keywords left out keep the context's
+settings. Library failures raise FreeError subclasses carrying the status (see _errors).
 """
 
 import ctypes
 import dataclasses
+import errno
 import os
 import queue
 import threading
 import weakref
 from ctypes import POINTER, byref, c_char, c_float, c_int32, c_size_t, c_void_p, sizeof
 
-from . import _ffi
+from . import _errors, _ffi
+from ._errors import (Aborted, BufferTooSmall, ContextFull, FormatError, FreeError,
+                      InternalError, InvalidArgument, LibraryIOError, ModelError,
+                      OutOfMemory, StateError, TokenError, UnsupportedError)
 from ._ffi import BmmRule, ExitMode, LibraryNotFound, LogLevel, Status
 
 __version__ = "0.1.0"
 __all__ = ["BmmRule", "Context", "ExitMode", "FreeError", "LibraryNotFound", "LogLevel",
            "Model", "Stats", "Status", "StepInfo", "Piece", "set_log_handler",
-           "version", "version_number", "strerror", "load_library"]
+           "version", "version_number", "strerror", "load_library",
+           "Aborted", "BufferTooSmall", "ContextFull", "FormatError", "InternalError",
+           "InvalidArgument", "LibraryIOError", "ModelError", "OutOfMemory", "StateError",
+           "TokenError", "UnsupportedError"]
 
 _INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 
 
 # -- errors -------------------------------------------------------------------------------
-
-class FreeError(Exception):
-    """A libfree call failed. `status` is a Status (or the raw int for an unknown value),
-    `message` the library's detailed message, `function` the C function that failed."""
-
-    def __init__(self, status, message="", function=None):
-        try:
-            status = Status(status)
-        except ValueError:
-            pass
-        self.status = status
-        self.message = message
-        self.function = function
-        super().__init__(status, message)
-
-    def __str__(self):
-        desc = strerror(self.status) if _ffi._lib is not None else str(self.status)
-        where = f"{self.function}: " if self.function else ""
-        if self.message:
-            return f"{where}{self.message} ({desc})"
-        return f"{where}{desc}"
-
 
 def _decode_c(s):
     return s.decode("utf-8", errors="replace") if s else ""
@@ -68,7 +57,7 @@ def _check(status, function, ctx_handle=None):
         msg = _decode_c(lib.free_ctx_last_error(ctx_handle))
     if not msg:
         msg = _decode_c(lib.free_last_error())
-    raise FreeError(status, msg, function)
+    raise _errors._make_error(status, msg, function)
 
 
 def strerror(status):
@@ -154,7 +143,7 @@ class Piece:
 @dataclasses.dataclass(frozen=True)
 class Stats:
     """Totals since the context was created or its statistics reset (free_stats)."""
-    exit_mode: int
+    exit_mode: ExitMode
     exit_layer: int
     n_layers: int
     n_threads: int
@@ -192,17 +181,27 @@ class Stats:
 
 
 def _token_array(tokens):
-    tokens = [int(t) for t in tokens]
+    if isinstance(tokens, (str, bytes, bytearray)) or not hasattr(tokens, "__iter__"):
+        raise TypeError(f"tokens must be a sequence of ints, not {type(tokens).__name__}")
+    out = []
     for t in tokens:
+        if isinstance(t, bool) or not hasattr(t, "__index__"):
+            raise TypeError(f"token ids must be ints, not {type(t).__name__}")
+        t = t.__index__()
         if not _INT32_MIN <= t <= _INT32_MAX:
-            raise FreeError(Status.ERR_TOKEN, f"token id {t} does not fit in int32")
-    return (c_int32 * max(len(tokens), 1))(*tokens), len(tokens)
+            raise TokenError(Status.ERR_TOKEN, f"token id {t} does not fit in int32")
+        out.append(t)
+    return (c_int32 * max(len(out), 1))(*out), len(out)
 
 
-def _text_bytes(text):
+def _text_bytes(text, what="text"):
+    """UTF-8 bytes of a str, or the bytes of a bytes-like object; TypeError otherwise
+    (bytes(123) would be 123 NUL bytes)."""
     if isinstance(text, str):
         return text.encode("utf-8")
-    return bytes(text)
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"{what} must be str or bytes, not {type(text).__name__}")
 
 
 # -- model --------------------------------------------------------------------------------
@@ -238,6 +237,14 @@ class Model(_Handle):
         self._handle = None
         self._contexts = weakref.WeakSet()
         self.path = os.fspath(path)
+        if isinstance(self.path, bytes):
+            self.path = os.fsdecode(self.path)
+        # The library says ERR_IO for every open failure; Python users expect the
+        # built-in exceptions for the common ones.
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.path)
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
         p = _ffi.free_model_params()
         _check(lib.free_model_params_init(byref(p), sizeof(p)), "free_model_params_init")
         p.vocab_only = 1 if vocab_only else 0
@@ -335,12 +342,33 @@ class Model(_Handle):
         """A new Context on this model (see Context for the parameters)."""
         return Context(self, **params)
 
+    def generate(self, prompt, max_tokens=64, *, on_token=None, **params):
+        """One-shot generation: a context with **params (any Context parameter), the text
+        generated after prompt, and the context closed again."""
+        with Context(self, **params) as ctx:
+            return ctx.generate(prompt, max_tokens, on_token=on_token)
+
+    def stream(self, prompt, max_tokens=64, *, details=False, **params):
+        """One-shot streaming: like generate, yielding the pieces (see Context.stream)."""
+        ctx = Context(self, **params)
+        gen = ctx.stream(prompt, max_tokens, details=details)
+
+        def run():
+            try:
+                yield from gen
+            finally:
+                gen.close()
+                ctx.close()
+        return run()
+
 
 # -- context ------------------------------------------------------------------------------
 
 _PARAM_NAMES = tuple(name for name, _ in _ffi.free_ctx_params._fields_
                      if name not in ("size", "abort_user"))
 _FIXED_AT_CREATION = ("n_ctx", "n_threads", "n_batch")
+# Parameters that mean something only with early exit (exit_mode 'free' or 'verify').
+_EXIT_ONLY = ("threshold", "adaptive")
 
 
 def _enum_value(enum_cls, value, what):
@@ -350,16 +378,41 @@ def _enum_value(enum_cls, value, what):
         except KeyError:
             names = ", ".join(repr(m.name.lower()) for m in enum_cls)
             raise ValueError(f"{what} {value!r} is not one of {names}") from None
-    return int(enum_cls(value))
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be a str or an int, not {type(value).__name__}")
+    try:
+        return int(enum_cls(value))
+    except ValueError:
+        names = ", ".join(repr(m.name.lower()) for m in enum_cls)
+        raise ValueError(f"{what} {value!r} is not one of {names}") from None
+
+
+def _max_tokens(n):
+    if n is None:
+        return -1
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"max_tokens must be an int or None, not {type(n).__name__}")
+    n = n.__index__()
+    if n == -1:
+        return -1
+    if not 0 <= n <= _INT32_MAX:
+        raise ValueError(f"max_tokens {n} is not in [0, {_INT32_MAX}] (None or -1: no limit)")
+    return n
 
 
 class Context(_Handle):
-    """A decoding stream on a Model (free_ctx). Keyword parameters are the fields of
-    free_ctx_params: n_ctx, n_threads, n_batch, temperature, top_k, top_p, seed,
-    exit_mode ('none' | 'free' | 'verify'), exit_layer, threshold, max_queue, adaptive,
-    zeta, threshold_min, threshold_max, bmm_rule ('grid' | 'continuous'),
-    bmm_min_per_class, bmm_max_updates, bmm_refit_every, bmm_capacity, calibration (the
-    text of export_calibration) and abort_fn (a callable returning True to abort)."""
+    """A decoding stream on a Model (free_ctx): its settings and its cached tokens.
+
+    Keyword parameters are the fields of free_ctx_params: n_ctx, n_threads, n_batch,
+    temperature, top_k, top_p, seed, exit_mode ('none' | 'free' | 'verify'), exit_layer,
+    threshold, max_queue, adaptive, zeta, threshold_min, threshold_max, bmm_rule
+    ('grid' | 'continuous'), bmm_min_per_class, bmm_max_updates, bmm_refit_every,
+    bmm_capacity, calibration (the text of export_calibration) and abort_fn (a callable
+    returning True to abort). threshold and adaptive apply only to early exit: giving
+    them while exit_mode is 'none' is a ValueError.
+
+    generate() and stream() take the same keywords for one call; those left out (None)
+    keep the context's settings."""
 
     def __init__(self, model, **params):
         lib = _ffi.lib()
@@ -367,14 +420,15 @@ class Context(_Handle):
         self._stream = None
         self._model = model                   # keeps the model alive while we are
         self._keep = {}                       # objects C points to: calibration, abort_fn
-        self._params = _ffi.free_ctx_params()
-        _check(lib.free_ctx_params_init(byref(self._params), sizeof(self._params)),
-               "free_ctx_params_init")
-        self._update_params(params)
+        base = _ffi.free_ctx_params()
+        _check(lib.free_ctx_params_init(byref(base), sizeof(base)), "free_ctx_params_init")
+        self._params = base
+        self._params, self._keep = self._prepare(params, allow_fixed=True)
         out = c_void_p()
         _check(lib.free_ctx_create(model.handle, byref(self._params), byref(out)),
                "free_ctx_create")
         self._handle = out.value
+        self._forget_calibration()
         model._contexts.add(self)
 
     # lifetime
@@ -387,8 +441,8 @@ class Context(_Handle):
         if not self._handle:
             raise ValueError("the context is closed")
         if self._stream is not None and threading.current_thread() is not self._stream.thread:
-            raise FreeError(Status.ERR_STATE, "a stream() on this context is still running; "
-                            "exhaust or close it first")
+            raise StateError(Status.ERR_STATE, "a stream() on this context is still running; "
+                             "exhaust or close it first")
         return self._handle
 
     def close(self):
@@ -405,11 +459,16 @@ class Context(_Handle):
         return f"<libfree.Context n_past={self.n_past} n_ctx={self.n_ctx}>"
 
     # parameters
-    def _update_params(self, params):
-        p = self._params
+    def _prepare(self, params, allow_fixed=False):
+        """The params struct and kept objects that result from applying params to the
+        current ones, checked (TypeError / ValueError) without calling C."""
+        p = _ffi.free_ctx_params.from_buffer_copy(self._params)
+        keep = dict(self._keep)
         for name, value in params.items():
             if name not in _PARAM_NAMES:
                 raise TypeError(f"unknown context parameter {name!r}")
+            if name in _FIXED_AT_CREATION and not allow_fixed:
+                raise ValueError(f"{name} can only be set when creating the context")
             if value is None and name not in ("calibration", "abort_fn"):
                 continue
             if name == "exit_mode":
@@ -419,12 +478,39 @@ class Context(_Handle):
             elif name == "adaptive":
                 value = 1 if value else 0
             elif name == "calibration":
-                value = None if value is None else _text_bytes(value)
-                self._keep["calibration"] = value
+                value = None if value is None else _text_bytes(value, "calibration")
+                keep["calibration"] = value
             elif name == "abort_fn":
+                if value is not None and not callable(value):
+                    raise TypeError("abort_fn must be callable or None")
                 value = self._wrap_abort(value)
-                self._keep["abort_fn"] = value
-            setattr(p, name, value)
+                keep["abort_fn"] = value
+            try:
+                setattr(p, name, value)
+            except TypeError:
+                ctype = dict(_ffi.free_ctx_params._fields_)[name]
+                raise TypeError(f"{name} must be {'a float' if ctype is c_float else 'an int'}"
+                                f", not {type(value).__name__}") from None
+        if p.exit_mode == ExitMode.NONE:
+            given = [n for n in _EXIT_ONLY if params.get(n) not in (None, False)]
+            if given:
+                raise ValueError(f"{' and '.join(given)} apply only to early exit: give "
+                                 f"exit_mode='free' or 'verify' too")
+        return p, keep
+
+    def _commit(self, p, keep):
+        """Gives p to the library (free_ctx_set_params); on success it becomes the
+        context's parameters."""
+        st = _ffi.lib().free_ctx_set_params(self.handle, byref(p))
+        _check(st, "free_ctx_set_params", self._handle)
+        self._params, self._keep = p, keep
+        self._forget_calibration()
+
+    def _forget_calibration(self):
+        # The library reads a calibration once; giving it again would throw away what
+        # the estimator learned since.
+        self._params.calibration = None
+        self._keep.pop("calibration", None)
 
     @staticmethod
     def _wrap_abort(fn):
@@ -439,24 +525,12 @@ class Context(_Handle):
         return _ffi.free_abort_fn(trampoline)
 
     def set_params(self, **params):
-        """Changes sampling, exit and adaptive settings between generations (n_ctx,
-        n_threads and n_batch are fixed at creation)."""
-        fixed = [k for k in params if k in _FIXED_AT_CREATION]
-        if fixed:
-            raise ValueError(f"{', '.join(fixed)} can only be set when creating the context")
-        saved = _ffi.free_ctx_params.from_buffer_copy(self._params)
-        saved_keep = dict(self._keep)
-        self._update_params(params)
-        try:
-            _check(_ffi.lib().free_ctx_set_params(self.handle, byref(self._params)),
-                   "free_ctx_set_params", self._handle)
-        except BaseException:
-            ctypes.memmove(byref(self._params), byref(saved), sizeof(saved))
-            self._keep = saved_keep
-            raise
+        """Changes the context's sampling, exit and adaptive settings (n_ctx, n_threads
+        and n_batch are fixed at creation). Keywords left out keep their value."""
+        self._commit(*self._prepare(params))
 
     def params(self):
-        """The parameters last given to the library, as a dict."""
+        """The parameters in force, as a dict."""
         out = {name: getattr(self._params, name) for name in _PARAM_NAMES
                if name not in ("abort_fn", "calibration")}
         out["exit_mode"] = ExitMode(out["exit_mode"])
@@ -473,7 +547,9 @@ class Context(_Handle):
         return int(_ffi.lib().free_ctx_n_ctx(self.handle))
 
     def reset(self):
-        """Forgets every token; keeps the learned threshold and the statistics."""
+        """Forgets every token (the library may keep their cache for a prompt that
+        starts the same way); keeps the settings, the learned threshold and the
+        statistics."""
         _check(_ffi.lib().free_ctx_reset(self.handle), "free_ctx_reset", self._handle)
 
     def stats(self):
@@ -481,7 +557,9 @@ class Context(_Handle):
         s.size = sizeof(s)
         _check(_ffi.lib().free_ctx_stats(self.handle, byref(s)), "free_ctx_stats",
                self._handle)
-        return Stats(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Stats)})
+        values = {f.name: getattr(s, f.name) for f in dataclasses.fields(Stats)}
+        values["exit_mode"] = ExitMode(values["exit_mode"])
+        return Stats(**values)
 
     def reset_stats(self):
         _check(_ffi.lib().free_ctx_reset_stats(self.handle), "free_ctx_reset_stats",
@@ -522,15 +600,38 @@ class Context(_Handle):
         return int(token.value), StepInfo._from_c(info)
 
     # generation
-    def _configure(self, temperature, top_k, top_p, seed, exit_mode, threshold, adaptive):
-        self.set_params(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        exit_mode=exit_mode, threshold=threshold, adaptive=adaptive)
+    def _begin(self, params, reset):
+        """Applies one call's keyword overrides (and, when the call stands alone,
+        reseeds the sampler and forgets the tokens: the library keeps their cache for the
+        next prompt to reuse). Returns what _end restores."""
+        saved = (self._params, self._keep)
+        if params:
+            self._commit(*self._prepare(params))
+        elif reset:
+            self._commit(self._params, self._keep)    # same settings: reseeds the RNG
+        if reset:
+            try:
+                self.reset()
+            except BaseException:
+                self._end(saved if params else None)
+                raise
+        return saved if params else None
 
-    def _decode(self, prompt, max_tokens, on_piece):
+    def _end(self, saved):
+        if saved is not None and self._handle:
+            self._commit(*saved)
+
+    @staticmethod
+    def _call_params(params, **named):
+        out = {k: v for k, v in named.items() if v is not None}
+        for k, v in params.items():
+            if v is not None:
+                out[k] = v
+        return out
+
+    def _decode(self, data, max_tokens, on_piece):
         """free_decode with on_piece(token, bytes, free_step_info) -> stop? called for
         each token; exceptions raised in on_piece stop generation and are re-raised."""
-        if not 0 <= max_tokens <= _INT32_MAX:
-            raise ValueError(f"max_tokens {max_tokens} is not in [0, {_INT32_MAX}]")
         errors = []
 
         def trampoline(user, token, piece, length, info):
@@ -542,21 +643,37 @@ class Context(_Handle):
                 return 1
 
         callback = _ffi.free_token_fn(trampoline)   # alive until free_decode returns
-        data = None if prompt is None else _text_bytes(prompt)
         handle = self.handle
         st = _ffi.lib().free_decode(handle, data, -1 if data is None else len(data),
-                                    int(max_tokens), callback, None)
+                                    max_tokens, callback, None)
         if errors:
             raise errors[0]
         return st
 
-    def generate(self, prompt, max_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-                 exit_mode="none", threshold=None, adaptive=None, on_token=None):
-        """Continues the context with prompt (a BOS is added when the context is empty;
-        None or "" continues from the current state) and returns the generated text.
-        threshold / adaptive None keep the context's setting. on_token(Piece) may return
+    @staticmethod
+    def _prompt(prompt):
+        return None if prompt is None else _text_bytes(prompt, "prompt")
+
+    def generate(self, prompt=None, max_tokens=64, *, temperature=None, top_k=None,
+                 top_p=None, seed=None, exit_mode=None, threshold=None, adaptive=None,
+                 on_token=None, reset=True, **params):
+        """The text generated after prompt (str or UTF-8 bytes; a BOS is put first).
+
+        Each call stands alone: it starts from an empty context (reusing the cached
+        prefix its tokens share with the previous call) with the sampler reseeded, so
+        the same prompt and settings give the same text. reset=False continues after
+        what the context holds instead (prompt None or "" adds no text).
+        max_tokens None or -1: until end-of-sequence or a full context.
+
+        The keywords (temperature, top_k, top_p, seed, exit_mode, threshold, adaptive,
+        and any other context parameter but n_ctx, n_threads, n_batch) apply to this call
+        only; left out, they keep the context's settings. on_token(Piece) may return
         True to stop. On failure the FreeError carries the text so far as .text."""
-        self._configure(temperature, top_k, top_p, seed, exit_mode, threshold, adaptive)
+        data = self._prompt(prompt)
+        n = _max_tokens(max_tokens)
+        params = self._call_params(params, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, seed=seed, exit_mode=exit_mode,
+                                   threshold=threshold, adaptive=adaptive)
         pieces = []
 
         def on_piece(token, data, info):
@@ -566,7 +683,11 @@ class Context(_Handle):
                                       StepInfo._from_c(info)))
             return False
 
-        st = self._decode(prompt, max_tokens, on_piece)
+        saved = self._begin(params, reset)
+        try:
+            st = self._decode(data, n, on_piece)
+        finally:
+            self._end(saved)
         text = b"".join(pieces).decode("utf-8", errors="replace")
         if st != Status.OK:
             try:
@@ -576,35 +697,46 @@ class Context(_Handle):
                 raise
         return text
 
-    def stream(self, prompt, max_tokens=64, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-               exit_mode="none", threshold=None, adaptive=None, details=False):
+    def stream(self, prompt=None, max_tokens=64, *, temperature=None, top_k=None,
+               top_p=None, seed=None, exit_mode=None, threshold=None, adaptive=None,
+               details=False, reset=True, **params):
         """Like generate, but yields the text pieces as they are produced (Piece objects
         when details=True). Generation runs in lock-step with the consumer: leaving the
         loop early stops it. The context cannot be used otherwise until the iterator is
-        exhausted or closed."""
-        self._configure(temperature, top_k, top_p, seed, exit_mode, threshold, adaptive)
-        return self._stream_gen(prompt, max_tokens, details)
+        exhausted or closed. Arguments are checked here; the call's settings apply from
+        the first next()."""
+        data = self._prompt(prompt)
+        n = _max_tokens(max_tokens)
+        params = self._call_params(params, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, seed=seed, exit_mode=exit_mode,
+                                   threshold=threshold, adaptive=adaptive)
+        self._prepare(params)                        # TypeError / ValueError now
+        return self._stream_gen(data, n, details, params, reset)
 
-    def _stream_gen(self, prompt, max_tokens, details):
-        run = _StreamRun(self, prompt, max_tokens)
-        self._stream = run
+    def _stream_gen(self, data, max_tokens, details, params, reset):
+        saved = self._begin(params, reset)
         try:
-            while True:
-                kind, value = run.items.get()
-                if kind == "piece":
-                    token, data, info = value
-                    if details:
-                        yield Piece(token, data.decode("utf-8", errors="replace"), info)
-                    elif data:
-                        yield data.decode("utf-8", errors="replace")
-                    run.resume.release()
-                elif kind == "error":
-                    raise value
-                else:
-                    return
+            run = _StreamRun(self, data, max_tokens)
+            self._stream = run
+            try:
+                while True:
+                    kind, value = run.items.get()
+                    if kind == "piece":
+                        token, piece, info = value
+                        if details:
+                            yield Piece(token, piece.decode("utf-8", errors="replace"), info)
+                        elif piece:
+                            yield piece.decode("utf-8", errors="replace")
+                        run.resume.release()
+                    elif kind == "error":
+                        raise value
+                    else:
+                        return
+            finally:
+                run.cancel()
+                self._stream = None
         finally:
-            run.cancel()
-            self._stream = None
+            self._end(saved)
 
 
 class _StreamRun:

@@ -9,6 +9,8 @@ import ctypes.util
 import enum
 import os
 import pathlib
+import shutil
+import subprocess
 import threading
 
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_float,
@@ -227,10 +229,24 @@ class LibraryNotFound(OSError):
     """libfree's shared library could not be found or is not usable."""
 
 
+def _pkg_config_libdir():
+    """libdir of the installed libfree according to pkg-config (`free.pc`), or None."""
+    exe = shutil.which("pkg-config")
+    if not exe:
+        return None
+    try:
+        res = subprocess.run([exe, "--variable=libdir", "free"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    libdir = res.stdout.strip()
+    return libdir if res.returncode == 0 and libdir else None
+
+
 def candidate_paths():
     """Where the library is looked for, in order: (description, path or soname)."""
     package_dir = pathlib.Path(__file__).resolve().parent
-    dist_dir = package_dir.parent                       # bindings/python
+    dist_dir = package_dir.parent                       # bindings/python in a source tree
     out = []
     env = os.environ.get("LIBFREE_PATH")
     if env:
@@ -239,8 +255,13 @@ def candidate_paths():
     build = os.environ.get("FREE_BUILD_DIR")
     if build:
         out.append(("$FREE_BUILD_DIR/lib", str(pathlib.Path(build) / "lib" / SONAME)))
-    out.append(("the source tree's build dir",
-                os.path.normpath(dist_dir / ".." / ".." / "build" / "lib" / SONAME)))
+    # Run from a source tree (not installed): its build directory.
+    if (dist_dir / "pyproject.toml").exists() and (dist_dir / ".." / ".." / "meson.build").exists():
+        out.append(("the source tree's build dir",
+                    os.path.normpath(dist_dir / ".." / ".." / "build" / "lib" / SONAME)))
+    libdir = _pkg_config_libdir()
+    if libdir:
+        out.append(("pkg-config's libdir for free", str(pathlib.Path(libdir) / SONAME)))
     # The same directory can be reached twice (the source tree is the development tree).
     seen = set()
     out = [c for c in out if not (c[1] in seen or seen.add(c[1]))]
@@ -297,8 +318,8 @@ def load(path=None):
         return _declare(cdll, cand)
     raise LibraryNotFound("cannot find libfree's shared library (" + SONAME + "); looked in:\n"
                           + "\n".join(tried)
-                          + "\nBuild it (meson setup build && ninja -C build) or set "
-                            "LIBFREE_PATH to the .so file.")
+                          + "\nBuild and install it (meson setup build && ninja -C build "
+                            "install), or set LIBFREE_PATH to the .so file.")
 
 
 _lib = None

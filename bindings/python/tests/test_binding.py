@@ -204,12 +204,12 @@ def test_library_not_found_lists_where_it_looked(monkeypatch, tmp_path):
 
 def test_missing_file_raises(lib, tmp_path):
     path = tmp_path / "does-not-exist.gguf"
-    with pytest.raises(libfree.FreeError) as e:
+    with pytest.raises(FileNotFoundError) as e:
         libfree.Model(path)
-    assert e.value.status == libfree.Status.ERR_IO
-    assert "does-not-exist.gguf" in e.value.message
-    assert e.value.function == "free_model_load"
+    assert e.value.filename == str(path)
     assert "does-not-exist.gguf" in str(e.value)
+    with pytest.raises(IsADirectoryError):
+        libfree.Model(tmp_path)
 
 
 def test_malformed_file_raises(lib, tmp_path):
@@ -433,15 +433,15 @@ def test_greedy_matches_report_llama22m(llama22, mode, threshold, max_queue):
     n_prompt = len(ref["prompt_ids"])
     want = ref["greedy_deep_ids"][n_prompt:]
     tokens = []
-    with llama22.context(max_queue=max_queue) as ctx:
-        text = ctx.generate(ref["prompt"], max_tokens=len(want), exit_mode=mode,
-                            threshold=threshold, on_token=lambda p: tokens.append(p.token))
+    with llama22.context(max_queue=max_queue, exit_mode=mode, threshold=threshold) as ctx:
+        text = ctx.generate(ref["prompt"], max_tokens=len(want),
+                            on_token=lambda p: tokens.append(p.token))
         stats = ctx.stats()
     assert tokens == want
     assert ref["prompt"] + text == ref["greedy_deep_text"]
     assert stats.tokens == len(want)
     assert stats.prompt_tokens == n_prompt
-    assert stats.exit_mode == libfree.ExitMode[mode.upper()]
+    assert stats.exit_mode is libfree.ExitMode[mode.upper()]
 
 
 def test_free_mode_exits_early(llama22):
@@ -493,7 +493,7 @@ def test_stream_stops_when_left(llama22):
         assert ctx.stats().tokens == 5
         assert ctx.n_past == n_prompt + 5
         # The context is usable again and continues the same text.
-        more = ctx.generate(None, max_tokens=3)
+        more = ctx.generate(None, max_tokens=3, reset=False)
         assert isinstance(more, str)
         assert ctx.stats().tokens == 8
 

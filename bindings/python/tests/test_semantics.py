@@ -1,0 +1,159 @@
+"""What a user of llama-cpp-python expects of generate() / stream(): keywords that keep
+the context's settings, calls that stand alone, a one-shot Model.generate, and Python's
+built-in exceptions for bad arguments (issue 15, items 1-3)."""
+
+import pytest
+
+import libfree
+from libfree import _errors
+
+from test_binding import LLAMA22, STORIES, lib, llama22, stories  # noqa: F401 (fixtures)
+
+
+def test_keywords_keep_the_context_settings(llama22):
+    # The context's early exit stays on when generate() is called without keywords.
+    with llama22.context(exit_mode="free", threshold=0.5) as ctx:
+        ctx.generate("The President shall", max_tokens=32)
+        s = ctx.stats()
+    assert s.exit_mode is libfree.ExitMode.FREE
+    assert s.shallow_exits > 0
+    assert s.threshold == pytest.approx(0.5)
+
+
+def test_call_keywords_apply_to_the_call_only(llama22):
+    with llama22.context() as ctx:
+        ctx.generate("The President shall", max_tokens=8, exit_mode="free", threshold=0.0,
+                     temperature=0.7, seed=3)
+        assert ctx.stats().shallow_exits > 0
+        p = ctx.params()
+        assert p["exit_mode"] is libfree.ExitMode.NONE
+        assert p["temperature"] == 0.0 and p["seed"] == 0
+        assert ctx.stats().exit_mode is libfree.ExitMode.NONE
+
+
+def test_each_call_stands_alone(stories):
+    # A loop of calls on a small context neither chains the texts nor fills the context.
+    with stories.context(n_ctx=48) as ctx:
+        texts = [ctx.generate("Once upon a time", max_tokens=24) for _ in range(6)]
+        assert len(set(texts)) == 1 and texts[0]
+        assert ctx.n_past == len(stories.tokenize("Once upon a time")) + 24
+    # Sampled text: the same seed gives the same text on every call.
+    with stories.context(temperature=0.9, seed=11) as ctx:
+        a = ctx.generate("Once upon a time", max_tokens=24)
+        b = ctx.generate("Once upon a time", max_tokens=24)
+        c = ctx.generate("Once upon a time", max_tokens=24, seed=12)
+        d = list(ctx.stream("Once upon a time", max_tokens=24))
+    assert a == b == "".join(d)
+    assert a != c
+
+
+def test_continuing_is_explicit(stories):
+    with stories.context() as ctx:
+        whole = ctx.generate("Once upon a time", max_tokens=20)
+        first = ctx.generate("Once upon a time", max_tokens=12)
+        rest = ctx.generate(None, max_tokens=8, reset=False)
+        assert first + rest == whole
+        more = "".join(ctx.stream(None, max_tokens=4, reset=False))
+        assert more
+        assert ctx.n_past == len(stories.tokenize("Once upon a time")) + 24
+
+
+def test_model_generate_is_one_shot(stories, llama22):
+    with stories.context() as ctx:
+        want = ctx.generate("Once upon a time", max_tokens=16)
+    assert stories.generate("Once upon a time", max_tokens=16) == want
+    assert "".join(stories.stream("Once upon a time", max_tokens=16)) == want
+    with llama22.context(exit_mode="verify", threshold=0.3) as ctx:
+        want = ctx.generate("In the beginning", max_tokens=16)
+    assert llama22.generate("In the beginning", max_tokens=16, exit_mode="verify",
+                            threshold=0.3) == want
+
+
+def test_bad_argument_types_raise_type_error(stories):
+    with stories.context() as ctx:
+        for bad in (123, 1.5, ["Once"]):
+            with pytest.raises(TypeError, match="prompt must be str or bytes"):
+                ctx.generate(bad, max_tokens=2)
+            with pytest.raises(TypeError):
+                ctx.stream(bad, max_tokens=2)
+        with pytest.raises(TypeError):
+            ctx.eval("Once")
+        with pytest.raises(TypeError):
+            ctx.prefill([1, "2"])
+        with pytest.raises(TypeError):
+            ctx.generate("Once", max_tokens="8")
+        with pytest.raises(TypeError):
+            ctx.generate("Once", temperature="hot")
+        with pytest.raises(TypeError):
+            ctx.generate("Once", no_such_param=1)
+    with pytest.raises(TypeError):
+        stories.tokenize(123)
+    assert stories.generate(b"Once upon a time", max_tokens=4) == \
+        stories.generate("Once upon a time", max_tokens=4)
+
+
+def test_bad_argument_values_raise_value_error(stories):
+    with stories.context() as ctx:
+        with pytest.raises(ValueError):
+            ctx.generate("Once", max_tokens=-5)
+        with pytest.raises(ValueError):
+            ctx.generate("Once", exit_mode="sometimes")
+        # Out-of-range values are the library's verdict: InvalidArgument, a ValueError
+        # carrying the status, and the context is unchanged.
+        with pytest.raises(ValueError) as e:
+            ctx.generate("Once", top_p=2.0)
+        assert isinstance(e.value, libfree.InvalidArgument)
+        assert e.value.status is libfree.Status.ERR_INVALID_ARG
+        assert "top_p" in str(e.value)
+        assert ctx.params()["top_p"] == 1.0
+        with pytest.raises(ValueError):
+            ctx.set_params(n_ctx=8)
+        with pytest.raises(libfree.TokenError) as e:
+            ctx.eval([1, stories.n_vocab])
+        assert isinstance(e.value, ValueError)
+    with pytest.raises(libfree.TokenError):
+        stories.detokenize([1, 2**40])
+
+
+def test_exit_only_keywords_need_an_exit_mode(stories):
+    with pytest.raises(ValueError, match="early exit"):
+        stories.context(threshold=0.5)
+    with pytest.raises(ValueError, match="early exit"):
+        stories.generate("Once", max_tokens=2, adaptive=True)
+    with stories.context() as ctx:
+        with pytest.raises(ValueError, match="early exit"):
+            ctx.generate("Once", max_tokens=2, threshold=0.5)
+        ctx.generate("Once", max_tokens=2, exit_mode="free", threshold=0.5)
+
+
+def test_error_classes_carry_the_status(lib):
+    for status in libfree.Status:
+        if status is libfree.Status.OK:
+            continue
+        cls = _errors.error_class(status)
+        assert issubclass(cls, libfree.FreeError) and cls is not libfree.FreeError
+        e = _errors._make_error(status, "x", "free_something")
+        assert e.status is status
+    assert issubclass(libfree.LibraryIOError, OSError)
+    assert issubclass(libfree.OutOfMemory, MemoryError)
+    assert issubclass(libfree.FormatError, ValueError)
+    assert _errors.error_class(-99) is libfree.FreeError
+
+
+def test_messages_do_not_repeat_the_function(stories):
+    with stories.context() as ctx:
+        with pytest.raises(libfree.StateError) as e:
+            ctx.step()
+        text = str(e.value)
+        assert text.count("free_step") <= 1
+        with pytest.raises(libfree.FreeError) as e:
+            ctx.set_params(top_k=-1)
+        assert str(e.value).count("free_ctx_set_params") <= 1
+    e = _errors._make_error(-1, "free_step: NULL argument", "free_step")
+    assert str(e).count("free_step") == 1
+
+
+def test_stats_exit_mode_is_an_enum(stories):
+    with stories.context(exit_mode="verify") as ctx:
+        ctx.generate("Once", max_tokens=4)
+        assert ctx.stats().exit_mode is libfree.ExitMode.VERIFY

@@ -30,6 +30,7 @@ struct fr_gguf_writer {
     size_t n_kv, cap_kv;
     wtensor *tensors;
     size_t n_tensors, cap_tensors;
+    bool pad_end; /* zeros after the last tensor up to the alignment */
 };
 
 free_status fr_gguf_writer_create(fr_gguf_writer **out, fr_error *err)
@@ -354,7 +355,8 @@ static uint64_t next_offset(const fr_gguf_writer *w, size_t i, uint64_t prev, ui
     return i == 0 ? 0 : align_up(prev + w->tensors[i - 1].nbytes, a);
 }
 
-/* The file size. No padding follows the last tensor (nor the header without tensors). */
+/* The file size. No padding follows the last tensor unless pad_end (nor ever the header
+ * without tensors). */
 static uint64_t layout(const fr_gguf_writer *w)
 {
     uint32_t a = alignment_of(w);
@@ -364,7 +366,14 @@ static uint64_t layout(const fr_gguf_writer *w)
     uint64_t hdr = header_bytes(w);
     if (w->n_tensors == 0)
         return hdr;
-    return align_up(hdr, a) + off + w->tensors[w->n_tensors - 1].nbytes;
+    uint64_t end = align_up(hdr, a) + off + w->tensors[w->n_tensors - 1].nbytes;
+    return w->pad_end ? align_up(end, a) : end;
+}
+
+void fr_gguf_writer_pad_end(fr_gguf_writer *w, bool on)
+{
+    if (w)
+        w->pad_end = on;
 }
 
 free_status fr_gguf_writer_size(const fr_gguf_writer *w, uint64_t *size, fr_error *err)
@@ -455,6 +464,8 @@ static void serialize(const fr_gguf_writer *w, sink *s)
         put_zeros(s, data_start + off - s->pos);
         put(s, t->data, t->nbytes);
     }
+    if (w->pad_end)
+        put_zeros(s, align_up(s->pos, a) - s->pos);
 }
 
 free_status fr_gguf_writer_write_file(const fr_gguf_writer *w, FILE *fp, fr_error *err)

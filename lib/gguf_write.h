@@ -54,6 +54,10 @@ free_status fr_gguf_add_tensor(fr_gguf_writer *w, const char *name, uint32_t n_d
                                const uint64_t *ne, uint32_t type, const void *data,
                                uint64_t nbytes, fr_error *err);
 
+/* on: zeros follow the last tensor up to the alignment, as ggml's writer (and so
+ * llama-quantize) lays files out; off (the default): the file ends with the last tensor. */
+void fr_gguf_writer_pad_end(fr_gguf_writer *w, bool on);
+
 /* Total bytes the file will have. */
 free_status fr_gguf_writer_size(const fr_gguf_writer *w, uint64_t *size, fr_error *err);
 

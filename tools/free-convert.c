@@ -1,101 +1,45 @@
-/* free-convert: rewrites a GGUF model with its weight matrices in F32 or F16.
+/* free-convert: rewrites a GGUF model with its weight matrices in another type.
  *
- *     free-convert IN.gguf OUT.gguf --type f32|f16
+ *     free-convert IN.gguf OUT.gguf --type TYPE [--exit-layer N]
  *
- * Every tensor with two or more dimensions (the embedding, the output head and every
- * weight matrix) becomes the requested type; one-dimensional tensors (norms) become F32.
- * Sources may be F32, F16 or the legacy quantized types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0),
- * which are dequantized. Every key-value is copied unchanged except general.file_type
- * (0 = all F32, 1 = mostly F16). F16 -> F32 is exact and F32 -> F16 rounds to nearest even,
- * so converting an F16 file to F32 and back reproduces its bytes. */
+ * TYPE f32 or f16: every tensor with two or more dimensions becomes that type, 1-D tensors
+ * (norms) F32, every key is copied in place except general.file_type. F16 -> F32 is exact
+ * and F32 -> F16 rounds to nearest even, so F16 -> F32 -> F16 reproduces a file's bytes.
+ *
+ * Any other TYPE (bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m, q5_k_m)
+ * quantizes the way llama.cpp's llama-quantize does without an importance matrix: its
+ * per-tensor mix rules and fallbacks (lib/quantize_mix.h), its quantizers (lib/quantize.h,
+ * the same bytes), its order of tensors (by block) and of keys (general.quantization_version
+ * and general.file_type last); every other key is copied, free.* included. Norms stay F32.
+ *
+ * Sources may be F32, F16, BF16 or the legacy quantized types (dequantized first; a tensor
+ * already of its target type is copied). Progress goes to stderr, one line per tensor. */
 #include "gguf.h"
 #include "gguf_write.h"
+#include "kernels.h"
+#include "quantize.h"
+#include "quantize_mix.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#define FILE_TYPE_ALL_F32 0u
-#define FILE_TYPE_MOSTLY_F16 1u
+#define QUANTIZATION_VERSION 2u /* ggml's GGML_QNT_VERSION */
 
 /* ---------------------------------------------------------------------------------- */
-/* IEEE 754 binary16 <-> binary32                                                     */
-
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f;
-    uint32_t man = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13); /* inf, or NaN with its payload */
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {
-        /* Subnormal: shift the leading one up into the implicit bit position. */
-        uint32_t e = 113;
-        while (!(man & 0x400)) {
-            man <<= 1;
-            e--;
-        }
-        bits = sign | (e << 23) | ((man & 0x3ff) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-/* Round to nearest, ties to even; overflow becomes inf; NaN stays NaN (payload kept). */
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t exp = (x >> 23) & 0xff;
-    uint32_t man = x & 0x7fffff;
-    if (exp == 0xff) {
-        if (man == 0)
-            return sign | 0x7c00;
-        uint16_t payload = (uint16_t)(man >> 13);
-        return sign | 0x7c00 | (payload ? payload : 0x200);
-    }
-    int32_t e = (int32_t)exp - 127 + 15;
-    if (e >= 31)
-        return sign | 0x7c00;
-    if (e > 0) {
-        uint32_t h = ((uint32_t)e << 10) | (man >> 13);
-        uint32_t rest = man & 0x1fff;
-        if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
-            h++; /* a carry into the exponent is correct, up to inf */
-        return sign | (uint16_t)h;
-    }
-    /* Subnormal half (or zero): value = m * 2^-24 with m = full mantissa >> shift. */
-    uint32_t shift = (uint32_t)(14 - e);
-    if (shift > 24)
-        return sign;
-    uint32_t full = man | 0x800000;
-    uint32_t m = full >> shift;
-    uint32_t rest = full & ((1u << shift) - 1);
-    uint32_t half = 1u << (shift - 1);
-    if (rest > half || (rest == half && (m & 1)))
-        m++;
-    return sign | (uint16_t)m;
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Dequantization of the legacy ggml block formats (32 weights per block)             */
+/* Sources as F32                                                                     */
 
 static uint16_t le16(const uint8_t *p)
 {
     return (uint16_t)(p[0] | p[1] << 8);
 }
 
+/* One 32-element block of a legacy type into y. */
 static void dequant_block(uint32_t type, const uint8_t *b, float *y)
 {
-    float d = f16_to_f32(le16(b));
+    float d = fr_f16_to_f32(le16(b));
     switch (type) {
     case GGUF_TENSOR_Q8_0:
         for (int j = 0; j < 32; j++)
@@ -108,7 +52,7 @@ static void dequant_block(uint32_t type, const uint8_t *b, float *y)
         }
         break;
     case GGUF_TENSOR_Q4_1: {
-        float m = f16_to_f32(le16(b + 2));
+        float m = fr_f16_to_f32(le16(b + 2));
         for (int j = 0; j < 16; j++) {
             y[j] = (float)(b[4 + j] & 0x0f) * d + m;
             y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
@@ -118,7 +62,7 @@ static void dequant_block(uint32_t type, const uint8_t *b, float *y)
     case GGUF_TENSOR_Q5_0:
     case GGUF_TENSOR_Q5_1: {
         bool q51 = type == GGUF_TENSOR_Q5_1;
-        float m = q51 ? f16_to_f32(le16(b + 2)) : 0.0f;
+        float m = q51 ? fr_f16_to_f32(le16(b + 2)) : 0.0f;
         const uint8_t *qhp = b + (q51 ? 4 : 2), *qs = qhp + 4;
         uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 | (uint32_t)qhp[2] << 16 |
                       (uint32_t)qhp[3] << 24;
@@ -136,6 +80,18 @@ static void dequant_block(uint32_t type, const uint8_t *b, float *y)
     }
 }
 
+static bool readable(uint32_t type)
+{
+    switch (type) {
+    case GGUF_TENSOR_F32: case GGUF_TENSOR_F16: case GGUF_TENSOR_BF16:
+    case GGUF_TENSOR_Q8_0: case GGUF_TENSOR_Q4_0: case GGUF_TENSOR_Q4_1:
+    case GGUF_TENSOR_Q5_0: case GGUF_TENSOR_Q5_1:
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Fills out[0..n) with the tensor's values as F32. */
 static void to_f32(const gguf_tensor *t, float *out, uint64_t n)
 {
@@ -144,7 +100,12 @@ static void to_f32(const gguf_tensor *t, float *out, uint64_t n)
         memcpy(out, src, (size_t)n * 4);
     } else if (t->type == GGUF_TENSOR_F16) {
         for (uint64_t i = 0; i < n; i++)
-            out[i] = f16_to_f32(le16(src + 2 * i));
+            out[i] = fr_f16_to_f32(le16(src + 2 * i));
+    } else if (t->type == GGUF_TENSOR_BF16) {
+        for (uint64_t i = 0; i < n; i++) {
+            uint32_t bits = (uint32_t)le16(src + 2 * i) << 16;
+            memcpy(&out[i], &bits, 4);
+        }
     } else {
         uint64_t block_bytes = gguf_row_bytes(t->type, 32);
         for (uint64_t i = 0; i < n / 32; i++)
@@ -156,96 +117,168 @@ static void to_f32(const gguf_tensor *t, float *out, uint64_t n)
 /* The conversion                                                                     */
 
 typedef struct convert_stats {
-    uint64_t converted, kept, bytes_out;
+    uint64_t converted, kept, bytes_out, fallbacks;
 } convert_stats;
 
-/* Returns a malloc'd buffer with t in type dst (or NULL with a message on failure). */
-static void *convert_tensor(const gguf_tensor *t, uint32_t dst, uint64_t *nbytes,
-                            fr_error *err)
+typedef struct job {
+    const gguf_file *in;
+    const fr_quant_mix *mix; /* NULL: keep every tensor's type */
+    uint32_t exit_layer;     /* a free.exit_layer value to write, or 0 to copy the file's */
+    bool quiet;
+} job;
+
+/* A malloc'd copy of t's data in type dst (or NULL with a message). */
+static void *convert_tensor(const gguf_tensor *t, const char *name, uint32_t dst,
+                            uint64_t *nbytes, fr_error *err)
 {
-    uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; /* checked by the reader */
+    const uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; /* checked by the reader */
+    const uint64_t cols = t->ne[0];
     float *f = malloc(n ? (size_t)n * sizeof *f : 1);
-    if (!f) {
-        fr_fail(err, FREE_ERR_NOMEM, "out of memory converting tensor %.*s", (int)t->name.len,
-                t->name.ptr);
+    uint64_t out_bytes = gguf_row_bytes(dst, cols) * (n / cols);
+    uint8_t *out = malloc(out_bytes ? (size_t)out_bytes : 1);
+    if (!f || !out) {
+        free(f);
+        free(out);
+        fr_fail(err, FREE_ERR_NOMEM, "out of memory converting tensor %s", name);
         return NULL;
     }
     to_f32(t, f, n);
-    *nbytes = n * 4;
-    if (dst == GGUF_TENSOR_F32)
-        return f;
-    uint16_t *h = malloc(n ? (size_t)n * sizeof *h : 1);
-    if (!h) {
-        free(f);
-        fr_fail(err, FREE_ERR_NOMEM, "out of memory converting tensor %.*s", (int)t->name.len,
-                t->name.ptr);
+    if (dst != GGUF_TENSOR_F32 && dst != GGUF_TENSOR_F16)
+        for (uint64_t i = 0; i < n; i++)
+            if (!isfinite(f[i])) {
+                fr_fail(err, FREE_ERR_FORMAT, "tensor %s: element %llu is %g; only finite "
+                        "values can be quantized", name, (unsigned long long)i, (double)f[i]);
+                free(f);
+                free(out);
+                return NULL;
+            }
+    uint64_t done = 0;
+    for (uint64_t r = 0; r < n / cols; r++)
+        done += fr_quantize_row(dst, f + r * cols, out + done, (int64_t)cols);
+    free(f);
+    if (done != out_bytes) {
+        free(out);
+        fr_fail(err, FREE_ERR_INTERNAL, "tensor %s: %llu bytes written, %llu expected", name,
+                (unsigned long long)done, (unsigned long long)out_bytes);
         return NULL;
     }
-    for (uint64_t i = 0; i < n; i++)
-        h[i] = f32_to_f16(f[i]);
-    free(f);
-    *nbytes = n * 2;
-    return h;
+    *nbytes = out_bytes;
+    return out;
 }
 
-static bool convertible(uint32_t type)
+static char *name_of(const gguf_tensor *t)
 {
-    return gguf_row_bytes(type, 32) != 0;
+    char *s = malloc((size_t)t->name.len + 1);
+    if (s) {
+        memcpy(s, t->name.ptr, (size_t)t->name.len);
+        s[t->name.len] = '\0';
+    }
+    return s;
 }
 
-/* dst: the matrix type to write, or UINT32_MAX to keep every tensor as it is.
- * exit_layer: a free.exit_layer value to write, or 0 to copy the file's. */
-static free_status convert(const gguf_file *in, uint32_t dst, uint32_t exit_layer,
-                           const char *out_path, convert_stats *stats, fr_error *err)
+typedef struct entry {
+    const gguf_tensor *t;
+    char *name;
+} entry;
+
+static int cmp_entry(const void *a, const void *b)
 {
-    fr_gguf_writer *w = NULL;
-    uint64_t nt = gguf_n_tensors(in);
-    void **owned = calloc(nt ? (size_t)nt : 1, sizeof *owned);
-    if (!owned)
-        return fr_fail(err, FREE_ERR_NOMEM, "out of memory");
-    free_status st = fr_gguf_writer_create(&w, err);
-    const bool keep = dst == UINT32_MAX;
-    uint32_t file_type = dst == GGUF_TENSOR_F16 ? FILE_TYPE_MOSTLY_F16 : FILE_TYPE_ALL_F32;
-    bool have_file_type = keep, have_exit = exit_layer == 0;
-    /* Keys keep their order; general.file_type and free.exit_layer get new values in
-     * place. */
-    for (uint64_t i = 0; i < gguf_n_kv(in) && st == FREE_OK; i++) {
+    return fr_quant_tensor_order(((const entry *)a)->name, ((const entry *)b)->name);
+}
+
+/* Copies the key-values: free.exit_layer replaced when asked; for f32/f16 the file type in
+ * place; for the quantized mixes general.quantization_version and general.file_type last,
+ * as llama-quantize writes them. */
+static free_status write_keys(const job *jb, fr_gguf_writer *w, fr_error *err)
+{
+    const gguf_file *in = jb->in;
+    const bool quant = jb->mix && jb->mix->rule != FR_MIX_FLOAT;
+    bool have_file_type = !jb->mix, have_exit = jb->exit_layer == 0;
+    for (uint64_t i = 0; i < gguf_n_kv(in); i++) {
         const gguf_kv *kv = gguf_kv_at(in, i);
-        if (!keep && gguf_str_eq(kv->key, "general.file_type")) {
-            have_file_type = true;
-            st = fr_gguf_add_u32(w, "general.file_type", file_type, err);
-        } else if (exit_layer && gguf_str_eq(kv->key, "free.exit_layer")) {
+        if (jb->mix && gguf_str_eq(kv->key, "general.file_type")) {
+            if (!quant) {
+                have_file_type = true;
+                FR_TRY(fr_gguf_add_u32(w, "general.file_type", jb->mix->file_type, err));
+            }
+        } else if (quant && gguf_str_eq(kv->key, "general.quantization_version")) {
+            /* written below */
+        } else if (jb->exit_layer && gguf_str_eq(kv->key, "free.exit_layer")) {
             have_exit = true;
-            st = fr_gguf_add_u32(w, "free.exit_layer", exit_layer, err);
+            FR_TRY(fr_gguf_add_u32(w, "free.exit_layer", jb->exit_layer, err));
         } else {
-            st = fr_gguf_add_kv_copy(w, kv, err);
+            FR_TRY(fr_gguf_add_kv_copy(w, kv, err));
         }
     }
-    if (st == FREE_OK && !have_file_type)
-        st = fr_gguf_add_u32(w, "general.file_type", file_type, err);
-    if (st == FREE_OK && !have_exit)
-        st = fr_gguf_add_u32(w, "free.exit_layer", exit_layer, err);
+    if (!have_exit)
+        FR_TRY(fr_gguf_add_u32(w, "free.exit_layer", jb->exit_layer, err));
+    if (quant)
+        FR_TRY(fr_gguf_add_u32(w, "general.quantization_version", QUANTIZATION_VERSION, err));
+    if (!have_file_type)
+        FR_TRY(fr_gguf_add_u32(w, "general.file_type", jb->mix->file_type, err));
+    return FREE_OK;
+}
+
+/* The type tensor e gets. */
+static uint32_t target_type(const job *jb, const fr_quant_plan *plan, const entry *e,
+                            bool *fallback)
+{
+    *fallback = false;
+    if (!jb->mix)
+        return e->t->type;
+    if (e->t->n_dims < 2)
+        return GGUF_TENSOR_F32;
+    if (jb->mix->rule == FR_MIX_FLOAT)
+        return jb->mix->base;
+    return fr_quant_plan_type(plan, e->t, e->name, fallback);
+}
+
+static free_status convert(const job *jb, const char *out_path, convert_stats *stats,
+                           fr_error *err)
+{
+    const gguf_file *in = jb->in;
+    const uint64_t nt = gguf_n_tensors(in);
+    const bool quant = jb->mix && jb->mix->rule != FR_MIX_FLOAT;
+    fr_gguf_writer *w = NULL;
+    void **owned = calloc(nt ? (size_t)nt : 1, sizeof *owned);
+    entry *order = calloc(nt ? (size_t)nt : 1, sizeof *order);
+    if (!owned || !order) {
+        free(owned);
+        free(order);
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory");
+    }
+    free_status st = FREE_OK;
     for (uint64_t i = 0; i < nt && st == FREE_OK; i++) {
-        const gguf_tensor *t = gguf_tensor_at(in, i);
-        char name[256];
-        if (t->name.len >= sizeof name) {
-            st = fr_fail(err, FREE_ERR_UNSUPPORTED, "tensor name of %llu bytes is too long",
-                         (unsigned long long)t->name.len);
-            break;
-        }
-        memcpy(name, t->name.ptr, (size_t)t->name.len);
-        name[t->name.len] = '\0';
-        if (!keep && !convertible(t->type)) {
-            st = fr_fail(err, FREE_ERR_UNSUPPORTED, "tensor %s has type %s, which cannot be "
-                         "converted", name, gguf_tensor_type_name(t->type));
-            break;
-        }
-        uint32_t want = keep ? t->type : t->n_dims >= 2 ? dst : GGUF_TENSOR_F32;
+        order[i].t = gguf_tensor_at(in, i);
+        if (!(order[i].name = name_of(order[i].t)))
+            st = fr_fail(err, FREE_ERR_NOMEM, "out of memory");
+    }
+    if (st == FREE_OK && quant)
+        qsort(order, (size_t)nt, sizeof *order, cmp_entry);
+    fr_quant_plan plan;
+    if (jb->mix)
+        fr_quant_plan_init(&plan, jb->mix, in);
+    if (st == FREE_OK)
+        st = fr_gguf_writer_create(&w, err);
+    if (st == FREE_OK && quant)
+        fr_gguf_writer_pad_end(w, true); /* the layout of llama-quantize's files */
+    if (st == FREE_OK)
+        st = write_keys(jb, w, err);
+    for (uint64_t i = 0; i < nt && st == FREE_OK; i++) {
+        const entry *e = &order[i];
+        const gguf_tensor *t = e->t;
+        bool fallback;
+        const uint32_t want = target_type(jb, &plan, e, &fallback);
         const void *data = t->data;
         uint64_t nbytes = t->nbytes;
         if (t->type != want) {
-            data = owned[i] = convert_tensor(t, want, &nbytes, err);
-            if (!data) {
+            if (!readable(t->type)) {
+                st = fr_fail(err, FREE_ERR_UNSUPPORTED, "tensor %s has type %s, which "
+                             "free-convert cannot read (it reads F32, F16, BF16, Q8_0, Q4_0, "
+                             "Q4_1, Q5_0 and Q5_1)", e->name, gguf_tensor_type_name(t->type));
+                break;
+            }
+            if (!(data = owned[i] = convert_tensor(t, e->name, want, &nbytes, err))) {
                 st = err->status;
                 break;
             }
@@ -253,27 +286,40 @@ static free_status convert(const gguf_file *in, uint32_t dst, uint32_t exit_laye
         } else {
             stats->kept++;
         }
-        st = fr_gguf_add_tensor(w, name, t->n_dims, t->ne, want, data, nbytes, err);
+        stats->fallbacks += fallback;
+        if (!jb->quiet)
+            fprintf(stderr, "[%4llu/%4llu] %-32s %-6s -> %-6s%s\n", (unsigned long long)i + 1,
+                    (unsigned long long)nt, e->name, gguf_tensor_type_name(t->type),
+                    gguf_tensor_type_name(want),
+                    fallback ? " (fallback: row length does not fit the mix's type)" : "");
+        st = fr_gguf_add_tensor(w, e->name, t->n_dims, t->ne, want, data, nbytes, err);
     }
     if (st == FREE_OK)
         st = fr_gguf_writer_size(w, &stats->bytes_out, err);
     if (st == FREE_OK)
         st = fr_gguf_writer_write_path(w, out_path, err);
     fr_gguf_writer_destroy(w);
-    for (uint64_t i = 0; i < nt; i++)
+    for (uint64_t i = 0; i < nt; i++) {
         free(owned[i]);
+        free(order[i].name);
+    }
     free(owned);
+    free(order);
     return st;
 }
 
 static void usage(FILE *fp)
 {
-    fprintf(fp, "usage: free-convert IN.gguf OUT.gguf [--type f32|f16] [--exit-layer N]\n"
-                "  --type: writes every weight matrix (2-D or more) as F32 or F16 and every\n"
-                "  1-D tensor as F32; sources may be F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.\n"
-                "  Without --type every tensor is copied unchanged.\n"
-                "  --exit-layer N: writes free.exit_layer = N (the early-exit layer libfree\n"
-                "  uses by default; 1 <= N < the model's block count).\n");
+    fprintf(fp,
+            "usage: free-convert IN.gguf OUT.gguf [--type TYPE] [--exit-layer N] [--quiet]\n"
+            "  --type f32|f16: every weight matrix (2-D or more) in that type, 1-D tensors F32.\n"
+            "  --type bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m: quantizes\n"
+            "  as llama.cpp's llama-quantize does (same mix rules, fallbacks and bytes; q4_k\n"
+            "  and q5_k are pure: every matrix that type, like llama-quantize --pure).\n"
+            "  Sources may be F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1. Without --type\n"
+            "  every tensor is copied unchanged. Progress on stderr (--quiet: none).\n"
+            "  --exit-layer N: writes free.exit_layer = N (the early-exit layer libfree\n"
+            "  uses by default; 1 <= N < the model's block count).\n");
 }
 
 static bool same_file(const char *a, const char *b)
@@ -288,6 +334,7 @@ int main(int argc, char **argv)
     const char *paths[2] = {NULL, NULL}, *type = NULL;
     long exit_layer = 0;
     int n_paths = 0;
+    bool quiet = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
@@ -296,6 +343,8 @@ int main(int argc, char **argv)
             type = argv[++i];
         } else if (strncmp(argv[i], "--type=", 7) == 0) {
             type = argv[i] + 7;
+        } else if (strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "-q") == 0) {
+            quiet = true;
         } else if (strcmp(argv[i], "--exit-layer") == 0 && i + 1 < argc) {
             char *end;
             exit_layer = strtol(argv[++i], &end, 10);
@@ -319,15 +368,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    uint32_t dst = UINT32_MAX;
-    if (!type) {
-        /* keep every tensor's type */
-    } else if (strcmp(type, "f32") == 0 || strcmp(type, "F32") == 0) {
-        dst = GGUF_TENSOR_F32;
-    } else if (strcmp(type, "f16") == 0 || strcmp(type, "F16") == 0) {
-        dst = GGUF_TENSOR_F16;
-    } else {
-        fprintf(stderr, "free-convert: --type must be f32 or f16, not %s\n", type);
+    const fr_quant_mix *mix = NULL;
+    if (type && !(mix = fr_quant_mix_find(type))) {
+        fprintf(stderr, "free-convert: --type must be one of %s, not %s\n",
+                fr_quant_mix_names(), type);
         return 2;
     }
     /* Writing over the input would truncate the file while it is mapped. */
@@ -342,7 +386,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "free-convert: error: %s\n", err.msg);
         return 1;
     }
-    convert_stats stats = {0, 0, 0};
+    convert_stats stats = {0, 0, 0, 0};
     free_status st = FREE_OK;
     uint32_t n_layer = 0;
     bool found = false;
@@ -352,8 +396,9 @@ int main(int argc, char **argv)
             st = fr_fail(&err, FREE_ERR_INVALID_ARG, "--exit-layer %ld must be below the "
                          "model's %u blocks", exit_layer, n_layer);
     }
+    job jb = {in, mix, (uint32_t)exit_layer, quiet};
     if (st == FREE_OK)
-        st = convert(in, dst, (uint32_t)exit_layer, paths[1], &stats, &err);
+        st = convert(&jb, paths[1], &stats, &err);
     size_t in_size = gguf_file_size(in);
     uint64_t n_tensors = gguf_n_tensors(in);
     gguf_close(in);
@@ -362,9 +407,10 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("free-convert: %s (%zu bytes) -> %s (%llu bytes, %s): %llu tensors, %llu "
-           "converted, %llu unchanged\n",
+           "converted, %llu unchanged, %llu fallbacks\n",
            paths[0], in_size, paths[1], (unsigned long long)stats.bytes_out,
-           dst == GGUF_TENSOR_F16 ? "F16 matrices" : "all F32", (unsigned long long)n_tensors,
-           (unsigned long long)stats.converted, (unsigned long long)stats.kept);
+           mix ? mix->name : "types kept", (unsigned long long)n_tensors,
+           (unsigned long long)stats.converted, (unsigned long long)stats.kept,
+           (unsigned long long)stats.fallbacks);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* The transformer block: RMSNorm, attention with RoPE and GQA over the KV cache, SwiGLU
- * feed-forward, residual connections. Named after the LLaMA paper's symbols. */
+ * feed-forward, residual connections. Named after the LLaMA paper's symbols. The
+ * architectures' variations (model_arch.c): biases, NEOX RoPE, fused QKV and gate/up. */
 #include "block.h"
 
 #include "attention.h"
@@ -28,9 +29,11 @@ free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t 
         ws->up = malloc(rows * ff * sizeof(float));
         ws->scores = malloc((size_t)n_threads * (size_t)n_ctx * HEADS_PER_TASK * sizeof(float));
         ws->rope = malloc(rows * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
+        if (hp->fused_rows > 0)
+            ws->fused = malloc(rows * (size_t)hp->fused_rows * sizeof(float));
     }
     if (!ws || !ws->xn || !ws->q || !ws->attn || !ws->proj || !ws->gate || !ws->up ||
-        !ws->scores || !ws->rope) {
+        !ws->scores || !ws->rope || (hp->fused_rows > 0 && !ws->fused)) {
         fr_workspace_destroy(ws);
         return fr_fail(err, FREE_ERR_NOMEM, "out of memory for a %d-row workspace", max_rows);
     }
@@ -53,6 +56,7 @@ void fr_workspace_destroy(fr_workspace *ws)
     free(ws->up);
     free(ws->scores);
     free(ws->rope);
+    free(ws->fused);
     free(ws);
 }
 
@@ -99,6 +103,91 @@ static void attention_task(void *arg, int ith, int nth)
     }
 }
 
+/* y[i][0..w) += b[0..w) for n rows of stride floats; nothing when b is NULL. */
+static void add_bias(float *y, int32_t n, size_t stride, const float *b, size_t w)
+{
+    if (!b)
+        return;
+    for (int32_t i = 0; i < n; i++)
+        for (size_t j = 0; j < w; j++)
+            y[(size_t)i * stride + j] += b[j];
+}
+
+/* Rotates row i of src (stride floats) into dst (contiguous rows): in place when they are
+ * the same memory, else copied first for the normal style; NEOX always out of place. */
+static void rope_rows(const fr_hparams *hp, int32_t n, int n_heads, const float *src,
+                      size_t stride, float *dst, const float *rope)
+{
+    const size_t w = (size_t)n_heads * (size_t)hp->head_dim;
+    for (int32_t i = 0; i < n; i++) {
+        const float *cs = rope + (size_t)i * (size_t)hp->rope_dim;
+        const float *s = src + (size_t)i * stride;
+        float *o = dst + (size_t)i * w;
+        if (hp->rope_neox) {
+            fr_rope_apply_neox(o, s, n_heads, hp->head_dim, hp->rope_dim, cs);
+        } else {
+            if (o != s)
+                memcpy(o, s, w * sizeof *o);
+            fr_rope_apply(o, n_heads, hp->head_dim, hp->rope_dim, cs);
+        }
+    }
+}
+
+/* Q (rotated) into ws->q; K (rotated) and V into the cache at row base. */
+static void qkv_forward(const struct free_model *m, const fr_layer *L, float *k, float *v,
+                        int32_t n, fr_workspace *ws, fr_pool *pool)
+{
+    const fr_hparams *hp = &m->hp;
+    const size_t d = (size_t)hp->n_embd, kvd = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    const float *qs, *ks;
+    size_t qstride, kstride;
+    if (L->wqkv.data) {
+        const size_t w = d + 2 * kvd;
+        fr_matmul(&L->wqkv, n, ws->xn, ws->fused, pool);
+        for (int32_t i = 0; i < n; i++)
+            memcpy(v + (size_t)i * kvd, ws->fused + (size_t)i * w + d + kvd, kvd * sizeof *v);
+        qs = ws->fused;
+        ks = ws->fused + d;
+        qstride = kstride = w;
+    } else {
+        /* NEOX rotates out of place (ws->attn and ws->proj are free until attention); the
+         * normal style rotates where the products land. */
+        float *qd = hp->rope_neox ? ws->attn : ws->q, *kd = hp->rope_neox ? ws->proj : k;
+        fr_matmul(&L->wq, n, ws->xn, qd, pool);
+        fr_matmul(&L->wk, n, ws->xn, kd, pool);
+        fr_matmul(&L->wv, n, ws->xn, v, pool);
+        add_bias(qd, n, d, L->bq, d);
+        add_bias(kd, n, kvd, L->bk, kvd);
+        add_bias(v, n, kvd, L->bv, kvd);
+        qs = qd;
+        ks = kd;
+        qstride = d;
+        kstride = kvd;
+    }
+    rope_rows(hp, n, hp->n_head, qs, qstride, ws->q, ws->rope);
+    rope_rows(hp, n, hp->n_head_kv, ks, kstride, k, ws->rope);
+}
+
+/* ws->gate = silu(gate(xn)) * up(xn), from separate matrices or the fused ffn_up. */
+static void gate_up_forward(const fr_layer *L, int32_t n, size_t ff, fr_workspace *ws,
+                            fr_pool *pool)
+{
+    if (L->w_gate.data) {
+        fr_matmul(&L->w_gate, n, ws->xn, ws->gate, pool);
+        fr_matmul(&L->w_up, n, ws->xn, ws->up, pool);
+        add_bias(ws->gate, n, ff, L->b_gate, ff);
+        add_bias(ws->up, n, ff, L->b_up, ff);
+    } else {
+        fr_matmul(&L->w_up, n, ws->xn, ws->fused, pool);
+        for (int32_t i = 0; i < n; i++) {
+            const float *row = ws->fused + (size_t)i * 2 * ff;
+            memcpy(ws->gate + (size_t)i * ff, row, ff * sizeof(float));
+            memcpy(ws->up + (size_t)i * ff, row + ff, ff * sizeof(float));
+        }
+    }
+    fr_silu_mul(ws->gate, ws->up, (int)((size_t)n * ff));
+}
+
 static void block_forward(const struct free_model *m, int32_t il, fr_kv_cache *kv,
                           int32_t n, int32_t pos0, float *x, fr_workspace *ws, fr_pool *pool)
 {
@@ -111,16 +200,7 @@ static void block_forward(const struct free_model *m, int32_t il, fr_kv_cache *k
     /* Attention: K and V rows go straight into the cache. */
     for (int32_t i = 0; i < n; i++)
         fr_rmsnorm(ws->xn + i * d, x + i * d, L->attn_norm, hp->n_embd, hp->norm_eps);
-    float *k = fr_kv_k(kv, il, base), *v = fr_kv_v(kv, il, base);
-    fr_matmul(&L->wq, n, ws->xn, ws->q, pool);
-    fr_matmul(&L->wk, n, ws->xn, k, pool);
-    fr_matmul(&L->wv, n, ws->xn, v, pool);
-    for (int32_t i = 0; i < n; i++) {
-        const float *cs = ws->rope + (size_t)i * (size_t)hp->rope_dim;
-        fr_rope_apply(ws->q + i * d, hp->n_head, hp->head_dim, hp->rope_dim, cs);
-        fr_rope_apply(k + (size_t)i * (size_t)kv->kv_dim, hp->n_head_kv, hp->head_dim,
-                      hp->rope_dim, cs);
-    }
+    qkv_forward(m, L, fr_kv_k(kv, il, base), fr_kv_v(kv, il, base), n, ws, pool);
     kv->len[il] = base + n;
     attn_job job = {m, kv, ws, il, n, base};
     if (pool && n * hp->n_head > 1)
@@ -128,16 +208,16 @@ static void block_forward(const struct free_model *m, int32_t il, fr_kv_cache *k
     else
         attention_task(&job, 0, 1);
     fr_matmul(&L->wo, n, ws->attn, ws->proj, pool);
+    add_bias(ws->proj, n, d, L->bo, d);
     for (size_t j = 0; j < (size_t)n * d; j++)
         x[j] += ws->proj[j];
 
     /* Feed-forward: down(silu(gate(xn)) * up(xn)). */
     for (int32_t i = 0; i < n; i++)
         fr_rmsnorm(ws->xn + i * d, x + i * d, L->ffn_norm, hp->n_embd, hp->norm_eps);
-    fr_matmul(&L->w_gate, n, ws->xn, ws->gate, pool);
-    fr_matmul(&L->w_up, n, ws->xn, ws->up, pool);
-    fr_silu_mul(ws->gate, ws->up, (int)((size_t)n * ff));
+    gate_up_forward(L, n, ff, ws, pool);
     fr_matmul(&L->w_down, n, ws->gate, ws->proj, pool);
+    add_bias(ws->proj, n, d, L->b_down, d);
     for (size_t j = 0; j < (size_t)n * d; j++)
         x[j] += ws->proj[j];
 }
@@ -148,8 +228,8 @@ void fr_layers_forward(const struct free_model *m, int32_t l0, int32_t l1, fr_kv
     assert(n >= 1 && n <= ws->max_rows);
     /* The rotation angles depend on the position only: once per row, not per layer. */
     for (int32_t i = 0; i < n; i++)
-        fr_rope_cache(ws->rope + (size_t)i * (size_t)m->hp.rope_dim, m->hp.rope_dim, pos0 + i,
-                      m->hp.rope_base);
+        fr_rope_cache_ext(ws->rope + (size_t)i * (size_t)m->hp.rope_dim, m->hp.rope_dim,
+                          pos0 + i, m->hp.rope_base, m->hp.rope_freq_scale, m->rope_factors);
     for (int32_t il = l0; il < l1; il++)
         block_forward(m, il, kv, n, pos0, x, ws, pool);
 }

@@ -20,6 +20,7 @@ typedef struct fr_workspace {
     float *up;      /* [max_rows][n_ff] */
     float *scores;  /* [n_threads][HEADS_PER_TASK = 3][n_ctx] (block.c) */
     float *rope;    /* [max_rows][rope_dim] cos, sin pairs for the rows' positions */
+    float *fused;   /* [max_rows][hp->fused_rows] fused QKV / gate+up outputs, or NULL */
 } fr_workspace;
 
 free_status fr_workspace_create(const fr_hparams *hp, int32_t max_rows, int32_t n_ctx,

@@ -366,6 +366,43 @@ void fr_rope_cache(float *cs, int rope_dim, int32_t pos, float freq_base)
     rope_angles(cs, 0, rope_dim / 2, rope_dim, pos, freq_base);
 }
 
+void fr_rope_cache_ext(float *cs, int rope_dim, int32_t pos, float freq_base,
+                       float freq_scale, const float *factors)
+{
+    if (freq_scale == 1.0f && !factors) {
+        fr_rope_cache(cs, rope_dim, pos, freq_base);
+        return;
+    }
+    double step = pow((double)freq_base, -2.0 / rope_dim), inv_freq = 1.0;
+    for (int i = 0; i < rope_dim / 2; i++, inv_freq *= step) {
+        double theta = (double)freq_scale * (double)pos * inv_freq;
+        if (factors)
+            theta /= (double)factors[i];
+        cs[2 * i] = (float)cos(theta);
+        cs[2 * i + 1] = (float)sin(theta);
+    }
+}
+
+void fr_rope_apply_neox(float *dst, const float *src, int n_heads, int head_dim,
+                        int rope_dim, const float *cs)
+{
+    if (rope_dim > head_dim)
+        rope_dim = head_dim;
+    const int half = rope_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        const float *s = src + (int64_t)h * head_dim;
+        float *d = dst + (int64_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float c = cs[2 * i], sn = cs[2 * i + 1];
+            float a = s[i], b = s[i + half];
+            d[2 * i] = a * c - b * sn;
+            d[2 * i + 1] = a * sn + b * c;
+        }
+        for (int j = 2 * half; j < head_dim; j++)
+            d[j] = s[j];
+    }
+}
+
 void fr_rope_apply(float *x, int n_heads, int head_dim, int rope_dim, const float *cs)
 {
     if (rope_dim > head_dim)

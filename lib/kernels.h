@@ -45,6 +45,22 @@ void fr_rope(float *x, int n_heads, int head_dim, int rope_dim, int32_t pos, flo
 void fr_rope_cache(float *cs, int rope_dim, int32_t pos, float freq_base);
 void fr_rope_apply(float *x, int n_heads, int head_dim, int rope_dim, const float *cs);
 
+/* fr_rope_cache with llama.cpp's two adjustments: theta_i = freq_scale * pos *
+ * freq_base^(-2i/rope_dim) / factors[i] (factors: rope_dim / 2 per-pair frequency divisors
+ * such as Llama 3's rope_freqs.weight, or NULL for none; freq_scale is 1 / the linear
+ * scaling factor, 1 for none). With freq_scale 1 and no factors it equals fr_rope_cache. */
+void fr_rope_cache_ext(float *cs, int rope_dim, int32_t pos, float freq_base,
+                       float freq_scale, const float *factors);
+
+/* NEOX-style RoPE (llama.cpp's GGML_ROPE_TYPE_NEOX: pair i is dims (i, i + rope_dim / 2)),
+ * out of place: dst receives each rotated pair at dims (2i, 2i + 1), the layout
+ * fr_rope_apply produces, and the dims past rope_dim unchanged. The heads' dims come out
+ * permuted the same way for queries and keys, so their dot products - all attention reads
+ * - are the NEOX ones, and a NEOX model whose Q/K rows are the un-permuted rows of a
+ * "normal" model computes bit for bit what that model computes. dst != src. */
+void fr_rope_apply_neox(float *dst, const float *src, int n_heads, int head_dim,
+                        int rope_dim, const float *cs);
+
 /* In-place softmax over x[0..n). */
 void fr_softmax(float *x, int n);
 

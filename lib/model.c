@@ -1,6 +1,9 @@
-/* Model loading: hyper-parameters from llama.* keys, tensors bound by name and checked
- * against them, the tokenizer, the exit layer. */
+/* Model loading: hyper-parameters from {arch}.* keys, tensors bound by name and checked
+ * against them, the tokenizer, the exit layer. What differs between architectures is in
+ * model_arch.c. */
 #include "model.h"
+
+#include "model_arch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,7 +150,7 @@ static free_status bind_matrix(const gguf_file *f, const char *name, int64_t row
 static free_status bind_vector(const gguf_file *f, const char *name, int64_t n, float *dst,
                                const float **out, fr_error *err)
 {
-    fr_matrix m;
+    fr_matrix m = {0};
     FR_TRY(bind_matrix(f, name, 1, n, &m, err));
     if (m.type == GGUF_TENSOR_F32) {
         *out = m.data;
@@ -163,31 +166,13 @@ static uint64_t matrix_bytes(const fr_matrix *m)
     return (uint64_t)m->rows * gguf_row_bytes(m->type, (uint64_t)m->cols);
 }
 
-/* Binds a layer's seven matrices (presence, shape, type); norms come later. */
-static free_status bind_layer_matrices(struct free_model *m, int il, fr_error *err)
-{
-    const fr_hparams *hp = &m->hp;
-    fr_layer *L = &m->layers[il];
-    const gguf_file *f = m->gguf;
-    int64_t d = hp->n_embd, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
-    char name[96];
-#define FR_NAME(s) (snprintf(name, sizeof name, "blk.%d.%s.weight", il, s), name)
-    FR_TRY(bind_matrix(f, FR_NAME("attn_q"), d, d, &L->wq, err));
-    FR_TRY(bind_matrix(f, FR_NAME("attn_k"), kvd, d, &L->wk, err));
-    FR_TRY(bind_matrix(f, FR_NAME("attn_v"), kvd, d, &L->wv, err));
-    FR_TRY(bind_matrix(f, FR_NAME("attn_output"), d, d, &L->wo, err));
-    FR_TRY(bind_matrix(f, FR_NAME("ffn_gate"), hp->n_ff, d, &L->w_gate, err));
-    FR_TRY(bind_matrix(f, FR_NAME("ffn_up"), hp->n_ff, d, &L->w_up, err));
-    FR_TRY(bind_matrix(f, FR_NAME("ffn_down"), d, hp->n_ff, &L->w_down, err));
-    return FREE_OK;
-}
-
 static free_status bind_layer_norms(struct free_model *m, int il, float *norm_buf,
                                     fr_error *err)
 {
     fr_layer *L = &m->layers[il];
     int64_t d = m->hp.n_embd;
     char name[96];
+#define FR_NAME(s) (snprintf(name, sizeof name, "blk.%d.%s.weight", il, s), name)
     FR_TRY(bind_vector(m->gguf, FR_NAME("attn_norm"), d, norm_buf, &L->attn_norm, err));
     FR_TRY(bind_vector(m->gguf, FR_NAME("ffn_norm"), d, norm_buf + d, &L->ffn_norm, err));
 #undef FR_NAME
@@ -200,7 +185,7 @@ uint64_t fr_model_layer_bytes(const struct free_model *m, int l0, int l1)
     for (int il = l0; il < l1; il++) {
         const fr_layer *L = &m->layers[il];
         total += matrix_bytes(&L->wq) + matrix_bytes(&L->wk) + matrix_bytes(&L->wv) +
-                 matrix_bytes(&L->wo) + matrix_bytes(&L->w_gate) + matrix_bytes(&L->w_up) +
+                 matrix_bytes(&L->wqkv) + matrix_bytes(&L->wo) + matrix_bytes(&L->w_gate) + matrix_bytes(&L->w_up) +
                  matrix_bytes(&L->w_down);
     }
     return total;
@@ -245,7 +230,8 @@ static free_status bind_tensors(struct free_model *m, fr_error *err)
     /* Every matrix is checked against the file before memory proportional to the claimed
      * shape is allocated: a hostile header cannot ask for more than the file holds. */
     for (int il = 0; il < hp->n_layer; il++)
-        FR_TRY(bind_layer_matrices(m, il, err));
+        FR_TRY(fr_arch_bind_layer(m, il, err));
+    FR_TRY(fr_arch_bind_globals(m, err));
     size_t n_norms = (size_t)(2 * hp->n_layer + 1) * (size_t)hp->n_embd;
     m->norms_f32 = malloc(n_norms * sizeof(float));
     if (!m->norms_f32)
@@ -265,11 +251,14 @@ static void describe(struct free_model *m)
         snprintf(m->desc, sizeof m->desc, "%s vocabulary, %d tokens", m->arch, hp->n_vocab);
         return;
     }
-    snprintf(m->desc, sizeof m->desc,
-             "%s, %d layers, dim %d, %d heads (%d kv), ffn %d, vocab %d, %s, %.1fM params",
-             m->arch, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff,
-             hp->n_vocab, gguf_tensor_type_name(m->layers[0].wq.type),
-             (double)m->n_params / 1e6);
+    int len = snprintf(m->desc, sizeof m->desc,
+                       "%s, %d layers, dim %d, %d heads (%d kv), ffn %d, vocab %d, %s, %.1fM "
+                       "params", m->arch, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv,
+                       hp->n_ff, hp->n_vocab, gguf_tensor_type_name(m->layers[0].wo.type),
+                       (double)m->n_params / 1e6);
+    if (hp->sliding_window > 0 && len > 0 && (size_t)len < sizeof m->desc)
+        snprintf(m->desc + len, sizeof m->desc - (size_t)len,
+                 ", sliding window %d not applied", hp->sliding_window);
 }
 
 static free_status load(struct free_model *m, const char *path, fr_error *err)
@@ -281,9 +270,9 @@ static free_status load(struct free_model *m, const char *path, fr_error *err)
     if (!found)
         return fr_fail(err, FREE_ERR_FORMAT, "general.architecture is missing");
     snprintf(m->arch, sizeof m->arch, "%.*s", (int)(arch.len < 31 ? arch.len : 31), arch.ptr);
-    if (!gguf_str_eq(arch, "llama"))
-        return fr_fail(err, FREE_ERR_UNSUPPORTED,
-                       "architecture '%s' is not supported (only 'llama')", m->arch);
+    /* A vocabulary-only load reads no weights: any architecture's vocabulary will do. */
+    if (!m->vocab_only)
+        FR_TRY(fr_arch_select(m, arch, err));
     FR_TRY(fr_tokenizer_load(m->gguf, &m->tokenizer, err));
     m->hp.n_vocab = fr_tokenizer_n_vocab(m->tokenizer);
     if (m->vocab_only) {
@@ -291,6 +280,7 @@ static free_status load(struct free_model *m, const char *path, fr_error *err)
         return FREE_OK;
     }
     FR_TRY(read_hparams(m->gguf, m->arch, &m->hp, err));
+    FR_TRY(fr_arch_read_hparams(m, err));
     FR_TRY(bind_tensors(m, err));
     count_params(m);
     describe(m);
@@ -321,6 +311,19 @@ void fr_model_destroy(struct free_model *m)
     fr_tokenizer_destroy(m->tokenizer);
     free(m->layers);
     free(m->norms_f32);
+    fr_arch_release(m);
     gguf_close(m->gguf);
     free(m);
+}
+
+free_status fr_model_bind_matrix(const gguf_file *f, const char *name, int64_t rows,
+                                 int64_t cols, fr_matrix *out, fr_error *err)
+{
+    return bind_matrix(f, name, rows, cols, out, err);
+}
+
+free_status fr_model_bind_vector(const gguf_file *f, const char *name, int64_t n, float *dst,
+                                 const float **out, fr_error *err)
+{
+    return bind_vector(f, name, n, dst, out, err);
 }

@@ -455,7 +455,9 @@ END_TEST
 START_TEST(unknown_architecture)
 {
     spec sp = {.arch = "gpt-j"};
-    expect_fail_spec(&sp, FREE_ERR_UNSUPPORTED, NEEDLES("gpt-j", "architecture"),
+    expect_fail_spec(&sp, FREE_ERR_UNSUPPORTED,
+                     NEEDLES("architecture 'gpt-j' is not supported",
+                             "(supported: llama, qwen2, phi3)"),
                      "architecture gpt-j");
 }
 END_TEST

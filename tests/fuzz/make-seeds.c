@@ -102,44 +102,70 @@ static void add_t(fr_gguf_writer *w, const char *name, uint64_t cols, uint64_t r
         die(err);
 }
 
-static void *make_model(const gguf_file *src, bool f16, bool vocab_only, size_t *size)
+/* arch: "llama", "llama3" (llama with rope_freqs.weight and base 500000), "qwen2" (Q/K/V
+ * biases) or "phi3" (fused attn_qkv and gate/up). */
+static void *make_model(const gguf_file *src, bool f16, bool vocab_only, const char *arch,
+                        size_t *size)
 {
+    const bool llama3 = strcmp(arch, "llama3") == 0;
+    const bool qwen2 = strcmp(arch, "qwen2") == 0, phi3 = strcmp(arch, "phi3") == 0;
+    const char *name_arch = llama3 ? "llama" : arch;
+    char key[96];
     fr_error err;
     fr_gguf_writer *w;
-    void *keep[64];
+    void *keep[128];
     int n_keep = 0;
     fr_error_clear(&err);
     if (fr_gguf_writer_create(&w, &err) != FREE_OK)
         die(&err);
-    fr_gguf_add_str(w, "general.architecture", "llama", &err);
+    fr_gguf_add_str(w, "general.architecture", name_arch, &err);
     add_vocab(w, src, &err);
     if (!vocab_only) {
-        fr_gguf_add_u32(w, "llama.embedding_length", DIM, &err);
-        fr_gguf_add_u32(w, "llama.block_count", LAYERS, &err);
-        fr_gguf_add_u32(w, "llama.attention.head_count", 2, &err);
-        fr_gguf_add_u32(w, "llama.attention.head_count_kv", 1, &err);
-        fr_gguf_add_u32(w, "llama.feed_forward_length", FF, &err);
-        fr_gguf_add_u32(w, "llama.context_length", 64, &err);
-        fr_gguf_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f, &err);
+#define K(s) (snprintf(key, sizeof key, "%s.%s", name_arch, s), key)
+        fr_gguf_add_u32(w, K("embedding_length"), DIM, &err);
+        fr_gguf_add_u32(w, K("block_count"), LAYERS, &err);
+        fr_gguf_add_u32(w, K("attention.head_count"), 2, &err);
+        fr_gguf_add_u32(w, K("attention.head_count_kv"), 1, &err);
+        fr_gguf_add_u32(w, K("feed_forward_length"), FF, &err);
+        fr_gguf_add_u32(w, K("context_length"), 64, &err);
+        fr_gguf_add_f32(w, K("attention.layer_norm_rms_epsilon"), 1e-5f, &err);
+        if (llama3)
+            fr_gguf_add_f32(w, K("rope.freq_base"), 500000.0f, &err);
+#undef K
         fr_gguf_add_u32(w, "free.exit_layer", 1, &err);
         const gguf_kv *tok = gguf_find_kv(src, "tokenizer.ggml.tokens");
         uint64_t nv = tok->arr_n;
         add_t(w, "token_embd.weight", DIM, nv, f16, keep, &n_keep, &err);
         add_t(w, "output_norm.weight", DIM, 1, f16, keep, &n_keep, &err);
+        if (llama3) /* head size 4: two factors, 1 +- 0.05 */
+            add_t(w, "rope_freqs.weight", 2, 1, f16, keep, &n_keep, &err);
         for (int l = 0; l < LAYERS; l++) {
             char name[64];
 #define T(s, c, r) (snprintf(name, sizeof name, "blk.%d.%s.weight", l, s), \
                     add_t(w, name, c, r, f16, keep, &n_keep, &err))
+#define B(s, n) (snprintf(name, sizeof name, "blk.%d.%s.bias", l, s), \
+                 add_t(w, name, n, 1, false, keep, &n_keep, &err))
             T("attn_norm", DIM, 1);
             T("ffn_norm", DIM, 1);
-            T("attn_q", DIM, DIM);
-            T("attn_k", DIM, KVD);
-            T("attn_v", DIM, KVD);
+            if (phi3) {
+                T("attn_qkv", DIM, DIM + 2 * KVD);
+            } else {
+                T("attn_q", DIM, DIM);
+                T("attn_k", DIM, KVD);
+                T("attn_v", DIM, KVD);
+            }
+            if (qwen2) {
+                B("attn_q", DIM);
+                B("attn_k", KVD);
+                B("attn_v", KVD);
+            }
             T("attn_output", DIM, DIM);
-            T("ffn_gate", DIM, FF);
-            T("ffn_up", DIM, FF);
+            if (!phi3)
+                T("ffn_gate", DIM, FF);
+            T("ffn_up", DIM, phi3 ? 2 * FF : FF);
             T("ffn_down", FF, DIM);
 #undef T
+#undef B
         }
     }
     if (err.status != FREE_OK)
@@ -166,9 +192,9 @@ int main(int argc, char **argv)
     if (gguf_open(argv[1], &src, &err) != FREE_OK)
         die(&err);
     size_t n_vocab, n_f32, n_f16;
-    unsigned char *vocab = make_model(src, false, true, &n_vocab);
-    unsigned char *f32 = make_model(src, false, false, &n_f32);
-    unsigned char *f16 = make_model(src, true, false, &n_f16);
+    unsigned char *vocab = make_model(src, false, true, "llama", &n_vocab);
+    unsigned char *f32 = make_model(src, false, false, "llama", &n_f32);
+    unsigned char *f16 = make_model(src, true, false, "llama", &n_f16);
 
     snprintf(dir, sizeof dir, "%s/data", argv[2]);
     write_bytes(dir, "vocab.gguf", vocab, n_vocab);
@@ -197,6 +223,16 @@ int main(int argc, char **argv)
     m[4] = 1;
     write_bytes(dir, "v1.gguf", m, 64);
     free(m);
+    /* The other architectures (made last, so the files above stay as they were). */
+    static const char *const archs[] = {"llama3", "qwen2", "phi3"};
+    for (int i = 0; i < 3; i++) {
+        size_t n_arch;
+        unsigned char *a = make_model(src, true, false, archs[i], &n_arch);
+        char name[64];
+        snprintf(name, sizeof name, "tiny-%s.gguf", archs[i]);
+        write_bytes(dir, name, a, n_arch);
+        free(a);
+    }
     free(vocab);
     free(f32);
     free(f16);

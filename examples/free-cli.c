@@ -20,7 +20,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: free-cli -m MODEL [options]\n"
-        "  -m, --model FILE      GGUF model (llama architecture, F32/F16)\n"
+        "  -m, --model FILE      GGUF model (llama, qwen2 or phi3; F32/F16)\n"
         "  -p, --prompt TEXT     prompt (default: empty, start from BOS)\n"
         "  -f, --file FILE       read the prompt from FILE\n"
         "  -n, --n-predict N     tokens to generate (default 128; -1 = until EOS or full)\n"

@@ -210,6 +210,7 @@ static void aggregate(const fb_config *c, int ci, int n_cfg, const run *runs, in
         x->deep_passes += s->deep_passes;
         x->sync_rows += s->sync_rows;
         x->drafts_rejected += s->drafts_rejected;
+        x->avg_layers += s->avg_layers_per_token * (double)s->tokens; /* a sum until below */
         x->agreement_checked += s->agreement_checked;
         x->agreement_matched += s->agreement_matched;
         x->decode_ms += s->decode_ms;
@@ -227,7 +228,7 @@ static void aggregate(const fb_config *c, int ci, int n_cfg, const run *runs, in
     const double Ls = rep->exit_layer, L = rep->n_layers;
     x->exit_rate = (double)x->shallow_exits / T;
     x->mean_sync_rows = x->deep_passes ? (double)x->sync_rows / (double)x->deep_passes : 0;
-    x->avg_layers = ((double)x->shallow_exits * Ls + (T - (double)x->shallow_exits) * L) / T;
+    x->avg_layers /= T; /* the library's definition (free.h), weighted by tokens */
     x->layers_read = ((double)x->shallow_passes * Ls + (double)x->deep_passes * (L - Ls)) / T;
     /* NONE runs one head per full-depth pass (the library counts that pass as shallow and
      * deep); the exit modes run the head after every shallow pass and once per batched

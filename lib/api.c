@@ -2,6 +2,7 @@
  * modules. */
 #include "log.h"
 #include "model.h"
+#include "tensor_check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +68,13 @@ FREE_API free_status free_model_load(const char *path, const free_model_params *
         memcpy(&p, params, sizeof p);
     }
     fr_error_clear(&err);
-    if (fr_model_load(path, p.vocab_only != 0, out, &err) != FREE_OK) {
+    free_status s = fr_model_load(path, p.vocab_only != 0, out, &err);
+    if (s == FREE_OK && p.check_tensors && !p.vocab_only &&
+        (s = fr_tensor_check_finite((*out)->gguf, &err)) != FREE_OK) {
+        fr_model_destroy(*out);
+        *out = NULL;
+    }
+    if (s != FREE_OK) {
         /* Prefix the path so the message stands alone (the reader names it already when
          * the file itself could not be opened). */
         if (strstr(err.msg, path))

@@ -1,8 +1,9 @@
 /* The Beta-mixture threshold estimator of FREE (DESIGN.md 4.5).
  *
  * A fit is the reference's, number for number: per class a Beta by weighted moments over
- * all stored samples (own class 0.9995, other 0.0005, population variance: that is what
- * reproduces the golden vector), then a threshold from the equal-prior posterior of the
+ * all stored samples (own class 0.2 / 0.2001, other 1e-4 / 0.2001 - the reference's
+ * weights, a ratio of exactly 2000 - and the population variance: that is what reproduces
+ * the golden vector), then a threshold from the equal-prior posterior of the
  * agree component. The guards the reference lacks only decide whether a fit may move the
  * threshold, never where to, so on clean data the result equals the reference's. */
 #include "bmm.h"
@@ -17,8 +18,8 @@
 
 #define CLIP_LO 1e-4
 #define CLIP_HI (1.0 - 1e-4)
-#define W_OWN 0.9995
-#define W_OTHER 0.0005
+#define W_OWN (0.2 / 0.2001)
+#define W_OTHER (1e-4 / 0.2001)
 #define GRID_N 10
 #define GRID_LO 0.3
 #define GRID_HI 0.9
@@ -38,7 +39,8 @@ struct fr_bmm {
     double *w;          /* scratch: per-sample weights of the component being fitted */
     unsigned char *y;   /* ring of labels, 1 = agreed */
     size_t len, head;   /* samples stored; next slot to write */
-    uint64_t n_agree, n_disagree;
+    uint64_t n_agree, n_disagree; /* stored samples per class */
+    uint64_t past_agree, past_disagree; /* counted by an imported calibration, not stored */
     int64_t since_fit;  /* samples added since the last refit_every attempt */
     float threshold;
     int32_t fits;
@@ -268,8 +270,8 @@ void fr_bmm_get_state(const fr_bmm *b, fr_bmm_state *out)
     out->threshold = b->threshold;
     out->fits = b->fits;
     out->frozen = b->frozen;
-    out->n_agree = b->n_agree;
-    out->n_disagree = b->n_disagree;
+    out->n_agree = b->n_agree + b->past_agree;
+    out->n_disagree = b->n_disagree + b->past_disagree;
     out->agree = b->agree;
     out->disagree = b->disagree;
 }
@@ -495,7 +497,8 @@ size_t fr_bmm_export(const fr_bmm *b, char *buf, size_t cap)
                      "disagree %s %s\nfits %" PRId32 "\nsamples %" PRIu64 " %" PRIu64 "\n"
                      "frozen %d\n",
                      t, b->p.rule == FR_BMM_RULE_CONTINUOUS ? "continuous" : "grid", z, aa, ab,
-                     da, db, b->fits, b->n_agree, b->n_disagree, b->frozen ? 1 : 0);
+                     da, db, b->fits, b->n_agree + b->past_agree,
+                     b->n_disagree + b->past_disagree, b->frozen ? 1 : 0);
     return n < 0 ? 0 : (size_t)n;
 }
 
@@ -509,19 +512,33 @@ static const struct {
 
 typedef struct calibration {
     double threshold, zeta;
+    int32_t rule;
     fr_beta agree, disagree;
     uint64_t fits, samples[2];
     bool frozen;
 } calibration;
 
-static bool parse_real(const char *s, double *out)
+/* A decimal number; an underflow (1e-400) reads as the nearest double, as a tiny number
+ * is still a number. Sets *overflow when the text is too large for a double. */
+static bool parse_real_ex(const char *s, double *out, bool *overflow)
 {
+    *overflow = false;
     if (!*s || strspn(s, "0123456789+-.eE") != strlen(s))
         return false;
     char *end;
     errno = 0;
     *out = strtod(s, &end);
-    return *end == '\0' && errno == 0 && isfinite(*out);
+    if (*end != '\0')
+        return false;
+    if (errno == ERANGE && isinf(*out))
+        *overflow = true;
+    return isfinite(*out);
+}
+
+static bool parse_real(const char *s, double *out)
+{
+    bool overflow;
+    return parse_real_ex(s, out, &overflow);
 }
 
 static bool parse_count(const char *s, uint64_t *out)
@@ -568,15 +585,22 @@ static free_status parse_values(int k, char **v, size_t line, calibration *c, fr
     const free_status bad = FREE_ERR_FORMAT;
     uint64_t u;
     switch (k) {
-    case K_THRESHOLD:
-        if (!parse_real(v[0], &c->threshold) || c->threshold < 0.0 || c->threshold > 1.0)
-            return fr_fail(err, bad, "calibration line %zu: threshold '%s' is not a number "
-                           "in [0, 1]", line, v[0]);
+    case K_THRESHOLD: {
+        bool overflow;
+        if (!parse_real_ex(v[0], &c->threshold, &overflow))
+            return fr_fail(err, bad, "calibration line %zu: threshold '%s' is %s", line, v[0],
+                           overflow ? "out of range (too large for a double)"
+                                    : "not a number");
+        if (c->threshold < 0.0 || c->threshold > 1.0)
+            return fr_fail(err, bad, "calibration line %zu: threshold '%s' is outside [0, 1]",
+                           line, v[0]);
         return FREE_OK;
+    }
     case K_RULE:
         if (strcmp(v[0], "grid") != 0 && strcmp(v[0], "continuous") != 0)
             return fr_fail(err, bad, "calibration line %zu: rule '%s' is not 'grid' or "
                            "'continuous'", line, v[0]);
+        c->rule = strcmp(v[0], "grid") == 0 ? FR_BMM_RULE_GRID : FR_BMM_RULE_CONTINUOUS;
         return FREE_OK;
     case K_ZETA:
         if (!parse_real(v[0], &c->zeta) || !(c->zeta > 0.0 && c->zeta < 1.0))
@@ -697,6 +721,8 @@ free_status fr_bmm_import(fr_bmm *b, const char *text, fr_error *err)
     if (s != FREE_OK)
         return s;
     b->threshold = fminf(fmaxf((float)c.threshold, b->p.min_threshold), b->p.max_threshold);
+    b->p.rule = c.rule;
+    b->p.zeta = (float)c.zeta;
     b->agree = c.agree;
     b->disagree = c.disagree;
     b->fits = (int32_t)c.fits;
@@ -704,6 +730,13 @@ free_status fr_bmm_import(fr_bmm *b, const char *text, fr_error *err)
     b->frozen = c.frozen || b->fits >= b->p.max_updates;
     b->len = b->head = 0;
     b->n_agree = b->n_disagree = 0;
+    b->past_agree = c.samples[0];
+    b->past_disagree = c.samples[1];
     b->since_fit = 0;
     return FREE_OK;
+}
+
+const fr_bmm_params *fr_bmm_get_params(const fr_bmm *b)
+{
+    return b ? &b->p : NULL;
 }

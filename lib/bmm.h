@@ -40,7 +40,8 @@ typedef struct fr_bmm_state {
     float threshold;
     int32_t fits;          /* successful fits so far */
     bool frozen;           /* max_updates reached: no more samples or fits */
-    uint64_t n_agree;      /* samples currently stored, per class */
+    uint64_t n_agree;      /* samples per class: those stored plus those an imported
+                              calibration counted (their values are not kept) */
     uint64_t n_disagree;
     fr_beta agree, disagree; /* last fitted components (0 before the first fit) */
 } fr_bmm_state;
@@ -53,6 +54,8 @@ free_status fr_bmm_params_check(const fr_bmm_params *p, fr_error *err);
 /* p NULL = defaults. The estimator starts at p->initial; max_updates 0 = frozen at once. */
 free_status fr_bmm_create(const fr_bmm_params *p, fr_bmm **out, fr_error *err);
 void fr_bmm_destroy(fr_bmm *b);
+/* The params in force (after fr_bmm_import: the calibration's rule and zeta). */
+const fr_bmm_params *fr_bmm_get_params(const fr_bmm *b);
 /* Changes the params between generations, keeping what was learned: the newest samples
  * that fit the new capacity, components, fits; the threshold is clamped to the new bounds.
  * Frozen again when fits >= max_updates (a raised limit resumes learning) or when the
@@ -77,9 +80,11 @@ void fr_bmm_get_state(const fr_bmm *b, fr_bmm_state *out);
  *   the first; blank lines and CRLF allowed)
  * fr_bmm_import fails with FREE_ERR_FORMAT and a message naming the line on malformed text
  * (FREE_ERR_UNSUPPORTED for another version) and then changes nothing. On success it
- * restores threshold (clamped to this estimator's bounds), components, fits and frozen
- * (also frozen when fits >= max_updates) and empties the sample store; rule, zeta and
- * samples are informational (this estimator keeps its own params). */
+ * restores everything export wrote: threshold (clamped to this estimator's bounds), rule,
+ * zeta, components, fits, frozen (also frozen when fits >= max_updates) and the sample
+ * counts; the sample store itself starts empty (export does not write the values), so the
+ * next fit needs min_per_class new samples of each class. Exporting right after an import
+ * gives the same text back. */
 size_t fr_bmm_export(const fr_bmm *b, char *buf, size_t cap);
 free_status fr_bmm_import(fr_bmm *b, const char *text, fr_error *err);
 

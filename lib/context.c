@@ -18,6 +18,8 @@
  * stays far below it; a larger value is a caller's bug, and scanning (or clearing) that
  * many bytes would run past the caller's object. The same bound is in api.c. */
 #define FR_PARAMS_MAX_SIZE 4096
+/* The default n_ctx: the model's training context, but at most this many tokens. */
+#define FR_DEFAULT_MAX_N_CTX 4096
 
 free_status fr_ctx_fail(struct free_ctx *ctx, free_status status, const char *fmt, ...)
 {
@@ -38,10 +40,12 @@ free_status fr_ctx_report(struct free_ctx *ctx, const fr_error *err)
 
 FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
 {
-    if (!p || size < sizeof *p)
+    if (!p)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_params_init: params is NULL");
+    if (size < sizeof *p)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
-                             "free_ctx_params_init: params is NULL or size %zu < %zu", size,
-                             sizeof *p);
+                             "free_ctx_params_init: size %zu is smaller than "
+                             "sizeof(free_ctx_params) = %zu", size, sizeof *p);
     if (size > FR_PARAMS_MAX_SIZE)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_ctx_params_init: size %zu is larger than %d bytes, the "
@@ -213,12 +217,15 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         fr_bmm_destroy(fresh);
         return err->status;
     }
+    /* The last step that can fail (a new capacity allocates a new ring); on failure the
+     * estimator is unchanged. */
+    if (keep && fr_bmm_set_params(ctx->bmm, &bp, err) != FREE_OK) {
+        ctx->queue->limit = old_limit;
+        return err->status;
+    }
 
     /* Nothing below fails. */
-    if (keep) {
-        free_status s = fr_bmm_set_params(ctx->bmm, &bp, err);
-        (void)s; /* checked above */
-    } else {
+    if (!keep) {
         fr_bmm_destroy(ctx->bmm);
         ctx->bmm = fresh;
     }
@@ -227,13 +234,28 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
     ctx->exit_layer = ls;
     ctx->params = *p;
     ctx->params.calibration = NULL;
+    if (ctx->bmm) {
+        /* An imported calibration brings its own rule and zeta. */
+        const fr_bmm_params *in_force = fr_bmm_get_params(ctx->bmm);
+        ctx->params.zeta = in_force->zeta;
+        ctx->params.bmm_rule = in_force->rule;
+    }
     return FREE_OK;
 }
 
 static free_status create(struct free_ctx *ctx, const free_ctx_params *p, fr_error *err)
 {
     const fr_hparams *hp = &ctx->model->hp;
-    ctx->n_ctx = p->n_ctx > 0 ? p->n_ctx : hp->n_ctx_train;
+    /* A file may claim a context of millions of tokens: the default stays modest, and a
+     * longer context than the trained one is the caller's explicit choice. */
+    ctx->n_ctx = p->n_ctx > 0                              ? p->n_ctx
+                 : hp->n_ctx_train < FR_DEFAULT_MAX_N_CTX ? hp->n_ctx_train
+                                                          : FR_DEFAULT_MAX_N_CTX;
+    if (ctx->n_ctx > hp->n_ctx_train)
+        fr_log(FREE_LOG_WARN,
+               "n_ctx %d is longer than the model's training context (%d tokens): quality "
+               "past position %d is not what the model was trained for", ctx->n_ctx,
+               hp->n_ctx_train, hp->n_ctx_train);
     ctx->n_batch = p->n_batch > 0 ? p->n_batch : 64;
     ctx->n_threads = p->n_threads > 0 ? p->n_threads : default_threads();
     const size_t d = (size_t)hp->n_embd, nv = (size_t)hp->n_vocab;
@@ -322,7 +344,8 @@ FREE_API free_status free_ctx_set_params(free_ctx *ctx, const free_ctx_params *p
     p.n_threads = ctx->params.n_threads;
     p.n_batch = ctx->params.n_batch;
     /* The caches must be exact before the exit layer or mode may change. */
-    fr_ctx_sync_queue(ctx);
+    if (fr_ctx_sync_queue(ctx) != FREE_OK)
+        return ctx->err.status;
     if (apply_params(ctx, &p, true, &err) != FREE_OK)
         return fr_ctx_report(ctx, &err);
     return FREE_OK;
@@ -396,10 +419,7 @@ FREE_API free_status free_ctx_stats(const free_ctx *ctx, free_stats *stats)
     s.n_threads = ctx->n_threads;
     s.threshold = fr_ctx_threshold(ctx);
     s.mean_sync_rows = s.deep_passes ? (double)s.sync_rows / (double)s.deep_passes : 0.0;
-    s.avg_layers_per_token =
-        s.tokens ? (double)(s.shallow_exits * (uint64_t)ctx->exit_layer +
-                            (s.tokens - s.shallow_exits) * (uint64_t)L) / (double)s.tokens
-                 : 0.0;
+    s.avg_layers_per_token = s.tokens ? (double)ctx->layers_total / (double)s.tokens : 0.0;
     s.layers_read_per_token =
         s.tokens ? (double)(s.shallow_passes * (uint64_t)ctx->exit_layer +
                             s.deep_passes * (uint64_t)(L - ctx->exit_layer)) /
@@ -429,6 +449,7 @@ FREE_API free_status free_ctx_reset_stats(free_ctx *ctx)
     if (!ctx)
         return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_reset_stats: ctx is NULL");
     memset(&ctx->stats, 0, sizeof ctx->stats);
+    ctx->layers_total = 0;
     ctx->stats.n_threads = ctx->n_threads;
     return FREE_OK;
 }

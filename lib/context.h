@@ -13,6 +13,7 @@
  * once). */
 typedef struct fr_out_token {
     int32_t token;
+    int32_t deep;               /* the final head's greedy choice here, -1 when unknown */
     free_step_info info;
 } fr_out_token;
 
@@ -39,6 +40,7 @@ struct free_ctx {
     bool last_logits_deep;      /* last_logits came from the final head */
     bool has_pending;           /* pending_token was produced but not yet run */
     int32_t pending_token;
+    int32_t last_out;           /* the last token free_step handed out */
 
     fr_out_token *out;          /* [n_ctx + 1] FIFO of verified tokens */
     int32_t out_head, out_len;
@@ -48,6 +50,7 @@ struct free_ctx {
     size_t piece_cap;
     fr_detok detok;             /* streaming text state for free_decode */
     free_stats stats;
+    uint64_t layers_total;      /* sum of free_step_info.layers over stats.tokens */
     fr_error err;
 };
 
@@ -62,8 +65,11 @@ free_status fr_ctx_report(struct free_ctx *ctx, const fr_error *err);
 
 /* The confidence threshold in force (fixed or learned). */
 float fr_ctx_threshold(const struct free_ctx *ctx);
-/* Flushes the early-exit queue through the deep layers (no new token). */
-void fr_ctx_sync_queue(struct free_ctx *ctx);
+/* Flushes the early-exit queue through the deep layers (no new token). The abort
+ * callback is asked between chunks: FREE_ERR_ABORTED leaves the rows not yet run queued
+ * (the caches stay consistent). FREE_ERR_NUMERIC when the final head's logits are not
+ * finite. */
+free_status fr_ctx_sync_queue(struct free_ctx *ctx);
 /* Debug-build check of the cache invariant: deep length = shallow length - queue length. */
 void fr_ctx_check_invariant(const struct free_ctx *ctx);
 

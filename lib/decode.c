@@ -6,6 +6,7 @@
 #include "shallow.h"
 
 #include <assert.h>
+#include <math.h>
 #include <string.h>
 
 #define FR_NV(ctx) ((size_t)(ctx)->model->hp.n_vocab)
@@ -28,6 +29,29 @@ static bool aborted(const struct free_ctx *ctx)
     return ctx->params.abort_fn && ctx->params.abort_fn(ctx->params.abort_user);
 }
 
+/* Index of the first NaN or infinity in x[n], or -1. */
+static ptrdiff_t first_nonfinite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return (ptrdiff_t)i;
+    return -1;
+}
+
+static free_status numeric_fail(struct free_ctx *ctx, const char *what, int32_t pos,
+                                const float *logits)
+{
+    ptrdiff_t i = logits ? first_nonfinite(logits, FR_NV(ctx)) : -1;
+    if (i >= 0)
+        return fr_ctx_fail(ctx, FREE_ERR_NUMERIC,
+                           "%s at position %d are not finite (logit %td is %g): the model's "
+                           "weights or activations hold NaN or infinity; decoding stopped",
+                           what, pos, i, (double)logits[i]);
+    return fr_ctx_fail(ctx, FREE_ERR_NUMERIC,
+                       "%s at position %d is not finite: the model's weights or activations "
+                       "hold NaN or infinity; decoding stopped", what, pos);
+}
+
 /* ---- synchronization -------------------------------------------------------------- */
 
 /* What the synchronizing pass needs to know per row. */
@@ -36,18 +60,25 @@ typedef struct sync_job {
     int32_t rows;        /* queued rows including the current one (when has_current) */
     bool has_current;    /* the last row is the token being decided now */
     bool verify;         /* VERIFY: check drafts, stop at the first rejection */
+    bool abortable;      /* the abort callback may stop the pass between chunks */
+    bool aborted;        /* ... and did */
     int32_t rejected_at; /* VERIFY: first rejected row, or -1 */
+    int32_t numeric_at;  /* first row whose logits are not finite, or -1 */
 } sync_job;
 
-static void push_out(struct free_ctx *ctx, int32_t token, int32_t pos, bool early, float conf)
+/* Queues a final token for free_step. layers: those whose output decided it (the exit
+ * layer for a FREE early exit, n_layers when the final head chose or confirmed it); deep:
+ * the final head's greedy choice at this position, or -1 when it is not known. */
+static void push_out(struct free_ctx *ctx, int32_t token, int32_t pos, bool early,
+                     int32_t layers, float conf, int32_t deep)
 {
     fr_out_token *o = &ctx->out[(ctx->out_head + ctx->out_len) % (ctx->n_ctx + 1)];
-    const int32_t L = ctx->model->hp.n_layer;
     memset(o, 0, sizeof *o);
     o->token = token;
+    o->deep = deep;
     o->info.size = sizeof o->info;
     o->info.position = pos;
-    o->info.layers = early ? ctx->exit_layer : L;
+    o->info.layers = layers;
     o->info.early_exit = early;
     o->info.confidence = conf;
     o->info.threshold = fr_ctx_threshold(ctx);
@@ -68,8 +99,13 @@ static void sync_row(void *user, int32_t r, const float *logits)
     fr_exit_queue *q = ctx->queue;
     const int32_t nv = ctx->model->hp.n_vocab;
     const bool last = r == job->rows - 1;
-    if (job->rejected_at >= 0)
+    if (job->rejected_at >= 0 || job->numeric_at >= 0)
         return; /* rows after a rejected draft were computed on a wrong prefix */
+    if (first_nonfinite(logits, FR_NV(ctx)) >= 0) {
+        job->numeric_at = r;
+        memcpy(ctx->last_logits, logits, FR_NV(ctx) * sizeof(float)); /* for the message */
+        return;
+    }
     int32_t deep = fr_argmax(logits, nv);
     /* Samples come only from synchronizations with a non-empty queue. */
     if (ctx->bmm && (job->rows > 1 || !job->has_current))
@@ -94,16 +130,33 @@ static void sync_row(void *user, int32_t r, const float *logits)
         ok = fr_speculative_accept(ctx->sampler, tok, fr_exit_queue_probs(q, r), ctx->probs,
                                    &tok);
     }
-    count_agreement(ctx, tok, deep);
-    push_out(ctx, tok, pos, ok, q->conf[r]);
+    /* A draft the deep pass accepted was decided at full depth. */
+    push_out(ctx, tok, pos, ok, ctx->model->hp.n_layer, q->conf[r], deep);
     if (!ok) {
         job->rejected_at = r;
         ctx->stats.drafts_rejected++;
     }
 }
 
-/* Runs the queued rows (and the current row, when has_current) through the deep layers. */
-static void synchronize(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
+/* Between chunks of a synchronizing pass: stop after a rejected draft (the rows after it
+ * are discarded anyway), after non-finite logits, or when the abort callback says so. */
+static bool sync_stop(void *user)
+{
+    sync_job *job = user;
+    if (job->rejected_at >= 0 || job->numeric_at >= 0)
+        return true;
+    if (job->abortable && aborted(job->ctx)) {
+        job->aborted = true;
+        return true;
+    }
+    return false;
+}
+
+/* Runs the queued rows (and the current row, when has_current) through the deep layers.
+ * Returns the rows run: all of them unless the pass stopped early (a rejected draft, an
+ * abort, non-finite logits). In FREE mode (not verify) the rows not run stay queued, so
+ * the caches stay consistent; in VERIFY the queue is always emptied. */
+static int32_t synchronize(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
 {
     fr_exit_queue *q = ctx->queue;
     const int32_t rows = q->len;
@@ -111,24 +164,63 @@ static void synchronize(struct free_ctx *ctx, bool has_current, bool verify, syn
     job->rows = rows;
     job->has_current = has_current;
     job->verify = verify;
+    job->abortable = !verify;
+    job->aborted = false;
     job->rejected_at = -1;
+    job->numeric_at = -1;
     double t0 = fr_now_ms(), head_ms = 0.0;
-    fr_deep_forward(ctx->model, ctx->exit_layer, ctx->kv, rows, ctx->n_past - rows, q->h, 0,
-                    sync_row, job, ctx->logits, ctx->ws, ctx->pool, &head_ms);
+    int32_t done = fr_deep_forward(ctx->model, ctx->exit_layer, ctx->kv, rows,
+                                   ctx->n_past - rows, q->h, 0, sync_row, sync_stop, job,
+                                   ctx->logits, ctx->ws, ctx->pool, &head_ms);
     ctx->stats.deep_ms += fr_now_ms() - t0 - head_ms;
     ctx->stats.head_ms += head_ms;
     ctx->stats.deep_passes++;
-    ctx->stats.sync_rows += (uint64_t)rows;
-    fr_exit_queue_clear(q);
+    ctx->stats.sync_rows += (uint64_t)done;
+    if (verify)
+        fr_exit_queue_clear(q);
+    else
+        fr_exit_queue_drop_front(q, done);
+    return done;
 }
 
-void fr_ctx_sync_queue(struct free_ctx *ctx)
+/* After a FREE synchronization with the current row stopped (abort, non-finite logits):
+ * undoes the current row (shallow caches, and the deep ones when it ran), so the pending
+ * token is run again by the next step. */
+static void undo_current(struct free_ctx *ctx, int32_t done, int32_t rows)
 {
-    if (ctx->queue->len == 0)
-        return;
+    const int32_t keep = ctx->n_past - 1;
+    if (done < rows) {
+        fr_exit_queue_truncate(ctx->queue, ctx->queue->len - 1);
+        fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, keep);
+    } else {
+        fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
+    }
+    ctx->n_past = keep;
+}
+
+/* The status of a FREE synchronization that did not run every row. */
+static free_status sync_failure(struct free_ctx *ctx, const sync_job *job, int32_t done,
+                                int32_t rows)
+{
+    if (job->numeric_at >= 0)
+        return numeric_fail(ctx, "the final head's logits", ctx->n_past - rows + job->numeric_at,
+                            ctx->last_logits);
+    return fr_ctx_fail(ctx, FREE_ERR_ABORTED,
+                       "synchronization aborted by the abort callback after %d of %d queued "
+                       "rows; the other %d stay queued", done, rows, rows - done);
+}
+
+free_status fr_ctx_sync_queue(struct free_ctx *ctx)
+{
+    const int32_t rows = ctx->queue->len;
+    if (rows == 0)
+        return FREE_OK;
     sync_job job;
-    synchronize(ctx, false, false, &job);
+    int32_t done = synchronize(ctx, false, false, &job);
     fr_ctx_check_invariant(ctx);
+    if (job.aborted || job.numeric_at >= 0)
+        return sync_failure(ctx, &job, done, rows);
+    return FREE_OK;
 }
 
 /* ---- prefill ---------------------------------------------------------------------- */
@@ -168,19 +260,50 @@ static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t
                                 ctx->last_logits, ctx->ws, ctx->pool);
         }
     }
+    /* Every row's logits the caller sees, and the row the next token comes from. */
+    int32_t bad = -1;
+    for (int32_t r = skip; all_logits && bad < 0 && r < n; r++)
+        if (first_nonfinite(all_logits + (size_t)(r - skip) * nv, nv) >= 0)
+            bad = r;
+    if (bad < 0 && first_nonfinite(ctx->last_logits, nv) >= 0)
+        bad = n - 1;
+    if (bad >= 0) {
+        free_status s = numeric_fail(ctx, "the logits", start_past + bad,
+                                     all_logits && bad >= skip
+                                         ? all_logits + (size_t)(bad - skip) * nv
+                                         : ctx->last_logits);
+        fr_kv_truncate(ctx->kv, 0, m->hp.n_layer, start_past);
+        ctx->n_past = start_past;
+        return s;
+    }
     return FREE_OK;
 }
 
+/* Where the context stands once verified tokens the host has not taken yet (VERIFY) are
+ * dropped: the last token handed out becomes the pending one, exactly as in FREE mode. */
+static int32_t seen_past(const struct free_ctx *ctx, bool *pending)
+{
+    if (ctx->out_len == 0) {
+        *pending = ctx->has_pending;
+        return ctx->n_past;
+    }
+    *pending = true;
+    return ctx->out[ctx->out_head].info.position - 1;
+}
+
 /* Drops verified tokens the host has not taken yet, so the context holds exactly what the
- * host has seen. */
+ * host has seen (the last of them pending). */
 static void drop_unseen(struct free_ctx *ctx)
 {
     if (ctx->out_len == 0)
         return;
-    int32_t keep = ctx->out[ctx->out_head].info.position;
+    bool pending;
+    int32_t keep = seen_past(ctx, &pending);
     fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
     ctx->n_past = keep;
-    ctx->has_pending = false;
+    ctx->pending_token = ctx->last_out;
+    ctx->has_pending = true;
+    ctx->has_logits = false;
     ctx->out_head = ctx->out_len = 0;
 }
 
@@ -193,16 +316,20 @@ static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n
             return fr_ctx_fail(ctx, FREE_ERR_TOKEN,
                                "token %d at index %zu is outside the vocabulary [0, %d)",
                                tokens[i], i, nv);
-    drop_unseen(ctx);
-    int32_t extra = ctx->has_pending ? 1 : 0;
-    if (n + (size_t)extra > (size_t)(ctx->n_ctx - ctx->n_past))
+    /* Every check before anything changes: a failed call leaves the context as it was. */
+    bool pending;
+    const int32_t past = seen_past(ctx, &pending);
+    const int32_t extra = pending ? 1 : 0;
+    if (n + (size_t)extra > (size_t)(ctx->n_ctx - past))
         return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
-                           "context of %d tokens is full: %d used, %zu more needed",
-                           ctx->n_ctx, ctx->n_past, n + (size_t)extra);
+                           "context of %d tokens is full: %d used, %d free; %zu tokens "
+                           "given%s", ctx->n_ctx, past, ctx->n_ctx - past, n,
+                           extra ? " (and the pending token to run)" : "");
     if (n + (size_t)extra == 0)
         return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "nothing to prefill: no tokens given");
     double t0 = fr_now_ms();
-    fr_ctx_sync_queue(ctx);
+    FR_TRY(fr_ctx_sync_queue(ctx));
+    drop_unseen(ctx);
     int32_t *buf = ctx->tokens;
     if (extra)
         buf[0] = ctx->pending_token;
@@ -245,8 +372,8 @@ FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, f
 static void emit_from_deep(struct free_ctx *ctx, float conf)
 {
     int32_t tok = fr_sample(ctx->sampler, ctx->last_logits);
-    count_agreement(ctx, tok, fr_argmax(ctx->last_logits, ctx->model->hp.n_vocab));
-    push_out(ctx, tok, ctx->n_past, false, conf);
+    push_out(ctx, tok, ctx->n_past, false, ctx->model->hp.n_layer, conf,
+             fr_argmax(ctx->last_logits, ctx->model->hp.n_vocab));
     ctx->has_logits = false;
 }
 
@@ -259,7 +386,7 @@ static free_status need_room(struct free_ctx *ctx)
     return FREE_OK;
 }
 
-static void step_full(struct free_ctx *ctx)
+static free_status step_full(struct free_ctx *ctx)
 {
     const struct free_model *m = ctx->model;
     double t0 = fr_now_ms();
@@ -273,13 +400,19 @@ static void step_full(struct free_ctx *ctx)
     ctx->stats.shallow_passes++;
     ctx->stats.deep_passes++;
     ctx->stats.sync_rows++;
+    if (first_nonfinite(ctx->last_logits, FR_NV(ctx)) >= 0) {
+        fr_kv_truncate(ctx->kv, 0, m->hp.n_layer, ctx->n_past);
+        return numeric_fail(ctx, "the logits", ctx->n_past, ctx->last_logits);
+    }
     ctx->n_past++;
     emit_from_deep(ctx, 0.0f);
+    return FREE_OK;
 }
 
 /* Runs the pending token through the shallow layers and the exit head into queue slot
- * q->len; the shallow logits are left in ctx->logits. */
-static fr_shallow_result step_shallow(struct free_ctx *ctx)
+ * q->len; the shallow logits are left in ctx->logits. When the exit head's logits or
+ * confidence are not finite, the row is undone and FREE_ERR_NUMERIC returned. */
+static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
 {
     fr_exit_queue *q = ctx->queue;
     float *h = fr_exit_queue_row(q, q->len);
@@ -291,25 +424,40 @@ static fr_shallow_result step_shallow(struct free_ctx *ctx)
     ctx->stats.shallow_ms += t1 - t0;
     ctx->stats.head_ms += fr_now_ms() - t1;
     ctx->stats.shallow_passes++;
+    if (!isfinite(r.confidence) || first_nonfinite(ctx->logits, FR_NV(ctx)) >= 0) {
+        fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, ctx->n_past);
+        return numeric_fail(ctx, isfinite(r.confidence) ? "the exit head's logits"
+                                                        : "the exit head's confidence",
+                            ctx->n_past, isfinite(r.confidence) ? ctx->logits : NULL);
+    }
     ctx->n_past++;
-    return r;
+    *out = r;
+    return FREE_OK;
 }
 
-static void step_free(struct free_ctx *ctx)
+static free_status step_free(struct free_ctx *ctx)
 {
     fr_exit_queue *q = ctx->queue;
-    fr_shallow_result r = step_shallow(ctx);
+    fr_shallow_result r;
+    FR_TRY(step_shallow(ctx, &r));
     if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q)) {
         int32_t tok = fr_sampler_is_greedy(ctx->sampler) ? r.argmax
                                                          : fr_sample(ctx->sampler, ctx->logits);
         fr_exit_queue_push(q, r.confidence, tok, r.argmax);
-        push_out(ctx, tok, ctx->n_past, true, r.confidence);
-        return;
+        push_out(ctx, tok, ctx->n_past, true, ctx->exit_layer, r.confidence, -1);
+        return FREE_OK;
     }
     sync_job job;
     fr_exit_queue_push(q, r.confidence, -1, r.argmax);
-    synchronize(ctx, true, false, &job);
+    const int32_t rows = q->len;
+    int32_t done = synchronize(ctx, true, false, &job);
+    if (job.aborted || job.numeric_at >= 0) {
+        free_status s = sync_failure(ctx, &job, done, rows);
+        undo_current(ctx, done, rows);
+        return s;
+    }
     emit_from_deep(ctx, r.confidence);
+    return FREE_OK;
 }
 
 /* Drafts while the shallow head is confident (at most the queue bound, which VERIFY caps),
@@ -322,17 +470,21 @@ static free_status step_verify(struct free_ctx *ctx)
     const bool greedy = fr_sampler_is_greedy(ctx->sampler);
     const int32_t past0 = ctx->n_past, queued0 = q->len, pending0 = ctx->pending_token;
     for (;;) {
-        if (ctx->n_past > past0 && aborted(ctx)) {
+        const bool stop = ctx->n_past > past0 && aborted(ctx);
+        fr_shallow_result r;
+        free_status s = stop ? FREE_ERR_ABORTED : step_shallow(ctx, &r);
+        if (s != FREE_OK) {
             const int32_t drafts = ctx->n_past - past0;
             fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, past0);
             fr_exit_queue_truncate(q, queued0);
             ctx->n_past = past0;
             ctx->pending_token = pending0;
+            if (!stop)
+                return s;
             return fr_ctx_fail(ctx, FREE_ERR_ABORTED,
                                "decoding aborted by the abort callback after %d VERIFY drafts "
                                "at position %d; the step was undone", drafts, past0);
         }
-        fr_shallow_result r = step_shallow(ctx);
         /* A draft needs a slot of its own to be checked at the next synchronization. */
         if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q) &&
             ctx->n_past < ctx->n_ctx) {
@@ -350,6 +502,19 @@ static free_status step_verify(struct free_ctx *ctx)
         fr_exit_queue_push(q, r.confidence, -1, r.argmax);
         const int32_t pos0 = ctx->n_past - q->len;
         synchronize(ctx, true, true, &job);
+        if (job.numeric_at >= 0) {
+            /* Tokens verified before the bad row stay queued for the host; the bad row's
+             * input token is run again by the next step. */
+            const int32_t keep = pos0 + job.numeric_at;
+            free_status ns = numeric_fail(ctx, "the final head's logits", keep,
+                                          ctx->last_logits);
+            fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
+            ctx->n_past = keep;
+            ctx->has_logits = false;
+            if (job.numeric_at == 0)
+                ctx->pending_token = pending0;
+            return ns;
+        }
         if (job.rejected_at >= 0) {
             int32_t keep = pos0 + job.rejected_at + 1;
             fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
@@ -368,6 +533,7 @@ static free_status pop_out(struct free_ctx *ctx, int32_t *token, free_step_info 
     ctx->out_head = (ctx->out_head + 1) % (ctx->n_ctx + 1);
     ctx->out_len--;
     *token = o->token;
+    ctx->last_out = o->token;
     if (info) {
         size_t n = info->size < sizeof *info ? info->size : sizeof *info;
         size_t keep = info->size;
@@ -377,6 +543,9 @@ static free_status pop_out(struct free_ctx *ctx, int32_t *token, free_step_info 
     /* Counted when handed out: verified tokens the host never takes are not produced. */
     ctx->stats.tokens++;
     ctx->stats.shallow_exits += o->info.early_exit != 0;
+    ctx->layers_total += (uint64_t)o->info.layers;
+    if (o->deep >= 0)
+        count_agreement(ctx, o->token, o->deep);
     if (ctx->out_len == 0) {
         /* The last token handed out is the one the next step runs. */
         ctx->pending_token = o->token;
@@ -402,9 +571,9 @@ FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *in
     } else {
         FR_TRY(need_room(ctx));
         switch (ctx->params.exit_mode) {
-        case FREE_EXIT_FREE: step_free(ctx); break;
+        case FREE_EXIT_FREE: FR_TRY(step_free(ctx)); break;
         case FREE_EXIT_VERIFY: FR_TRY(step_verify(ctx)); break;
-        default: step_full(ctx); break;
+        default: FR_TRY(step_full(ctx)); break;
         }
     }
     fr_ctx_check_invariant(ctx);
@@ -433,6 +602,14 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
                                "the prompt is %zu tokens; the context holds %d", n, ctx->n_ctx);
         if (s != FREE_OK)
             return fr_ctx_report(ctx, &err);
+        bool pending;
+        const int32_t past = seen_past(ctx, &pending);
+        if (n + (pending ? 1u : 0u) > (size_t)(ctx->n_ctx - past))
+            return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
+                               "the prompt is %zu tokens%s; the context of %d tokens is full: "
+                               "%d used, %d free", n,
+                               pending ? " (plus the pending token to run)" : "", ctx->n_ctx,
+                               past, ctx->n_ctx - past);
         /* prefill copies behind a pending token, so move the prompt out of the scratch. */
         int32_t *copy = ctx->tokens + 1;
         memmove(copy, ctx->tokens, n * sizeof *copy);

@@ -2,15 +2,17 @@
 #include "deep.h"
 #include "clock.h"
 
-void fr_deep_forward(const struct free_model *m, int32_t ls, fr_kv_cache *kv, int32_t n,
-                     int32_t pos0, float *h, int32_t head_from, fr_row_logits_fn fn,
-                     void *user, float *logits_buf, fr_workspace *ws, fr_pool *pool,
-                     double *head_ms)
+int32_t fr_deep_forward(const struct free_model *m, int32_t ls, fr_kv_cache *kv, int32_t n,
+                        int32_t pos0, float *h, int32_t head_from, fr_row_logits_fn fn,
+                        fr_stop_fn stop, void *user, float *logits_buf, fr_workspace *ws,
+                        fr_pool *pool, double *head_ms)
 {
     const size_t d = (size_t)m->hp.n_embd, nv = (size_t)m->hp.n_vocab;
     /* Chunks keep the scratch bounded; running them one after another through all deep
      * layers is exact because each chunk attends to the K/V the previous ones appended. */
     for (int32_t start = 0; start < n; start += ws->max_rows) {
+        if (start > 0 && stop && stop(user))
+            return start;
         int32_t rows = n - start < ws->max_rows ? n - start : ws->max_rows;
         float *x = h + (size_t)start * d;
         fr_layers_forward(m, ls, m->hp.n_layer, kv, rows, pos0 + start, x, ws, pool);
@@ -24,4 +26,5 @@ void fr_deep_forward(const struct free_model *m, int32_t ls, fr_kv_cache *kv, in
                 fn(user, start + i, logits_buf + (size_t)(i - first) * nv);
         }
     }
+    return n;
 }

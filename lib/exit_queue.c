@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <stdlib.h>
+#include <string.h>
 
 free_status fr_exit_queue_create(int32_t cap, int32_t n_embd, fr_exit_queue **out,
                                  fr_error *err)
@@ -66,6 +67,28 @@ void fr_exit_queue_push(fr_exit_queue *q, float conf, int32_t token, int32_t arg
     q->token[q->len] = token;
     q->argmax[q->len] = argmax;
     q->len++;
+}
+
+void fr_exit_queue_drop_front(fr_exit_queue *q, int32_t n)
+{
+    if (n <= 0)
+        return;
+    if (n >= q->len) {
+        q->len = 0;
+        return;
+    }
+    const int32_t rest = q->len - n;
+    const size_t d = (size_t)q->n_embd;
+    memmove(q->h, q->h + (size_t)n * d, (size_t)rest * d * sizeof *q->h);
+    memmove(q->conf, q->conf + n, (size_t)rest * sizeof *q->conf);
+    memmove(q->token, q->token + n, (size_t)rest * sizeof *q->token);
+    memmove(q->argmax, q->argmax + n, (size_t)rest * sizeof *q->argmax);
+    if (q->q && q->q_cap > n) {
+        const int32_t keep = rest < q->q_cap - n ? rest : q->q_cap - n;
+        memmove(q->q, q->q + (size_t)n * (size_t)q->n_vocab,
+                (size_t)keep * (size_t)q->n_vocab * sizeof *q->q);
+    }
+    q->len = rest;
 }
 
 void fr_exit_queue_truncate(fr_exit_queue *q, int32_t len)

@@ -46,6 +46,8 @@ static inline float *fr_exit_queue_probs(const fr_exit_queue *q, int32_t i)
 
 /* Appends a row whose state is already in fr_exit_queue_row(q, q->len). */
 void fr_exit_queue_push(fr_exit_queue *q, float conf, int32_t token, int32_t argmax);
+/* Removes the first n rows; the others move to the front in order. */
+void fr_exit_queue_drop_front(fr_exit_queue *q, int32_t n);
 void fr_exit_queue_truncate(fr_exit_queue *q, int32_t len);
 void fr_exit_queue_clear(fr_exit_queue *q);
 

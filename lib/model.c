@@ -5,6 +5,7 @@
 
 #include "model_arch.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,9 +88,14 @@ static free_status read_hparams(const gguf_file *f, const char *arch, fr_hparams
     FR_TRY(get_f32_default(f, arch, "rope.freq_base", 10000.0f, &hp->rope_base, err));
     FR_TRY(get_f32_default(f, arch, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->norm_eps,
                            err));
-    if (!(hp->rope_base > 0.0f) || !(hp->norm_eps >= 0.0f) || hp->norm_eps > 1.0f)
-        return fr_fail(err, FREE_ERR_FORMAT, "rope.freq_base %g or rms epsilon %g is invalid",
-                       (double)hp->rope_base, (double)hp->norm_eps);
+    /* Values that make RoPE's angles or the norms' scale NaN or infinite. */
+    if (!(hp->rope_base > 0.0f) || !isfinite(hp->rope_base))
+        return fr_fail(err, FREE_ERR_FORMAT, "rope.freq_base %g must be finite and > 0",
+                       (double)hp->rope_base);
+    if (!(hp->norm_eps >= 0.0f) || hp->norm_eps > 1.0f)
+        return fr_fail(err, FREE_ERR_FORMAT,
+                       "attention.layer_norm_rms_epsilon %g must be in [0, 1]",
+                       (double)hp->norm_eps);
 
     exit_layer = 0;
     FR_TRY(gguf_get_u32(f, "free.exit_layer", &exit_layer, &found, err));

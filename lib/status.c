@@ -41,6 +41,7 @@ FREE_API const char *free_strerror(free_status status)
     case FREE_ERR_STATE: return "call not valid in the current state";
     case FREE_ERR_ABORTED: return "aborted by the caller";
     case FREE_ERR_INTERNAL: return "internal error";
+    case FREE_ERR_NUMERIC: return "non-finite value (NaN or infinity) in the model or its output";
     }
     return "unknown status";
 }

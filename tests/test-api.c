@@ -80,7 +80,7 @@ START_TEST(strerror_every_status)
         seen[-s] = t;
     }
     ck_assert_str_eq(free_strerror(FREE_OK), "success");
-    const int unknown[] = {1, 7, -13, -100, INT_MAX, INT_MIN};
+    const int unknown[] = {1, 7, -14, -100, INT_MAX, INT_MIN};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *t = free_strerror((free_status)unknown[i]);
         ck_assert_ptr_nonnull(t);

@@ -78,7 +78,9 @@ typedef enum free_status {
                                        reported */
     FREE_ERR_STATE = -10,           /* the call is not valid in the context's state */
     FREE_ERR_ABORTED = -11,         /* the abort callback asked to stop */
-    FREE_ERR_INTERNAL = -12         /* a bug in libfree: please report it */
+    FREE_ERR_INTERNAL = -12,        /* a bug in libfree: please report it */
+    FREE_ERR_NUMERIC = -13          /* NaN or infinity in the model's weights or in values
+                                       computed from them (logits, exit confidence) */
 } free_status;
 
 /* A static, English description of a status ("invalid argument", ...). Never NULL. */
@@ -124,6 +126,9 @@ typedef struct free_model free_model;
 typedef struct free_model_params {
     size_t size;          /* sizeof(free_model_params), set by free_model_params_init */
     int32_t vocab_only;   /* non-zero: load the tokenizer only (no tensors needed) */
+    int32_t check_tensors;/* non-zero: read every weight at load and fail with
+                             FREE_ERR_NUMERIC at the first NaN or infinity (F32 and F16
+                             tensors; quantized ones are skipped with a warning) */
 } free_model_params;
 
 /* Fills p with defaults. size is the caller's sizeof(*p). Returns FREE_ERR_INVALID_ARG
@@ -202,7 +207,9 @@ typedef int (*free_abort_fn)(void *user);
 
 typedef struct free_ctx_params {
     size_t size;               /* sizeof(free_ctx_params), set by free_ctx_params_init */
-    int32_t n_ctx;             /* tokens of context; 0 = the model's training context */
+    int32_t n_ctx;             /* tokens of context; 0 = the model's training context, at
+                                  most 4096 (a longer context than the trained one is
+                                  allowed and logs a warning) */
     int32_t n_threads;         /* compute threads; 0 = all cores (at most 8) */
     int32_t n_batch;           /* rows per batched pass (prefill, synchronization); 0 = 64 */
     /* sampling */
@@ -271,7 +278,9 @@ FREE_API int32_t free_ctx_n_ctx(const free_ctx *ctx);
 typedef struct free_step_info {
     size_t size;          /* sizeof(free_step_info), set by the caller */
     int32_t position;     /* position of the token in the context */
-    int32_t layers;       /* layers run to choose it: the exit layer or n_layers */
+    int32_t layers;       /* layers whose output decided it: the exit layer for a FREE
+                             early exit, n_layers otherwise (a VERIFY draft the deep pass
+                             accepted was decided at full depth) */
     int32_t early_exit;   /* non-zero when chosen by the shallow exit head */
     float confidence;     /* shallow top-1 minus top-2 probability (0 when not computed) */
     float threshold;      /* threshold in force */
@@ -281,7 +290,11 @@ typedef struct free_step_info {
 /* Appends n tokens and runs them through all layers in batches (synchronizing a pending
  * early-exit queue first, and running the token last handed out, if any, before them).
  * The next free_step samples from the last row. Each prefill starts a new generation:
- * the adaptive threshold refits here when its schedule says so. */
+ * the adaptive threshold refits here when its schedule says so. In VERIFY mode, verified
+ * tokens free_step has not handed out yet are dropped (the last token handed out is run
+ * again, as in FREE mode). n may be 0 when a token was handed out since the last prefill
+ * (it alone is run). A call that fails its checks (FREE_ERR_TOKEN, FREE_ERR_CONTEXT_FULL,
+ * FREE_ERR_INVALID_ARG) leaves the context as it was. */
 FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n);
 
 /* Like free_prefill, and writes the full-depth logits of every appended row to
@@ -289,8 +302,11 @@ FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n
 FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, float *logits);
 
 /* Produces the next final token into *token, and into *info (may be NULL; set its size)
- * how it was produced. Returns FREE_ERR_STATE when nothing was prefilled and
- * FREE_ERR_CONTEXT_FULL when the context has no room. */
+ * how it was produced. Returns FREE_ERR_STATE when nothing was prefilled,
+ * FREE_ERR_CONTEXT_FULL when the context has no room, FREE_ERR_NUMERIC (with the position
+ * in the message) when the logits or the exit confidence are not finite, and
+ * FREE_ERR_ABORTED when the abort callback stops a synchronization (the rows not yet run
+ * stay queued; the step is undone). */
 FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *info);
 
 /* For hosts that call free_step themselves: the text token adds to this context's stream
@@ -333,9 +349,15 @@ typedef struct free_stats {
     uint64_t sync_rows;          /* rows in those passes */
     double mean_sync_rows;       /* sync_rows / deep_passes */
     uint64_t drafts_rejected;    /* VERIFY: drafts replaced by the deep token */
-    double avg_layers_per_token; /* layers run per produced token */
-    uint64_t agreement_checked;  /* produced tokens whose deep greedy choice is known */
-    uint64_t agreement_matched;  /* ... and equal to it */
+    double avg_layers_per_token; /* mean of free_step_info.layers over `tokens`: the
+                                    layers whose output decided each token (exit_layer
+                                    for a FREE early exit; n_layers for a token the final
+                                    head chose or, in VERIFY, confirmed) */
+    uint64_t agreement_checked;  /* tokens handed out by free_step (counted in `tokens`)
+                                    whose final-head greedy choice at the same position is
+                                    known: chosen or verified by the final head, or (FREE)
+                                    early exits whose row the deep pass has since run */
+    uint64_t agreement_matched;  /* ... and equal to that greedy choice */
     double prefill_ms, decode_ms, shallow_ms, deep_ms, head_ms;
     /* adaptive threshold */
     int32_t adaptive;

@@ -1,0 +1,14 @@
+/* The load option free_model_params.check_tensors: every weight of a model scanned for
+ * NaN and infinity before it is used. */
+#ifndef FREE_TENSOR_CHECK_H
+#define FREE_TENSOR_CHECK_H
+
+#include "gguf.h"
+#include "status.h"
+
+/* Scans every tensor of f. FREE_ERR_NUMERIC with a message naming the tensor, the element
+ * and its value at the first NaN or infinity. Types it cannot read element by element yet
+ * (the quantized ones) are skipped with a warning. */
+free_status fr_tensor_check_finite(const gguf_file *f, fr_error *err);
+
+#endif

@@ -28,7 +28,7 @@ from ctypes import POINTER, byref, c_char, c_float, c_int32, c_size_t, c_void_p,
 from . import _errors, _ffi
 from ._errors import (Aborted, BufferTooSmall, ContextFull, FormatError, FreeError,
                       InternalError, InvalidArgument, LibraryIOError, ModelError,
-                      OutOfMemory, StateError, TokenError, UnsupportedError)
+                      NumericError, OutOfMemory, StateError, TokenError, UnsupportedError)
 from ._ffi import BmmRule, ExitMode, LibraryNotFound, LogLevel, Status
 
 __version__ = "0.1.0"
@@ -36,8 +36,8 @@ __all__ = ["BmmRule", "Context", "ExitMode", "FreeError", "LibraryNotFound", "Lo
            "Model", "Stats", "Status", "StepInfo", "Piece", "set_log_handler",
            "version", "version_number", "strerror", "load_library",
            "Aborted", "BufferTooSmall", "ContextFull", "FormatError", "InternalError",
-           "InvalidArgument", "LibraryIOError", "ModelError", "OutOfMemory", "StateError",
-           "TokenError", "UnsupportedError"]
+           "InvalidArgument", "LibraryIOError", "ModelError", "NumericError", "OutOfMemory",
+           "StateError", "TokenError", "UnsupportedError"]
 
 _INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 

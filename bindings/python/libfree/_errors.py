@@ -17,6 +17,7 @@ The subclasses also derive from the built-in exception a Python user expects, so
     StateError                    FREE_ERR_STATE
     Aborted                       FREE_ERR_ABORTED
     InternalError                 FREE_ERR_INTERNAL
+    NumericError (ArithmeticError) FREE_ERR_NUMERIC: NaN or infinity in the weights or logits
 
 Arguments the binding rejects before calling C raise the built-in exceptions directly:
 FileNotFoundError for a model file that does not exist, TypeError for a value of the wrong
@@ -112,6 +113,10 @@ class InternalError(FreeError):
     """FREE_ERR_INTERNAL: a bug in libfree."""
 
 
+class NumericError(FreeError, ArithmeticError):
+    """FREE_ERR_NUMERIC: NaN or infinity in the model's weights or in the logits."""
+
+
 _BY_STATUS = {
     Status.ERR_INVALID_ARG: InvalidArgument,
     Status.ERR_NOMEM: OutOfMemory,
@@ -125,6 +130,7 @@ _BY_STATUS = {
     Status.ERR_STATE: StateError,
     Status.ERR_ABORTED: Aborted,
     Status.ERR_INTERNAL: InternalError,
+    Status.ERR_NUMERIC: NumericError,
 }
 
 ERRORS = tuple(_BY_STATUS.values())

@@ -37,6 +37,7 @@ class Status(enum.IntEnum):
     ERR_STATE = -10
     ERR_ABORTED = -11
     ERR_INTERNAL = -12
+    ERR_NUMERIC = -13
 
 
 class LogLevel(enum.IntEnum):
@@ -75,6 +76,7 @@ class free_model_params(Structure):
     _fields_ = [
         ("size", c_size_t),
         ("vocab_only", c_int32),
+        ("check_tensors", c_int32),
     ]
 
 

@@ -187,6 +187,42 @@ FREE_API free_status free_detokenize(const free_model *model, const int32_t *tok
                                      size_t n, char *buf, size_t cap, size_t *n_out);
 
 /* ---------------------------------------------------------------------------------- */
+/* Chat                                                                               */
+
+/* One message of a conversation. Both strings are NUL-terminated UTF-8 and only read
+ * during the call. role is usually "system", "user" or "assistant"; other roles are
+ * written as each format writes them (most write the role's name). This struct is
+ * indexed as an array and never grows. */
+typedef struct free_chat_message {
+    const char *role;
+    const char *content;
+} free_chat_message;
+
+/* Writes the conversation msgs[0..n) as prompt text in a fixed chat format, byte for byte
+ * as llama.cpp's llama_chat_apply_template writes it, and when add_assistant is non-zero
+ * the text that opens the assistant's reply (formats without one add nothing). The text
+ * has no BOS: tokenize it with the model's BOS and with special-token parsing so that
+ * markers such as "<|im_start|>" become their tokens.
+ * tmpl selects the format: a name ("chatml", "llama3", "llama2", "mistral-v7", "phi3",
+ * "zephyr", "gemma", "deepseek3", ...; docs/api.md lists them), or a Jinja template text
+ * recognised as llama.cpp recognises it, or NULL for the model's tokenizer.chat_template
+ * (model may be NULL when tmpl is given). A template that is none of the formats, or a
+ * model without a template, is FREE_ERR_UNSUPPORTED with the reason and the names.
+ * Roles and contents must be valid UTF-8 (else FREE_ERR_INVALID_ARG naming the message).
+ * Writes the text and a NUL terminator: cap must exceed the text's length, else
+ * FREE_ERR_BUFFER_TOO_SMALL with the length (without the NUL) in *n_out (buf may be NULL
+ * when cap is 0). msgs may be NULL when n is 0. */
+FREE_API free_status free_chat_format(const free_model *model, const char *tmpl,
+                                      const free_chat_message *msgs, size_t n,
+                                      int add_assistant, char *buf, size_t cap,
+                                      size_t *n_out);
+
+/* The format name ("chatml", "llama3", ...) the model's tokenizer.chat_template is
+ * recognised as, or NULL when the model has no template or free_chat_format cannot use
+ * it (free_chat_format with tmpl NULL then says why). A static string. */
+FREE_API const char *free_model_chat_template(const free_model *model);
+
+/* ---------------------------------------------------------------------------------- */
 /* Context                                                                            */
 
 typedef struct free_ctx free_ctx;

@@ -2,6 +2,8 @@
  * early exit, and report statistics. Uses only the public API. */
 #include <free/free.h>
 
+#include "cli-chat.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,7 +13,8 @@
 
 typedef struct cli {
     const char *model, *prompt, *prompt_file, *calibrate, *calibration_in, *calibration_out;
-    int n_predict;
+    const char *chat_template, *system; /* --chat-template, -sys */
+    int n_predict, chat;
     int stats, exit_map, color;
     free_ctx_params p;
 } cli;
@@ -43,6 +46,11 @@ static void usage(FILE *f)
         "  --calibration-out F   where --calibrate writes (default free-calibration.txt)\n"
         "  --exit-map            mark early-exited tokens (colour on a terminal, else [..])\n"
         "  --stats               print a JSON statistics line on stderr\n"
+        "  --chat                interactive chat: one user message per stdin line, answers\n"
+        "                        streamed, KV cache kept between turns, Ctrl-D ends\n"
+        "  -sys, --system TEXT   --chat: a system message first\n"
+        "  --chat-template NAME  --chat: the format (chatml, llama3, ...) instead of the\n"
+        "                        model's tokenizer.chat_template\n"
         "  --version             print the library version\n");
 }
 
@@ -166,6 +174,12 @@ static int parse_args(int argc, char **argv, cli *c)
             c->exit_map = 1;
         } else if (!strcmp(a, "--stats")) {
             c->stats = 1;
+        } else if (!strcmp(a, "--chat")) {
+            c->chat = 1;
+        } else if (!strcmp(a, "-sys") || !strcmp(a, "--system")) {
+            NEEDS_VALUE(); c->system = v;
+        } else if (!strcmp(a, "--chat-template")) {
+            NEEDS_VALUE(); c->chat_template = v;
         } else {
             return fail("unknown option '%s' (try --help)%s", a, "");
         }
@@ -174,6 +188,11 @@ static int parse_args(int argc, char **argv, cli *c)
     }
     if (!c->model)
         return fail("no model given: use -m MODEL.gguf%s%s", "", "");
+    if (!c->chat && (c->system || c->chat_template))
+        return fail("%s needs --chat%s", c->system ? "-sys" : "--chat-template", "");
+    if (c->chat && (c->prompt || c->prompt_file || c->calibrate))
+        return fail("--chat reads the conversation from stdin: drop %s%s",
+                    c->calibrate ? "--calibrate" : "-p/-f", "");
     return 0;
 }
 
@@ -323,6 +342,12 @@ int main(int argc, char **argv)
     }
     if (c.calibrate) {
         rc = calibrate(&c, ctx);
+        goto done;
+    }
+    if (c.chat) {
+        rc = cli_chat(model, ctx, c.chat_template, c.system, c.n_predict, on_token, &c);
+        if (c.stats)
+            print_stats(ctx);
         goto done;
     }
     const char *prompt = c.prompt ? c.prompt : "";

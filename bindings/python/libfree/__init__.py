@@ -206,6 +206,22 @@ def _text_bytes(text, what="text"):
 
 # -- model --------------------------------------------------------------------------------
 
+def _chat_array(messages):
+    """A free_chat_message array for messages, and the (role, content) bytes it points
+    to (kept alive by the caller)."""
+    keep = []
+    for m in messages:
+        if isinstance(m, dict):
+            role, content = m["role"], m["content"]
+        else:
+            role, content = m
+        keep.append((_text_bytes(role, "role"), _text_bytes(content, "content")))
+    arr = (_ffi.free_chat_message * max(len(keep), 1))()
+    for i, (role, content) in enumerate(keep):
+        arr[i].role, arr[i].content = role, content
+    return arr, keep
+
+
 class _Handle:
     """A C handle owned by a Python object: closed by close(), by `with`, or when
     garbage-collected. Subclasses set self._handle and define close()."""
@@ -361,6 +377,27 @@ class Model(_Handle):
                 ctx.close()
         return run()
 
+    # chat
+    @property
+    def chat_template(self):
+        """The chat format name the model's tokenizer.chat_template is recognised as
+        ("chatml", "llama3", ...), or None."""
+        name = _ffi.lib().free_model_chat_template(self.handle)
+        return None if name is None else _decode_c(name)
+
+    def format_chat(self, messages, template=None, add_assistant=True):
+        """The prompt text of a conversation in a chat format (free_chat_format).
+        messages: (role, content) pairs or dicts with "role" and "content"; template: a
+        format name or template text, None for the model's template."""
+        arr, keep = _chat_array(messages)
+        tmpl = None if template is None else _text_bytes(template, "template")
+        data = self._sized_bytes(
+            lambda buf, cap, n_out: _ffi.lib().free_chat_format(
+                self.handle, tmpl, arr, len(keep), 1 if add_assistant else 0, buf, cap,
+                n_out),
+            "free_chat_format", 256 + sum(len(c) + len(r) + 32 for r, c in keep))
+        return data.decode("utf-8")
+
 
 # -- context ------------------------------------------------------------------------------
 
@@ -418,6 +455,7 @@ class Context(_Handle):
         lib = _ffi.lib()
         self._handle = None
         self._stream = None
+        self._chat_state = None               # (text the context holds, n_past): chat()
         self._model = model                   # keeps the model alive while we are
         self._keep = {}                       # objects C points to: calibration, abort_fn
         base = _ffi.free_ctx_params()
@@ -696,6 +734,28 @@ class Context(_Handle):
                 e.text = text
                 raise
         return text
+
+    def chat(self, messages, max_tokens=256, *, template=None, on_token=None, **params):
+        """Answers a conversation and returns the assistant's reply. messages: (role,
+        content) pairs or {"role", "content"} dicts, the last one usually the user's;
+        template: a format name ("chatml", ...) or None for the model's.
+
+        When messages continue the conversation of the previous chat call on this
+        context (its messages, then its reply, then more), only the new text is
+        prefilled: the KV cache is kept between turns. Otherwise the call stands alone
+        like generate. Sampling and early-exit keywords as generate (this call only)."""
+        messages = list(messages)
+        text = self._model.format_chat(messages, template, add_assistant=True)
+        prev = self._chat_state
+        go_on = prev is not None and prev[1] == self.n_past and text.startswith(prev[0])
+        prompt = text[len(prev[0]):] if go_on else text
+        self._chat_state = None
+        reply = self.generate(prompt, max_tokens, on_token=on_token, reset=not go_on,
+                              **params)
+        held = self._model.format_chat(messages + [("assistant", reply)], template,
+                                       add_assistant=False)
+        self._chat_state = (held, self.n_past)
+        return reply
 
     def stream(self, prompt=None, max_tokens=64, *, temperature=None, top_k=None,
                top_p=None, seed=None, exit_mode=None, threshold=None, adaptive=None,

@@ -158,7 +158,14 @@ class free_stats(Structure):
     ]
 
 
-STRUCTS = (free_model_params, free_ctx_params, free_step_info, free_stats)
+class free_chat_message(Structure):
+    _fields_ = [
+        ("role", c_char_p),
+        ("content", c_char_p),
+    ]
+
+
+STRUCTS = (free_model_params, free_ctx_params, free_step_info, free_stats, free_chat_message)
 
 # int (*free_token_fn)(void *user, int32_t token, const char *piece, size_t len,
 #                      const free_step_info *info)
@@ -202,6 +209,9 @@ FUNCTIONS = {
                                       POINTER(c_size_t)]),
     "free_detokenize": (_status, [_model_p, POINTER(c_int32), c_size_t, POINTER(c_char),
                                   c_size_t, POINTER(c_size_t)]),
+    "free_chat_format": (_status, [_model_p, c_char_p, POINTER(free_chat_message), c_size_t,
+                                   c_int, POINTER(c_char), c_size_t, POINTER(c_size_t)]),
+    "free_model_chat_template": (c_char_p, [_model_p]),
     "free_ctx_params_init": (_status, [POINTER(free_ctx_params), c_size_t]),
     "free_ctx_create": (_status, [_model_p, POINTER(free_ctx_params), POINTER(_ctx_p)]),
     "free_ctx_destroy": (None, [_ctx_p]),

@@ -16,6 +16,7 @@ typedef struct cli {
     const char *chat_template, *system; /* --chat-template, -sys */
     int n_predict, chat;
     int stats, exit_map, color;
+    int tokenize, add_special, parse_special; /* --tokenize and its options */
     free_ctx_params p;
 } cli;
 
@@ -51,6 +52,11 @@ static void usage(FILE *f)
         "  -sys, --system TEXT   --chat: a system message first\n"
         "  --chat-template NAME  --chat: the format (chatml, llama3, ...) instead of the\n"
         "                        model's tokenizer.chat_template\n"
+        "  --tokenize            print the prompt's token ids (no BOS/EOS, no special\n"
+        "                        tokens parsed) on one line and exit; loads the\n"
+        "                        vocabulary only\n"
+        "  --add-special         with --tokenize: add BOS/EOS as the vocabulary says\n"
+        "  --parse-special       with --tokenize: control tokens in the text are tokens\n"
         "  --version             print the library version\n");
 }
 
@@ -180,6 +186,12 @@ static int parse_args(int argc, char **argv, cli *c)
             NEEDS_VALUE(); c->system = v;
         } else if (!strcmp(a, "--chat-template")) {
             NEEDS_VALUE(); c->chat_template = v;
+        } else if (!strcmp(a, "--tokenize")) {
+            c->tokenize = 1;
+        } else if (!strcmp(a, "--add-special")) {
+            c->add_special = 1;
+        } else if (!strcmp(a, "--parse-special")) {
+            c->parse_special = 1;
         } else {
             return fail("unknown option '%s' (try --help)%s", a, "");
         }
@@ -252,6 +264,42 @@ static void print_stats(const free_ctx *ctx)
             s.bmm_alpha_disagree, s.bmm_beta_disagree);
 }
 
+/* --tokenize: the prompt's ids, decimal, separated by single spaces, on one line. */
+static int tokenize_only(const cli *c)
+{
+    free_model_params mp;
+    free_model_params_init(&mp, sizeof mp);
+    mp.vocab_only = 1;
+    free_model *model = NULL;
+    free_status s = free_model_load(c->model, &mp, &model);
+    if (s != FREE_OK) {
+        fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_last_error());
+        return 1;
+    }
+    const char *text = c->prompt ? c->prompt : "";
+    uint32_t flags = (c->add_special ? FREE_TOKENIZE_ADD_SPECIAL : 0u) |
+                     (c->parse_special ? FREE_TOKENIZE_PARSE_SPECIAL : 0u);
+    size_t n = 0;
+    int32_t *ids = NULL;
+    s = free_tokenize_ex(model, text, -1, flags, NULL, 0, &n);
+    if (s == FREE_ERR_BUFFER_TOO_SMALL) {
+        ids = malloc((n ? n : 1) * sizeof *ids);
+        s = ids ? free_tokenize_ex(model, text, -1, flags, ids, n, &n) : FREE_ERR_NOMEM;
+    }
+    int rc = 0;
+    if (s != FREE_OK) {
+        fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_last_error());
+        rc = 1;
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", (int)ids[i]);
+        putchar('\n');
+    }
+    free(ids);
+    free_model_destroy(model);
+    return rc;
+}
+
 static int ctx_error(free_ctx *ctx, free_status s)
 {
     fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_ctx_last_error(ctx));
@@ -314,6 +362,11 @@ int main(int argc, char **argv)
         if (!(prompt_buf = read_file(c.prompt_file)))
             return fail("cannot read prompt file %s: %s", c.prompt_file, strerror(errno));
         c.prompt = prompt_buf;
+    }
+    if (c.tokenize) {
+        int trc = tokenize_only(&c);
+        free(prompt_buf);
+        return trc;
     }
     if (c.calibration_in) {
         if (!(calib_buf = read_file(c.calibration_in)))

@@ -166,6 +166,27 @@ FREE_API free_status free_tokenize(const free_model *model, const char *text, pt
     return s == FREE_OK ? FREE_OK : fr_report(&err);
 }
 
+FREE_API free_status free_tokenize_ex(const free_model *model, const char *text, ptrdiff_t len,
+                                      uint32_t flags, int32_t *out, size_t cap, size_t *n_out)
+{
+    fr_error err;
+    if (!model || !n_out || (!text && len != 0) || (!out && cap))
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_tokenize_ex: NULL argument");
+    if (flags & ~(uint32_t)(FREE_TOKENIZE_ADD_SPECIAL | FREE_TOKENIZE_PARSE_SPECIAL))
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_tokenize_ex: unknown flags 0x%x",
+                             (unsigned)flags);
+    size_t n = text ? (len < 0 ? strlen(text) : (size_t)len) : 0;
+    fr_error_clear(&err);
+    free_status s = fr_tokenize_ex(model->tokenizer, text ? text : "", n, flags, out, cap,
+                                   n_out, &err);
+    return s == FREE_OK ? FREE_OK : fr_report(&err);
+}
+
+FREE_API int free_token_is_eog(const free_model *model, int32_t token)
+{
+    return model && fr_tokenizer_is_eog(model->tokenizer, token);
+}
+
 FREE_API free_status free_token_to_piece(const free_model *model, int32_t token, char *buf,
                                          size_t cap, size_t *n_out)
 {

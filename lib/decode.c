@@ -82,7 +82,7 @@ static void push_out(struct free_ctx *ctx, int32_t token, int32_t pos, bool earl
     o->info.early_exit = early;
     o->info.confidence = conf;
     o->info.threshold = fr_ctx_threshold(ctx);
-    o->info.is_eos = token == fr_tokenizer_eos(ctx->model->tokenizer);
+    o->info.is_eos = fr_tokenizer_is_eog(ctx->model->tokenizer, token);
     ctx->out_len++;
 }
 

@@ -17,6 +17,13 @@
  * - The unknown token decodes to " \u2047 ", SentencePiece's default surface, so that
  *   text the vocabulary could not hold stays visible instead of vanishing.
  *
+ * Byte-level BPE ("gpt2") vocabularies follow llama.cpp throughout: tokenizer_bpe.c and
+ * pretokenize.c. For both kinds, special tokens follow llama.cpp: user-defined pieces are
+ * matched whole in raw text (longest first) before anything else; control and unknown
+ * pieces only when special parsing is asked for; tokens llama.cpp recognises by their text
+ * (end of turn, FIM, end of generation) are treated as control even when the file says
+ * user-defined, and end generation with EOS.
+ *
  * This file holds the vocabulary: construction, loading from GGUF, the piece map and the
  * queries. tokenizer_encode.c turns text into ids, tokenizer_decode.c ids into text. */
 #include "tokenizer_impl.h"
@@ -165,7 +172,7 @@ static free_status build_pieces(fr_tokenizer *t, const fr_vocab_desc *d, fr_erro
         const char *p = piece_ptr(t, (int32_t)i, &len);
         int32_t ty = d->types ? d->types[i] : FR_TOKEN_NORMAL;
         int bv = byte_piece_value(p, len);
-        if (!d->types && bv >= 0)
+        if (!d->types && bv >= 0 && !t->bpe)
             ty = FR_TOKEN_BYTE;
         if (ty < FR_TOKEN_NORMAL || ty > FR_TOKEN_BYTE)
             return fr_fail(err, FREE_ERR_FORMAT, "token %zu has type %ld; types are 1..6",
@@ -192,6 +199,10 @@ static free_status build_pieces(fr_tokenizer *t, const fr_vocab_desc *d, fr_erro
         t->text_off[i] = o;
         switch (t->types[i]) {
         case FR_TOKEN_NORMAL:
+            if (t->bpe) {
+                o += fr_bpe_decode_piece(t->bpe, p, len, t->text + o);
+                break;
+            }
             for (size_t j = 0; j < len;) {
                 if (len - j >= 3 && memcmp(p + j, SPACE_MARK, 3) == 0) {
                     t->text[o++] = ' ';
@@ -209,6 +220,8 @@ static free_status build_pieces(fr_tokenizer *t, const fr_vocab_desc *d, fr_erro
             t->text[o++] = (char)byte_piece_value(p, len);
             break;
         case FR_TOKEN_UNKNOWN:
+            if (t->bpe)
+                break; /* llama.cpp: nothing unless specials are rendered */
             memcpy(t->text + o, UNK_SURFACE, sizeof UNK_SURFACE);
             o += sizeof UNK_SURFACE;
             break;
@@ -276,8 +289,7 @@ static free_status build_map(fr_tokenizer *t, fr_error *err)
         cap *= 2;
     t->slots = malloc(cap * sizeof *t->slots);
     t->slot_hash = malloc(cap * sizeof *t->slot_hash);
-    t->user = malloc(n * sizeof *t->user);
-    if (!t->slots || !t->slot_hash || !t->user)
+    if (!t->slots || !t->slot_hash)
         return fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory for the piece map");
     t->mask = cap - 1;
     for (size_t i = 0; i < cap; i++)
@@ -285,7 +297,8 @@ static free_status build_map(fr_tokenizer *t, fr_error *err)
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const char *p = piece_ptr(t, (int32_t)i, &len);
-        if (len == 0 || !text_reachable(t->types[i]))
+        /* byte-level BPE looks up every piece, as llama.cpp does */
+        if (len == 0 || !(t->bpe || text_reachable(t->types[i])))
             continue;
         uint32_t h;
         size_t s = map_slot(t, p, len, &h);
@@ -293,19 +306,89 @@ static free_status build_map(fr_tokenizer *t, fr_error *err)
             continue; /* a duplicate piece: the first id keeps it */
         t->slots[s] = (int32_t)i;
         t->slot_hash[s] = h;
-        if (t->types[i] == FR_TOKEN_USER_DEFINED)
-            t->user[t->n_user++] = (int32_t)i;
     }
-    FR_TRY(build_pre_space(t, err));
-    if (t->n_user > 1) {
-        user_key *k = malloc(t->n_user * sizeof *k);
+    return t->bpe ? FREE_OK : build_pre_space(t, err);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Special tokens                                                                       */
+
+/* Texts llama.cpp treats as control whatever the file says (end of turn, end of message,
+ * fill-in-the-middle), and those of them that end generation. */
+static const char *const CONTROL_TEXTS[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>", "<EOT>", "_<EOT>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+    "<|eom_id|>",
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+    "<PRE>", "\xe2\x96\x81<PRE>",
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "hole\xef\xbd\x9c>",
+    "<SUF>", "\xe2\x96\x81<SUF>",
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+    "<MID>", "\xe2\x96\x81<MID>",
+    NULL};
+static const char *const EOG_TEXTS[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>", "<|eom_id|>", "<EOT>", "_<EOT>",
+    /* FIM padding, repository and file separators end generation too */
+    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
+    "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>",
+    NULL};
+
+static bool piece_in(const char *p, size_t len, const char *const *list)
+{
+    for (; *list; list++)
+        if (strlen(*list) == len && memcmp(*list, p, len) == 0)
+            return true;
+    return false;
+}
+
+static bool piece_is(const fr_tokenizer *t, int32_t id, const char *s)
+{
+    size_t len;
+    const char *p = piece_ptr(t, id, &len);
+    return strlen(s) == len && memcmp(s, p, len) == 0;
+}
+
+/* Flags from the types and the texts, then the list of specials, longest first. */
+static free_status build_specials(fr_tokenizer *t, const fr_vocab_desc *d, fr_error *err)
+{
+    size_t n = (size_t)t->n_vocab;
+    t->flags = calloc(n, 1);
+    t->special = malloc(n * sizeof *t->special);
+    if (!t->flags || !t->special)
+        return fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *p = piece_ptr(t, (int32_t)i, &len);
+        uint8_t ty = t->types[i];
+        if (ty == FR_TOKEN_CONTROL || ty == FR_TOKEN_UNKNOWN)
+            t->flags[i] |= FR_TF_CONTROL;
+        bool eog = piece_in(p, len, EOG_TEXTS);
+        if (eog || piece_in(p, len, CONTROL_TEXTS))
+            t->flags[i] |= FR_TF_CONTROL;
+        if (eog)
+            t->flags[i] |= FR_TF_EOG;
+        bool special = ty == FR_TOKEN_CONTROL || ty == FR_TOKEN_UNKNOWN ||
+                       ty == FR_TOKEN_USER_DEFINED || (t->flags[i] & FR_TF_CONTROL);
+        if (special && len > 0) {
+            t->special[t->n_special++] = (int32_t)i;
+            if (d->rstrip_specials && !piece_is(t, (int32_t)i, "<unk>") &&
+                !piece_is(t, (int32_t)i, "<s>") && !piece_is(t, (int32_t)i, "<|endoftext|>"))
+                t->flags[i] |= FR_TF_RSTRIP;
+        }
+    }
+    fr_tokenizer_mark_eog(t, t->eos);
+    if (t->n_special > 1) {
+        user_key *k = malloc(t->n_special * sizeof *k);
         if (!k)
             return fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory");
-        for (size_t i = 0; i < t->n_user; i++)
-            k[i] = (user_key){t->raw_off[t->user[i] + 1] - t->raw_off[t->user[i]], t->user[i]};
-        qsort(k, t->n_user, sizeof *k, cmp_user);
-        for (size_t i = 0; i < t->n_user; i++)
-            t->user[i] = k[i].id;
+        for (size_t i = 0; i < t->n_special; i++) {
+            int32_t id = t->special[i];
+            k[i] = (user_key){t->raw_off[id + 1] - t->raw_off[id], id};
+        }
+        qsort(k, t->n_special, sizeof *k, cmp_user);
+        for (size_t i = 0; i < t->n_special; i++)
+            t->special[i] = k[i].id;
         free(k);
     }
     return FREE_OK;
@@ -337,8 +420,9 @@ free_status fr_tokenizer_create(const fr_vocab_desc *d, fr_tokenizer **out, fr_e
     t->bos = d->bos;
     t->eos = d->eos;
     t->unk = d->unk;
-    t->add_space_prefix = d->add_space_prefix;
+    t->add_space_prefix = d->add_space_prefix && !d->bpe;
     t->add_bos = d->add_bos;
+    t->add_eos = d->add_eos;
     t->raw = malloc(total ? total : 1);
     t->raw_off = malloc((n + 1) * sizeof *t->raw_off);
     t->text_off = malloc((n + 1) * sizeof *t->text_off);
@@ -357,7 +441,11 @@ free_status fr_tokenizer_create(const fr_vocab_desc *d, fr_tokenizer **out, fr_e
         o += (size_t)d->pieces[i].len;
     }
     t->raw_off[n] = o;
-    if ((s = build_pieces(t, d, err)) != FREE_OK || (s = build_map(t, err)) != FREE_OK)
+    if (d->bpe && (s = fr_bpe_create(d->pre ? d->pre : "", d->pre ? d->pre_len : 0, d->merges,
+                                     d->merges ? d->n_merges : 0, &t->bpe, err)) != FREE_OK)
+        goto fail;
+    if ((s = build_pieces(t, d, err)) != FREE_OK || (s = build_map(t, err)) != FREE_OK ||
+        (s = build_specials(t, d, err)) != FREE_OK)
         goto fail;
     *out = t;
     return FREE_OK;
@@ -378,8 +466,10 @@ void fr_tokenizer_destroy(fr_tokenizer *t)
     free(t->types);
     free(t->slots);
     free(t->slot_hash);
-    free(t->user);
+    free(t->special);
+    free(t->flags);
     free(t->pre_space);
+    fr_bpe_destroy(t->bpe);
     free(t);
 }
 
@@ -448,23 +538,98 @@ static free_status read_bool(const gguf_file *f, const char *key, bool def, bool
     return FREE_OK;
 }
 
-free_status fr_tokenizer_load(const gguf_file *f, fr_tokenizer **out, fr_error *err)
+/* Whether general.name says Phi-3 (llama.cpp strips whitespace after its specials). */
+static free_status is_phi3(const gguf_file *f, bool *out, fr_error *err)
 {
-    if (!f || !out)
-        return fr_fail(err, FREE_ERR_INVALID_ARG, "fr_tokenizer_load: NULL argument");
-    *out = NULL;
+    gguf_str name;
+    bool found = false;
+    *out = false;
+    FR_TRY(gguf_get_str(f, "general.name", &name, &found, err));
+    if (!found)
+        return FREE_OK;
+    char low[256];
+    size_t n = name.len < sizeof low - 1 ? (size_t)name.len : sizeof low - 1;
+    for (size_t i = 0; i < n; i++) {
+        char c = name.ptr[i];
+        low[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    low[n] = 0;
+    *out = strstr(low, "phi-3") || strstr(low, "phi3");
+    return FREE_OK;
+}
+
+/* tokenizer.ggml.merges and .pre for a "gpt2" vocabulary; *merges is malloc'ed. */
+static free_status read_bpe(const gguf_file *f, fr_vocab_desc *d, gguf_str **merges,
+                            fr_error *err)
+{
+    gguf_str pre = {"", 0};
+    bool found = false;
+    FR_TRY(gguf_get_str(f, "tokenizer.ggml.pre", &pre, &found, err));
+    fr_pretok_info info;
+    if (!fr_pretok_lookup(pre.ptr, (size_t)pre.len, &info))
+        return fr_fail(err, FREE_ERR_UNSUPPORTED,
+                       "tokenizer.ggml.pre is \"%.*s\"; supported pre-tokenizers: llama-bpe "
+                       "(llama3, llama-v3), qwen2, deepseek-r1-qwen, smollm, starcoder, "
+                       "refact, gpt-2, phi-2, deepseek-coder, deepseek-llm, falcon, default",
+                       (int)(pre.len < 40 ? pre.len : 40), pre.ptr);
+    const gguf_kv *kv = gguf_find_kv(f, "tokenizer.ggml.merges");
+    if (!kv)
+        return fr_fail(err, FREE_ERR_FORMAT, "tokenizer.ggml.merges is missing");
+    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != GGUF_TYPE_STRING)
+        return fr_fail(err, FREE_ERR_FORMAT, "tokenizer.ggml.merges is not an array of strings");
+    *merges = malloc((kv->arr_n ? kv->arr_n : 1) * sizeof **merges);
+    if (!*merges)
+        return fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory for %llu merges",
+                       (unsigned long long)kv->arr_n);
+    FR_TRY(gguf_array_strings(kv, *merges, kv->arr_n, err));
+    d->bpe = true;
+    d->pre = pre.ptr;
+    d->pre_len = (size_t)pre.len;
+    d->merges = *merges;
+    d->n_merges = (size_t)kv->arr_n;
+    d->add_bos = info.add_bos;
+    return FREE_OK;
+}
+
+/* Reads the keys into d; *merges is malloc'ed for "gpt2". */
+static free_status read_desc(const gguf_file *f, uint64_t n, fr_vocab_desc *d,
+                             gguf_str **merges, fr_error *err)
+{
     gguf_str model;
     bool found = false;
     FR_TRY(gguf_get_str(f, "tokenizer.ggml.model", &model, &found, err));
     if (!found)
         return fr_fail(err, FREE_ERR_FORMAT,
                        "the file has no vocabulary: tokenizer.ggml.model is missing");
-    if (!gguf_str_eq(model, "llama"))
+    bool bpe = gguf_str_eq(model, "gpt2");
+    if (!bpe && !gguf_str_eq(model, "llama"))
         return fr_fail(err, FREE_ERR_UNSUPPORTED,
-                       "tokenizer.ggml.model is \"%.*s\"; only \"llama\" (SentencePiece) "
-                       "vocabularies are supported", (int)(model.len < 40 ? model.len : 40),
-                       model.ptr);
+                       "tokenizer.ggml.model is \"%.*s\"; only \"llama\" (SentencePiece) and "
+                       "\"gpt2\" (byte-level BPE) vocabularies are supported",
+                       (int)(model.len < 40 ? model.len : 40), model.ptr);
+    d->add_bos = true;
+    if (bpe)
+        FR_TRY(read_bpe(f, d, merges, err));
+    /* llama.cpp's defaults: SentencePiece 1 / 2 / 0, byte-level BPE 11 / 11 / none. */
+    FR_TRY(read_id(f, "tokenizer.ggml.bos_token_id", bpe ? 11 : 1, n, &d->bos, err));
+    FR_TRY(read_id(f, "tokenizer.ggml.eos_token_id", bpe ? 11 : 2, n, &d->eos, err));
+    FR_TRY(read_id(f, "tokenizer.ggml.unknown_token_id", bpe ? -1 : 0, n, &d->unk, err));
+    FR_TRY(read_bool(f, "tokenizer.ggml.add_space_prefix", !bpe, &d->add_space_prefix, err));
+    FR_TRY(read_bool(f, "tokenizer.ggml.add_bos_token", d->add_bos, &d->add_bos, err));
+    FR_TRY(read_bool(f, "tokenizer.ggml.add_eos_token", false, &d->add_eos, err));
+    FR_TRY(is_phi3(f, &d->rstrip_specials, err));
+    return FREE_OK;
+}
+
+free_status fr_tokenizer_load(const gguf_file *f, fr_tokenizer **out, fr_error *err)
+{
+    if (!f || !out)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "fr_tokenizer_load: NULL argument");
+    *out = NULL;
     const gguf_kv *tok = gguf_find_kv(f, "tokenizer.ggml.tokens");
+    if (!gguf_find_kv(f, "tokenizer.ggml.model"))
+        return fr_fail(err, FREE_ERR_FORMAT,
+                       "the file has no vocabulary: tokenizer.ggml.model is missing");
     if (!tok)
         return fr_fail(err, FREE_ERR_FORMAT, "tokenizer.ggml.tokens is missing");
     if (tok->type != GGUF_TYPE_ARRAY || tok->arr_type != GGUF_TYPE_STRING)
@@ -478,17 +643,22 @@ free_status fr_tokenizer_load(const gguf_file *f, fr_tokenizer **out, fr_error *
     FR_TRY(per_token_array(f, "tokenizer.ggml.token_type", n, &ty, err));
 
     fr_vocab_desc d = {.n_vocab = (uint32_t)n};
-    FR_TRY(read_id(f, "tokenizer.ggml.bos_token_id", 1, n, &d.bos, err));
-    FR_TRY(read_id(f, "tokenizer.ggml.eos_token_id", 2, n, &d.eos, err));
-    FR_TRY(read_id(f, "tokenizer.ggml.unknown_token_id", 0, n, &d.unk, err));
-    FR_TRY(read_bool(f, "tokenizer.ggml.add_space_prefix", true, &d.add_space_prefix, err));
-    FR_TRY(read_bool(f, "tokenizer.ggml.add_bos_token", true, &d.add_bos, err));
+    gguf_str *merges = NULL;
+    int32_t eot = FR_TOKEN_NONE, eom = FR_TOKEN_NONE;
+    free_status s = read_desc(f, n, &d, &merges, err);
+    if (s == FREE_OK)
+        s = read_id(f, "tokenizer.ggml.eot_token_id", -1, n, &eot, err);
+    if (s == FREE_OK)
+        s = read_id(f, "tokenizer.ggml.eom_token_id", -1, n, &eom, err);
+    if (s != FREE_OK) {
+        free(merges);
+        return s;
+    }
 
     /* The counts are bounded by the file's size (the reader checked each element). */
     gguf_str *pieces = malloc(n * sizeof *pieces);
     float *scores = sc ? malloc(n * sizeof *scores) : NULL;
     int32_t *types = ty ? malloc(n * sizeof *types) : NULL;
-    free_status s;
     if (!pieces || (sc && !scores) || (ty && !types)) {
         s = fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory for %llu tokens",
                     (unsigned long long)n);
@@ -500,9 +670,14 @@ free_status fr_tokenizer_load(const gguf_file *f, fr_tokenizer **out, fr_error *
         d.types = types;
         s = fr_tokenizer_create(&d, out, err);
     }
+    if (s == FREE_OK) {
+        fr_tokenizer_mark_eog(*out, eot);
+        fr_tokenizer_mark_eog(*out, eom);
+    }
     free(pieces);
     free(scores);
     free(types);
+    free(merges);
     return s;
 }
 
@@ -514,6 +689,19 @@ int32_t fr_tokenizer_bos(const fr_tokenizer *t) { return t->bos; }
 int32_t fr_tokenizer_eos(const fr_tokenizer *t) { return t->eos; }
 int32_t fr_tokenizer_unk(const fr_tokenizer *t) { return t->unk; }
 bool fr_tokenizer_add_bos(const fr_tokenizer *t) { return t->add_bos; }
+bool fr_tokenizer_add_eos(const fr_tokenizer *t) { return t->add_eos; }
+bool fr_tokenizer_is_bpe(const fr_tokenizer *t) { return t->bpe != NULL; }
+
+bool fr_tokenizer_is_eog(const fr_tokenizer *t, int32_t token)
+{
+    return t && token >= 0 && token < t->n_vocab && (t->flags[token] & FR_TF_EOG);
+}
+
+void fr_tokenizer_mark_eog(fr_tokenizer *t, int32_t token)
+{
+    if (t && token >= 0 && token < t->n_vocab)
+        t->flags[token] |= FR_TF_EOG;
+}
 size_t fr_tokenizer_max_piece(const fr_tokenizer *t) { return t->max_piece; }
 
 int fr_tokenizer_token_type(const fr_tokenizer *t, int32_t token)

@@ -1,5 +1,6 @@
-/* Encoding (text -> ids): the merge heap, byte fallback, user-defined pieces; the rules
- * are at the top of tokenizer.c. */
+/* Encoding (text -> ids): special tokens in the text, then SentencePiece's merge heap and
+ * byte fallback, or byte-level BPE (tokenizer_bpe.c); the rules are at the top of
+ * tokenizer.c. */
 #include "tokenizer_impl.h"
 
 #include <stdlib.h>
@@ -19,11 +20,6 @@ typedef struct bigram {
     uint32_t size; /* len(left) + len(right) when queued: detects stale entries */
 } bigram;
 
-typedef struct ids_out {
-    int32_t *out;
-    size_t cap, n;
-} ids_out;
-
 typedef struct session {
     const fr_tokenizer *t;
     char *esc;      /* escaped text of one fragment */
@@ -32,13 +28,6 @@ typedef struct session {
     size_t n_heap;
     ids_out *ids;
 } session;
-
-static void emit(ids_out *o, int32_t id)
-{
-    if (o->n < o->cap)
-        o->out[o->n] = id;
-    o->n++;
-}
 
 /* Higher score first; among equal scores the leftmost pair. */
 static bool bigram_before(const bigram *a, const bigram *b)
@@ -95,7 +84,7 @@ static free_status emit_symbol(session *s, const char *p, size_t n, fr_error *er
     const fr_tokenizer *t = s->t;
     int32_t id = fr_tok_map_find(t, p, n);
     if (id >= 0) {
-        emit(s->ids, id);
+        fr_emit(s->ids, id);
         return FREE_OK;
     }
     bool bytes_ok = true;
@@ -103,9 +92,9 @@ static free_status emit_symbol(session *s, const char *p, size_t n, fr_error *er
         bytes_ok = bytes_ok && t->byte_id[(unsigned char)p[i]] >= 0;
     if (bytes_ok) {
         for (size_t i = 0; i < n; i++)
-            emit(s->ids, t->byte_id[(unsigned char)p[i]]);
+            fr_emit(s->ids, t->byte_id[(unsigned char)p[i]]);
     } else if (t->unk >= 0) {
-        emit(s->ids, t->unk);
+        fr_emit(s->ids, t->unk);
     } else {
         return fr_fail(err, FREE_ERR_UNSUPPORTED,
                        "text byte 0x%02x has no token and the vocabulary has neither byte "
@@ -217,18 +206,29 @@ static bool frag_push(fragment **f, size_t *n, size_t *cap, fragment x)
     return true;
 }
 
-/* Splits text around user-defined pieces, longest piece first over the whole text (a
- * shorter piece only matches in what longer ones left). */
-static free_status split_user(const fr_tokenizer *t, const char *text, size_t len,
-                              fragment **frags_out, size_t *n_out, fr_error *err)
+static bool is_space(char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/* Splits text around special tokens as llama.cpp does: each special piece in turn (longest
+ * first) over the raw fragments that earlier ones left. User-defined pieces always;
+ * control-like ones (control, unknown, retyped) only when parse is set. */
+static free_status split_specials(const fr_tokenizer *t, const char *text, size_t len,
+                                  bool parse, fragment **frags_out, size_t *n_out,
+                                  fr_error *err)
 {
     fragment *f = NULL, *g = NULL;
     size_t n = 0, cap = 0;
     if (!frag_push(&f, &n, &cap, (fragment){0, len, FR_TOKEN_NONE}))
         goto nomem;
-    for (size_t u = 0; u < t->n_user; u++) {
+    for (size_t u = 0; u < t->n_special; u++) {
+        int32_t id = t->special[u];
+        if (!parse && (t->flags[id] & FR_TF_CONTROL))
+            continue;
+        bool rstrip = (t->flags[id] & FR_TF_RSTRIP) != 0;
         size_t plen, gn = 0, gcap = 0;
-        const char *p = piece_ptr(t, t->user[u], &plen);
+        const char *p = piece_ptr(t, id, &plen);
         for (size_t i = 0; i < n; i++) {
             size_t at = f[i].start, end = f[i].start + f[i].len;
             const char *hit;
@@ -236,9 +236,11 @@ static free_status split_user(const fr_tokenizer *t, const char *text, size_t le
                    (hit = find_bytes(text + at, end - at, p, plen)) != NULL) {
                 size_t h = (size_t)(hit - text);
                 if ((h > at && !frag_push(&g, &gn, &gcap, (fragment){at, h - at, FR_TOKEN_NONE}))
-                    || !frag_push(&g, &gn, &gcap, (fragment){h, plen, t->user[u]}))
+                    || !frag_push(&g, &gn, &gcap, (fragment){h, plen, id}))
                     goto nomem;
                 at = h + plen;
+                while (rstrip && at < end && is_space(text[at]))
+                    at++;
             }
             fragment rest = f[i];
             if (rest.token == FR_TOKEN_NONE)
@@ -261,8 +263,52 @@ nomem:
     return fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory splitting the text");
 }
 
-free_status fr_tokenize(const fr_tokenizer *t, const char *text, size_t len, bool add_bos,
-                        int32_t *out, size_t cap, size_t *n_out, fr_error *err)
+/* SentencePiece over the fragments: like llama.cpp, a space prefix before every raw
+ * fragment that starts the text or follows a special token. */
+static free_status encode_spm(const fr_tokenizer *t, const char *text, size_t len,
+                              const fragment *frags, size_t n_frags, ids_out *ids,
+                              fr_error *err)
+{
+    session s = {.t = t, .ids = ids};
+    s.esc = malloc(3 * len + 3);
+    s.syms = malloc((len + 1) * sizeof *s.syms);
+    s.heap = malloc(3 * (len + 1) * sizeof *s.heap);
+    free_status st = FREE_OK;
+    if (!s.esc || !s.syms || !s.heap)
+        st = fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory for %zu bytes", len);
+    bool prev_special = true;
+    for (size_t i = 0; i < n_frags && st == FREE_OK; i++) {
+        if (frags[i].token == FR_TOKEN_NONE) {
+            st = encode_fragment(&s, text + frags[i].start, frags[i].len,
+                                 t->add_space_prefix && prev_special, err);
+            prev_special = false;
+        } else {
+            fr_emit(ids, frags[i].token);
+            prev_special = true;
+        }
+    }
+    free(s.esc);
+    free(s.syms);
+    free(s.heap);
+    return st;
+}
+
+static free_status encode_bpe(const fr_tokenizer *t, const char *text,
+                              const fragment *frags, size_t n_frags, ids_out *ids,
+                              fr_error *err)
+{
+    for (size_t i = 0; i < n_frags; i++) {
+        if (frags[i].token == FR_TOKEN_NONE)
+            FR_TRY(fr_bpe_encode(t, text + frags[i].start, frags[i].len, ids, err));
+        else
+            fr_emit(ids, frags[i].token);
+    }
+    return FREE_OK;
+}
+
+free_status fr_tokenize_ex(const fr_tokenizer *t, const char *text, size_t len,
+                           unsigned flags, int32_t *out, size_t cap, size_t *n_out,
+                           fr_error *err)
 {
     if (!t || !n_out || (len > 0 && !text) || (cap > 0 && !out))
         return fr_fail(err, FREE_ERR_INVALID_ARG, "fr_tokenize: NULL argument");
@@ -271,40 +317,32 @@ free_status fr_tokenize(const fr_tokenizer *t, const char *text, size_t len, boo
                        "text of %zu bytes is longer than the tokenizer's limit of %zu", len,
                        FR_TOKENIZE_MAX_BYTES);
     ids_out ids = {out, cap, 0};
-    if (add_bos && t->bos >= 0)
-        emit(&ids, t->bos);
+    bool special = (flags & FR_TOKENIZE_ADD_SPECIAL) != 0;
+    if (t->bos >= 0 && ((flags & FR_TOKENIZE_BOS) || (special && t->add_bos)))
+        fr_emit(&ids, t->bos);
     free_status st = FREE_OK;
     if (len > 0) {
         fragment *frags = NULL;
         size_t n_frags = 0;
-        FR_TRY(split_user(t, text, len, &frags, &n_frags, err));
-        session s = {.t = t, .ids = &ids};
-        s.esc = malloc(3 * len + 3);
-        s.syms = malloc((len + 1) * sizeof *s.syms);
-        s.heap = malloc(3 * (len + 1) * sizeof *s.heap);
-        if (!s.esc || !s.syms || !s.heap)
-            st = fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory for %zu bytes", len);
-        bool prefix = t->add_space_prefix;
-        for (size_t i = 0; i < n_frags && st == FREE_OK; i++) {
-            if (frags[i].token == FR_TOKEN_NONE) {
-                st = encode_fragment(&s, text + frags[i].start, frags[i].len, prefix, err);
-            } else {
-                if (prefix) /* text starts with a user-defined piece: prefix on its own */
-                    st = encode_fragment(&s, "", 0, true, err);
-                emit(&ids, frags[i].token);
-            }
-            prefix = false;
-        }
-        free(s.esc);
-        free(s.syms);
-        free(s.heap);
+        FR_TRY(split_specials(t, text, len, (flags & FR_TOKENIZE_PARSE_SPECIAL) != 0, &frags,
+                              &n_frags, err));
+        st = t->bpe ? encode_bpe(t, text, frags, n_frags, &ids, err)
+                    : encode_spm(t, text, len, frags, n_frags, &ids, err);
         free(frags);
     }
     if (st != FREE_OK)
         return st;
+    if (special && t->add_eos && t->eos >= 0)
+        fr_emit(&ids, t->eos);
     *n_out = ids.n;
     if (ids.n > cap)
         return fr_fail(err, FREE_ERR_BUFFER_TOO_SMALL,
                        "the text needs %zu tokens but the buffer holds %zu", ids.n, cap);
     return FREE_OK;
+}
+
+free_status fr_tokenize(const fr_tokenizer *t, const char *text, size_t len, bool add_bos,
+                        int32_t *out, size_t cap, size_t *n_out, fr_error *err)
+{
+    return fr_tokenize_ex(t, text, len, add_bos ? FR_TOKENIZE_BOS : 0, out, cap, n_out, err);
 }

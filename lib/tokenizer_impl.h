@@ -3,6 +3,7 @@
 #ifndef FREE_TOKENIZER_IMPL_H
 #define FREE_TOKENIZER_IMPL_H
 
+#include "pretokenize.h"
 #include "tokenizer.h"
 
 static const char SPACE_MARK[3] = {'\xe2', '\x96', '\x81'};   /* U+2581 */
@@ -25,13 +26,39 @@ struct fr_tokenizer {
     int32_t *slots;
     uint32_t *slot_hash;
     size_t mask;
-    int32_t *user;      /* user-defined tokens, longest piece first */
-    size_t n_user;
+    /* Tokens matched whole in raw text before encoding (control, user-defined, unknown
+     * and the retyped ones), longest piece first; control-like ones only when special
+     * tokens are parsed. */
+    int32_t *special;
+    size_t n_special;
+    uint8_t *flags;     /* FR_TF_* per token */
+    bool add_eos;
+    struct fr_bpe *bpe; /* byte-level BPE ("gpt2"); NULL for SentencePiece */
     /* Characters that some text-reachable piece has right before a U+2581, packed by
      * pack_char and sorted: the text may not be cut between them and a U+2581. */
     uint64_t *pre_space;
     size_t n_pre_space;
 };
+
+/* Per-token flags beside the file's type. */
+enum {
+    FR_TF_CONTROL = 1, /* matched only when special tokens are parsed (control, unknown,
+                          or retyped by its text as llama.cpp does) */
+    FR_TF_EOG = 2,     /* ends generation */
+    FR_TF_RSTRIP = 4,  /* whitespace after it is dropped when it is matched (Phi-3) */
+};
+
+typedef struct ids_out {
+    int32_t *out;
+    size_t cap, n;
+} ids_out;
+
+static inline void fr_emit(ids_out *o, int32_t id)
+{
+    if (o->n < o->cap)
+        o->out[o->n] = id;
+    o->n++;
+}
 
 /* ------------------------------------------------------------------------------------ */
 /* UTF-8                                                                                */
@@ -92,5 +119,17 @@ int32_t fr_tok_map_find(const fr_tokenizer *t, const char *p, size_t n);
 /* Whether some text-reachable piece has the character c[0..k) right before a U+2581
  * (the text may not be cut between them). */
 bool fr_tok_before_space(const fr_tokenizer *t, const unsigned char *c, size_t k);
+
+/* Byte-level BPE (tokenizer_bpe.c). */
+typedef struct fr_bpe fr_bpe;
+/* The pre-tokenizer named pre[0..pre_len) and the merges ("left right" strings). */
+free_status fr_bpe_create(const char *pre, size_t pre_len, const gguf_str *merges,
+                          size_t n_merges, fr_bpe **out, fr_error *err);
+void fr_bpe_destroy(fr_bpe *b);
+/* Encodes raw text (no special tokens in it) into ids. */
+free_status fr_bpe_encode(const fr_tokenizer *t, const char *text, size_t len, ids_out *ids,
+                          fr_error *err);
+/* The bytes a normal piece stands for, into out (at most n bytes). Returns the count. */
+size_t fr_bpe_decode_piece(const fr_bpe *b, const char *p, size_t n, char *out);
 
 #endif

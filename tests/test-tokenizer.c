@@ -556,6 +556,16 @@ static void check_tok(const fr_tokenizer *t, const char *s, const int32_t *want,
     free(ids);
 }
 
+/* Ids only: text after a user-defined piece gains the space prefix, so it does not
+ * decode back to itself. */
+static void check_ids(const fr_tokenizer *t, const char *s, const int32_t *want, size_t n_want)
+{
+    size_t n;
+    int32_t *ids = tok(t, s, strlen(s), false, &n);
+    assert_ids(ids, n, want, n_want, s);
+    free(ids);
+}
+
 #define SPACE "\xe2\x96\x81"
 
 START_TEST(merge_order)
@@ -608,12 +618,14 @@ START_TEST(control_and_user_pieces)
     fr_tokenizer *t = sv_build(&v, true);
     /* "<s>" is not BOS even though "<s" + ">" spells it. */
     check_tok(t, "<s>", (int32_t[]){sp, ls, gt}, 3);
-    check_tok(t, "a<|x|>b", (int32_t[]){sp, a, ux, b}, 4);
-    check_tok(t, "<|x|>a", (int32_t[]){sp, ux, a}, 3);
-    check_tok(t, "<|x|><|x|>", (int32_t[]){sp, ux, ux}, 3);
+    /* As llama.cpp: every stretch of text that starts the text or follows a user-defined
+     * piece gets the space prefix. */
+    check_ids(t, "a<|x|>b", (int32_t[]){sp, a, ux, sp, b}, 5);
+    check_ids(t, "<|x|>a", (int32_t[]){ux, sp, a}, 3);
+    check_tok(t, "<|x|><|x|>", (int32_t[]){ux, ux}, 2);
     /* The longer user piece wins even though the shorter one starts first. */
     check_tok(t, "XYZW", (int32_t[]){sp, 3 + 'X', uyzw}, 3);
-    check_tok(t, "XYa", (int32_t[]){sp, uxy, a}, 3);
+    check_ids(t, "XYa", (int32_t[]){uxy, sp, a}, 3);
     check_tok(t, "<", (int32_t[]){sp, lt}, 2);
     ck_assert_int_eq(fr_tokenizer_token_type(t, un), FR_TOKEN_UNUSED);
     const char *p;
@@ -828,9 +840,13 @@ START_TEST(gguf_vocabularies)
     ck_assert_msg(strstr(err.msg, "tokenizer.ggml.token_type has 7 entries") != NULL,
                   "message: %s", err.msg);
 
-    gb_vocab(&g, V_MODEL, "gpt2", 0, 0, 0);
+    gb_vocab(&g, V_MODEL, "gpt2", 0, 0, 0); /* byte-level BPE needs its merges */
+    ck_assert_int_eq(gb_load(&g, &t, &err), FREE_ERR_FORMAT);
+    ck_assert_msg(strstr(err.msg, "tokenizer.ggml.merges") != NULL, "message: %s", err.msg);
+
+    gb_vocab(&g, V_MODEL, "t5", 0, 0, 0);
     ck_assert_int_eq(gb_load(&g, &t, &err), FREE_ERR_UNSUPPORTED);
-    ck_assert_msg(strstr(err.msg, "\"gpt2\"") != NULL, "message: %s", err.msg);
+    ck_assert_msg(strstr(err.msg, "\"t5\"") != NULL, "message: %s", err.msg);
 
     gb_vocab(&g, 0, "", 0, 0, 0);
     ck_assert_int_eq(gb_load(&g, &t, &err), FREE_ERR_FORMAT);

@@ -174,6 +174,26 @@ FREE_API int32_t free_token_eos(const free_model *model);
 FREE_API free_status free_tokenize(const free_model *model, const char *text, ptrdiff_t len,
                                    int add_bos, int32_t *out, size_t cap, size_t *n_out);
 
+/* Flags of free_tokenize_ex. */
+#define FREE_TOKENIZE_ADD_SPECIAL 1u   /* BOS and EOS as the vocabulary says
+                                          (tokenizer.ggml.add_bos_token / add_eos_token) */
+#define FREE_TOKENIZE_PARSE_SPECIAL 2u /* control tokens written in the text ("<|im_end|>",
+                                          "<s>") become those tokens; otherwise they are
+                                          plain text. User-defined tokens are always
+                                          matched whole. */
+
+/* free_tokenize with llama.cpp's options: flags is 0 or FREE_TOKENIZE_* (other bits are
+ * FREE_ERR_INVALID_ARG). With 0 it gives what llama_tokenize(add_special = false,
+ * parse_special = false) gives. Same buffer rule as free_tokenize. */
+FREE_API free_status free_tokenize_ex(const free_model *model, const char *text,
+                                      ptrdiff_t len, uint32_t flags, int32_t *out, size_t cap,
+                                      size_t *n_out);
+
+/* Non-zero when token ends generation: EOS and every end-of-turn token the vocabulary has
+ * (Llama 3: <|eot_id|> and <|end_of_text|>; Qwen: <|im_end|> and <|endoftext|>; found by
+ * their text as llama.cpp does). 0 for ids outside the vocabulary or a NULL model. */
+FREE_API int free_token_is_eog(const free_model *model, int32_t token);
+
 /* The raw bytes token contributes to text (byte tokens give their byte, "▁" becomes a
  * space, control tokens give nothing). Not NUL-terminated. Same buffer rule as above. */
 FREE_API free_status free_token_to_piece(const free_model *model, int32_t token, char *buf,
@@ -320,7 +340,7 @@ typedef struct free_step_info {
     int32_t early_exit;   /* non-zero when chosen by the shallow exit head */
     float confidence;     /* shallow top-1 minus top-2 probability (0 when not computed) */
     float threshold;      /* threshold in force */
-    int32_t is_eos;       /* non-zero when the token is end-of-sequence */
+    int32_t is_eos;       /* non-zero when the token ends generation (free_token_is_eog) */
 } free_step_info;
 
 /* Appends n tokens and runs them through all layers in batches (synchronizing a pending

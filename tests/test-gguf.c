@@ -248,6 +248,7 @@ END_TEST
 
 START_TEST(test_free_llama_22m_q8_0)
 {
+    FR_TEST_NEED("free-llama-22M/free-llama-22M-q8_0.gguf");
     gguf_file *f = open_model("free-llama-22M/free-llama-22M-q8_0.gguf");
     ck_assert_uint_eq(gguf_n_tensors(f), 111);
     const gguf_tensor *t = gguf_find_tensor(f, "blk.0.attn_q.weight");
@@ -288,6 +289,7 @@ START_TEST(test_stories260k)
     ck_assert(w0 > -10.0f && w0 < 10.0f);
     gguf_close(f);
 
+    FR_TEST_NEED("stories260K/quant/stories260K-q5_0-mix.gguf");
     f = open_model("stories260K/quant/stories260K-q5_0-mix.gguf");
     int n_q5 = 0;
     for (uint64_t i = 0; i < gguf_n_tensors(f); i++)
@@ -299,6 +301,7 @@ END_TEST
 
 START_TEST(test_vocab_only)
 {
+    FR_TEST_NEED("vocab/ggml-vocab-llama-spm.gguf");
     gguf_file *f = open_model("vocab/ggml-vocab-llama-spm.gguf");
     ck_assert_uint_eq(gguf_n_tensors(f), 0);
     ck_assert_uint_eq(gguf_n_kv(f), 22);
@@ -321,6 +324,7 @@ END_TEST
 
 START_TEST(test_tiny_random)
 {
+    FR_TEST_NEED("random/llama-2-tiny-random.gguf");
     gguf_file *f = open_model("random/llama-2-tiny-random.gguf");
     ck_assert_uint_eq(gguf_n_tensors(f), 12);
     ck_assert_uint_eq(gguf_n_kv(f), 18);

@@ -130,6 +130,7 @@ END_TEST
 
 START_TEST(stories_f16_copy_same_greedy)
 {
+    FR_TEST_NEED("stories260K/quant/stories260K-f16.gguf");
     check_stories_greedy("stories260K/quant/stories260K-f16.gguf",
                          "stories260K/reference/once_upon_a_time.n64.ids.txt");
 }
@@ -203,6 +204,7 @@ START_TEST(free_llama_greedy_texts)
 {
     char ref[128];
     snprintf(ref, sizeof ref, "free-llama-22M/reference/prompt%d.n64.txt", _i + 1);
+    FR_TEST_NEED(ref);
     check_llamacpp_text("free-llama-22M/free-llama-22M.gguf", llama_prompts[_i], ref,
                         1 + _i % 2);
 }
@@ -213,6 +215,8 @@ START_TEST(free_code_greedy_texts)
     char prompt_rel[128], ref[128];
     snprintf(prompt_rel, sizeof prompt_rel, "free-code-22M/reference/prompt%d.txt", _i + 1);
     snprintf(ref, sizeof ref, "free-code-22M/reference/prompt%d.n64.txt", _i + 1);
+    FR_TEST_NEED(prompt_rel);
+    FR_TEST_NEED(ref);
     char *prompt = fr_test_read_file(fr_test_model_path(prompt_rel), NULL);
     ck_assert_ptr_nonnull(prompt);
     check_llamacpp_text("free-code-22M/free-code-22M.gguf", prompt, ref, 2);
@@ -254,6 +258,7 @@ static void check_logits_bin(const char *model_rel, const char *bin_rel, double 
 
 START_TEST(free_llama_logits_match_llamacpp)
 {
+    FR_TEST_NEED("free-llama-22M/reference/prompt1.logits.bin");
     check_logits_bin("free-llama-22M/free-llama-22M.gguf",
                      "free-llama-22M/reference/prompt1.logits.bin", 5e-3);
 }
@@ -261,6 +266,7 @@ END_TEST
 
 START_TEST(free_code_logits_match_llamacpp)
 {
+    FR_TEST_NEED("free-code-22M/reference/prompt1.logits.bin");
     check_logits_bin("free-code-22M/free-code-22M.gguf",
                      "free-code-22M/reference/prompt1.logits.bin", 5e-3);
 }
@@ -312,6 +318,7 @@ static int json_pairs(const char *json, const char *key, int32_t *ids, double *v
  * the shallow exit (after free.exit_layer blocks) and the deep exit. */
 START_TEST(report_json_exit_heads)
 {
+    FR_TEST_NEED("free-llama-22M/report.json");
     char *json = fr_test_read_file(fr_test_model_path("free-llama-22M/report.json"), NULL);
     ck_assert_ptr_nonnull(json);
     int32_t ids[64], deep_ref[64], shallow_ref[64], top_ids[2][5];

@@ -134,6 +134,7 @@ static double now_s(void)
 
 START_TEST(spm_vectors)
 {
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(SPM_VOCAB);
     ck_assert_int_eq(fr_tokenizer_n_vocab(t), 32000);
     size_t inp_len, out_len;
@@ -192,6 +193,7 @@ END_TEST
 
 START_TEST(spm_control_text_is_plain)
 {
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(SPM_VOCAB);
     const char *s = "<s>Hi</s> <unk>";
     size_t n, dl;
@@ -269,6 +271,7 @@ static char *json_text(const char *json, const char *key)
 
 START_TEST(llama22m_reference_text)
 {
+    FR_TEST_NEED("free-llama-22M/report.json");
     fr_tokenizer *t = load_tok(LLAMA22M);
     char *json = fr_test_read_file(fr_test_model_path("free-llama-22M/report.json"), NULL);
     ck_assert(json != NULL);
@@ -335,6 +338,7 @@ END_TEST
 
 START_TEST(buffer_and_range)
 {
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(SPM_VOCAB);
     fr_error err = {0};
     int32_t out[4] = {-7, -7, -7, -7};
@@ -403,6 +407,7 @@ static int32_t byte_tok(const fr_tokenizer *t, unsigned char b)
 
 START_TEST(detok_holds_partial_characters)
 {
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(SPM_VOCAB);
     const char *s = "h\xc3\xa9llo \xe4\xb8\x96\xe7\x95\x8c \xf0\x9f\x9a\x80!";
     size_t n = strlen(s), used = 0;
@@ -441,6 +446,7 @@ static void check_bytes_decode(const fr_tokenizer *t, const char *s, const char 
 
 START_TEST(detok_replacement_rules)
 {
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(SPM_VOCAB);
     check_bytes_decode(t, "\xe2\x82" "A", FFFD "A");    /* truncated, then ASCII */
     check_bytes_decode(t, "\x80", FFFD);                /* lone continuation */
@@ -485,6 +491,7 @@ END_TEST
 
 START_TEST(invalid_utf8_round_trip)
 {
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(SPM_VOCAB);
     const char s[] = "a\xff\xc3(\xe2\x82 b\xf0\x9f\x98\x80\xed\xa0\x80z\xc3";
     size_t len = sizeof s - 1, n, rl, dl;
@@ -879,6 +886,8 @@ static uint64_t rng_next(uint64_t *s)
 
 START_TEST(random_strings)
 {
+    if (_i == 0)
+        FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(_i == 0 ? SPM_VOCAB : LLAMA22M);
     static const char *frags[] = {" ", "  ", "\n", "the", "\xc3\xa9", "\xe4\xb8\x96",
                                   "\xf0\x9f\x9a\x80", "<s>", "\t", "ing"};
@@ -941,6 +950,8 @@ static void time_one(const fr_tokenizer *t, const char *name, const char *s, siz
 
 START_TEST(speed_1mb)
 {
+    FR_TEST_NEED("../corpora/tinyshakespeare.txt");
+    FR_TEST_NEED(SPM_VOCAB);
     fr_tokenizer *t = load_tok(LLAMA22M);
     size_t len;
     const char *path = fr_test_model_path("../corpora/tinyshakespeare.txt");

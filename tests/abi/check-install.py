@@ -2,9 +2,10 @@
 """ABI check (e): `meson install --destdir` into a temporary directory, then a small
 program is compiled against the installed header with `pkg-config --cflags --libs free`
 (PKG_CONFIG_SYSROOT_DIR pointing into the destdir) and run with LD_LIBRARY_PATH, checking
-that it really loaded the installed library. With $FREE_MODELS_DIR it also decodes a few
-tokens with stories260K. Then the Python binding, copied out of the source tree, must find
-the installed library through pkg-config, and LIBFREE_PATH must still win.
+that it really loaded the installed library; it also decodes a few tokens with the
+committed stories260K fixture (tests/data). Then the Python binding, copied out of the
+source tree, must find the installed library through pkg-config, and LIBFREE_PATH must
+still win.
 
 usage: check-install.py BUILD_DIR"""
 import glob
@@ -106,9 +107,9 @@ def main():
             print('FAIL: the program did not resolve libfree from the destdir')
             return 1
         args = [exe]
-        model = os.path.join(os.environ.get('FREE_MODELS_DIR', ''), 'stories260K',
-                             'stories260K.gguf')
-        if os.environ.get('FREE_MODELS_DIR') and os.path.exists(model):
+        model = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data',
+                             'stories260K', 'stories260K.gguf')
+        if os.path.exists(model):
             args.append(model)
         print(run(args, env=env))
         return check_python(build, dest, pcs[0], tmp)

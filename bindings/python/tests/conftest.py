@@ -23,11 +23,30 @@ def models_dir():
     return SOURCE_ROOT.parent / "shared" / "models"
 
 
-def model_file(rel):
-    """Path of a file under FREE_MODELS_DIR; skips the test when it is absent."""
+# The default models are committed in models/ (the same bytes as the shared copies).
+_COMMITTED = {"free-llama-22M/free-llama-22M.gguf": "models/free-llama-22M.gguf",
+              "free-code-22M/free-code-22M.gguf": "models/free-code-22M.gguf"}
+
+
+def model_path(rel):
+    """Where the test model file rel ("stories260K/stories260K.gguf") is: the fixture
+    committed in tests/data/ when there is one, else under FREE_MODELS_DIR (default
+    ../shared/models), else the committed default models."""
+    fixture = SOURCE_ROOT / "tests" / "data" / rel
+    if fixture.exists():
+        return fixture
     path = models_dir() / rel
+    if not path.exists() and rel in _COMMITTED and (SOURCE_ROOT / _COMMITTED[rel]).exists():
+        return SOURCE_ROOT / _COMMITTED[rel]
+    return path
+
+
+def model_file(rel):
+    """Path of a test model file (see model_path); skips the test when it is absent."""
+    path = model_path(rel)
     if not path.exists():
-        pytest.skip(f"{path} not found (set FREE_MODELS_DIR)")
+        pytest.skip(f"{path} not found (the shared test models: ../shared/models beside "
+                    f"the source tree, or set FREE_MODELS_DIR)")
     return path
 
 

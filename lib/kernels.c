@@ -18,7 +18,6 @@
 #include "gguf.h"
 #include "threadpool.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -141,6 +140,32 @@ static float port_dot(const fr_f16 *w, const float *x, int64_t cols)
     return port_hsum(acc);
 }
 
+/* The same sequence for F32 weights: lane l sums w[k] x[k] for k = l mod 8 in order, the
+ * tail into the first lanes, then port_hsum. A row's result depends on nothing else. */
+static float port_dot_f32(const float *w, const float *x, int64_t cols)
+{
+    float acc[PORT_V] = {0};
+    int64_t k = 0;
+    for (; k + PORT_V <= cols; k += PORT_V)
+        for (int l = 0; l < PORT_V; l++)
+            acc[l] += w[k + l] * x[k + l];
+    for (int l = 0; k + l < cols; l++)
+        acc[l] += w[k + l] * x[k + l];
+    return port_hsum(acc);
+}
+
+static void port_rows_f32(const float *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                          int n, const float *X, float *Y)
+{
+    for (int64_t rb = r0; rb < r1; rb += 4) {
+        int64_t re = rb + 4 < r1 ? rb + 4 : r1;
+        for (int j = 0; j < n; j++)
+            for (int64_t r = rb; r < re; r++)
+                Y[(int64_t)j * rows + r] =
+                    port_dot_f32(W + r * cols, X + (int64_t)j * cols, cols);
+    }
+}
+
 static void port_rows(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int n,
                       const float *X, float *Y)
 {
@@ -171,8 +196,8 @@ static void port_silu_mul(float *gate, const float *up, int n)
     }
 }
 
-static const f16_impl impl_portable = {"portable", port_rows, NULL, port_to_f32, port_exp_sum,
-                                       port_silu_mul};
+static const f16_impl impl_portable = {"portable", port_rows, port_rows_f32, port_to_f32,
+                                       port_exp_sum, port_silu_mul};
 
 
 /* ---- dispatch ----------------------------------------------------------------------- */
@@ -255,47 +280,21 @@ static void split_rows(int64_t rows, int64_t unit, int ith, int nth, int64_t *r0
     *r1 = u1 * unit < rows ? u1 * unit : rows;
 }
 
-static void f32_chunk(const matmul_task *t, int64_t r0, int64_t r1)
-{
-    const fr_matrix *W = t->W;
-    const float *w = (const float *)W->data + r0 * W->cols;
-    if (t->n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)(r1 - r0), (int)W->cols, 1.0f, w,
-                    (int)W->cols, t->X, 1, 0.0f, t->Y + r0, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->n, (int)(r1 - r0),
-                    (int)W->cols, 1.0f, t->X, (int)W->cols, w, (int)W->cols, 0.0f, t->Y + r0,
-                    (int)W->rows);
-}
-
-/* OpenBLAS picks different kernels (and summation orders) for different slice widths, so
- * F32 rows go to cblas in chunks whose size does not depend on the thread count: each
- * thread takes whole chunks, and every output comes from the same call on any pool. */
-static int64_t f32_chunk_rows(int64_t rows)
-{
-    int64_t chunk = (rows / 8 + 15) / 16 * 16;
-    return chunk < 64 ? 64 : chunk;
-}
-
+/* Every kernel set has its own F32 products: BLAS (sgemv for one row, sgemm for several)
+ * rounds a row differently inside a batch than alone, which would break the exactness of
+ * synchronized passes (VERIFY's losslessness). */
 static void matmul_worker(void *arg, int ith, int nth)
 {
     const matmul_task *t = arg;
     int64_t r0, r1;
-    if (t->W->type == GGUF_TENSOR_F16 || t->impl->rows_f32) {
-        /* Multiples of 16 rows: whole SIMD row groups per thread. */
-        split_rows(t->W->rows, 16, ith, nth, &r0, &r1);
-        if (r0 >= r1)
-            return;
-        if (t->W->type == GGUF_TENSOR_F16)
-            t->impl->rows(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
-        else
-            t->impl->rows_f32(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
+    /* Multiples of 16 rows: whole SIMD row groups per thread. */
+    split_rows(t->W->rows, 16, ith, nth, &r0, &r1);
+    if (r0 >= r1)
         return;
-    }
-    int64_t chunk = f32_chunk_rows(t->W->rows);
-    split_rows(t->W->rows, chunk, ith, nth, &r0, &r1);
-    for (int64_t r = r0; r < r1; r += chunk)
-        f32_chunk(t, r, r + chunk < r1 ? r + chunk : r1);
+    if (t->W->type == GGUF_TENSOR_F16)
+        t->impl->rows(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
+    else
+        t->impl->rows_f32(t->W->data, t->W->rows, t->W->cols, r0, r1, t->n, t->X, t->Y);
 }
 
 /* Below this many multiply-adds the fork-join costs more than it saves. */

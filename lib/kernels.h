@@ -23,9 +23,8 @@ typedef struct fr_matrix {
  * matrix-vector product; several rows take a batched path that reads each weight once for
  * all rows. Work is split across pool (may be NULL). Results never depend on the pool's
  * size, and Y[j] is bit for bit the same whatever n is (a batch equals its rows one at a
- * time), so a batched deep pass reproduces single-row passes exactly. The one exception:
- * F32 weights on the "portable" implementation go to cblas, where sgemv (n == 1) and sgemm
- * (n > 1) may round differently. */
+ * time), so a batched deep pass reproduces single-row passes exactly, on every kernel set
+ * ("portable" included) and for both weight types. */
 void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *pool);
 
 /* Copies row `row` of an embedding matrix (F32 or F16) into out[W.cols] as F32. */

@@ -20,7 +20,7 @@ typedef struct f16_impl {
     const char *name;
     void (*rows)(const fr_f16 *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1, int n,
                  const float *X, float *Y);
-    /* The same for F32 weights; NULL: cblas serves (the portable build). */
+    /* The same for F32 weights (every set has one: see matmul_worker). */
     void (*rows_f32)(const float *W, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
                      int n, const float *X, float *Y);
     void (*to_f32)(const fr_f16 *src, float *dst, int64_t n);

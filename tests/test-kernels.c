@@ -288,9 +288,9 @@ static void mm_run(const mm_env *e, const mm_data *d, int n, bool check_ref)
                           "%s: Y[%d][%lld] = %a, the canonical sequence gives %a", what, j,
                           (long long)r, (double)Y[0][j * rows + r], (double)c);
         }
-    /* A batch gives exactly the rows' results one at a time (F32 on the portable
-     * implementation goes to cblas: sgemm and sgemv round differently). */
-    if (n > 1 && (e->type == GGUF_TENSOR_F16 || strcmp(e->impl, "portable") != 0)) {
+    /* A batch gives exactly the rows' results one at a time, on every implementation and
+     * weight type (VERIFY's losslessness rests on it). */
+    if (n > 1) {
         float *y1 = malloc((size_t)rows * sizeof *y1);
         for (int j = 0; j < n; j++) {
             fr_matmul(&d->W, 1, d->X + j * cols, y1, e->pools[j % 3]);

@@ -7,6 +7,7 @@
 #include "context.h"
 #include "gguf.h"
 #include "gguf_write.h"
+#include "kernels.h"
 #include "model.h"
 
 #include <free/free.h>
@@ -350,6 +351,82 @@ START_TEST(verify_stops_after_rejection)
 }
 END_TEST
 
+/* ---- 5: batch invariance on the portable kernels -------------------------------- */
+
+static void greedy(free_ctx *ctx, const char *prompt, int n, int32_t *out)
+{
+    free_ctx_reset(ctx);
+    int32_t ids[64];
+    size_t k = tokenize(ctx->model, prompt, ids, 64);
+    ck_assert_int_eq(free_prefill(ctx, ids, k), FREE_OK);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(free_step(ctx, &out[i], NULL) == FREE_OK, "%s", free_ctx_last_error(ctx));
+}
+
+/* stories260K is F32: with the portable kernels its matrices used to go to BLAS, whose
+ * sgemv and sgemm round differently, so VERIFY drifted from NONE and the deep caches of a
+ * FREE run from a full-depth run's. Now both are exact, bit for bit. */
+START_TEST(portable_f32_verify_equals_none)
+{
+    NEED_MODELS();
+    ck_assert_int_eq(fr_kernels_set_f16_impl("portable"), 0);
+    free_model *m = load(STORIES);
+    const char *prompts[] = {"Once upon a time", "Lily and Tom went to the park"};
+    const float thresholds[] = {0.0f, 0.4f, 0.8f};
+    free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 256, 0);
+    for (int p = 0; p < 2; p++) {
+        int32_t ref[96], got[96];
+        greedy(none, prompts[p], 96, ref);
+        for (int ls = 1; ls < 5; ls++)
+            for (int t = 0; t < 3; t++) {
+                free_ctx_params q;
+                free_ctx_params_init(&q, sizeof q);
+                q.n_threads = 1;
+                q.n_ctx = 256;
+                q.exit_mode = FREE_EXIT_VERIFY;
+                q.exit_layer = ls;
+                q.threshold = thresholds[t];
+                free_ctx *v = NULL;
+                ck_assert_int_eq(free_ctx_create(m, &q, &v), FREE_OK);
+                greedy(v, prompts[p], 96, got);
+                for (int i = 0; i < 96; i++)
+                    ck_assert_msg(got[i] == ref[i], "prompt %d Ls %d threshold %.1f: token %d "
+                                  "is %d, NONE gives %d", p, ls, (double)thresholds[t], i,
+                                  got[i], ref[i]);
+                free_ctx_destroy(v);
+            }
+    }
+    free_ctx_destroy(none);
+
+    /* FREE, then the same tokens at full depth: every deep K/V row equal, bit for bit. */
+    free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 0.3f, 256, 0);
+    int32_t seq[256];
+    size_t n = tokenize(m, prompts[0], seq, 64);
+    ck_assert_int_eq(free_prefill(fr, seq, n), FREE_OK);
+    for (int i = 0; i < 120; i++)
+        ck_assert_int_eq(free_step(fr, &seq[n++], NULL), FREE_OK);
+    ck_assert_uint_gt(fr->stats.shallow_exits, 10);
+    ck_assert_int_eq(fr_ctx_sync_queue(fr), FREE_OK);
+    free_ctx *ref = make_ctx(m, FREE_EXIT_NONE, 0.9f, 256, 0);
+    ck_assert_int_eq(free_prefill(ref, seq, (size_t)fr->n_past), FREE_OK);
+    long differ = 0;
+    for (int32_t l = 0; l < fr->kv->n_layer; l++) {
+        ck_assert_int_eq(fr->kv->len[l], ref->kv->len[l]);
+        for (int32_t r = 0; r < fr->kv->len[l]; r++)
+            differ += memcmp(fr_kv_k(fr->kv, l, r), fr_kv_k(ref->kv, l, r),
+                             (size_t)fr->kv->kv_dim * sizeof(float)) != 0;
+        for (int32_t r = 0; r < fr->kv->len[l]; r++)
+            differ += memcmp(fr_kv_v(fr->kv, l, r), fr_kv_v(ref->kv, l, r),
+                             (size_t)fr->kv->kv_dim * sizeof(float)) != 0;
+    }
+    ck_assert_msg(differ == 0, "%ld K/V rows differ from the full-depth run's", differ);
+    free_ctx_destroy(ref);
+    free_ctx_destroy(fr);
+    free_model_destroy(m);
+    fr_kernels_set_f16_impl(NULL);
+}
+END_TEST
+
 /* ---- 7, 8: numbers from the model file -------------------------------------------- */
 
 typedef struct edit {
@@ -668,6 +745,7 @@ static Suite *robust_suite(void)
     tcase_add_test(tc, stats_count_handed_out_tokens);
     tcase_add_test(tc, abort_interrupts_free_flush);
     tcase_add_test(tc, verify_stops_after_rejection);
+    tcase_add_test(tc, portable_f32_verify_equals_none);
     suite_add_tcase(s, tc);
     tc = tcase_create("model-numbers");
     tcase_set_timeout(tc, 600);

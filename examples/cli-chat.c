@@ -1,6 +1,7 @@
 /* free-cli --chat: read a line, add it to the conversation, write the conversation with
- * free_chat_format, prefill only the part the context has not seen, stream the answer,
- * keep the answer in the conversation. Public API only. */
+ * free_chat_format, prefill only the part the context has not seen (tokenized with
+ * special-token parsing), stream the answer until an end-of-generation token, keep the
+ * answer in the conversation. Public API only. */
 #include "cli-chat.h"
 
 #include <stdbool.h>
@@ -89,6 +90,31 @@ static int on_piece(void *user, int32_t token, const char *piece, size_t len,
     return c->print ? c->print(c->print_user, token, piece, len, info) : 0;
 }
 
+/* Tokenizes text with special-token parsing (the format's markers become their tokens;
+ * BOS and the like as the vocabulary says when the context is empty, as llama.cpp's chat
+ * example does) and prefills it. */
+static free_status prefill_text(const free_model *model, free_ctx *ctx, const char *text,
+                                size_t len)
+{
+    uint32_t flags = FREE_TOKENIZE_PARSE_SPECIAL;
+    if (free_ctx_n_past(ctx) == 0)
+        flags |= FREE_TOKENIZE_ADD_SPECIAL;
+    size_t n = 0;
+    free_status s = free_tokenize_ex(model, text, (ptrdiff_t)len, flags, NULL, 0, &n);
+    if (s != FREE_OK && s != FREE_ERR_BUFFER_TOO_SMALL)
+        return s;
+    if (n == 0)
+        return FREE_OK;
+    int32_t *ids = malloc(n * sizeof *ids);
+    if (!ids)
+        return FREE_ERR_NOMEM;
+    s = free_tokenize_ex(model, text, (ptrdiff_t)len, flags, ids, n, &n);
+    if (s == FREE_OK)
+        s = free_prefill(ctx, ids, n);
+    free(ids);
+    return s;
+}
+
 /* One turn: the user's line (the last message) in, the answer out. Returns 0, -1 when
  * the conversation cannot be formatted (the line is dropped), 1 after an error. */
 static int turn(free_model *model, free_ctx *ctx, const char *tmpl, chat *c, int n_predict)
@@ -105,14 +131,14 @@ static int turn(free_model *model, free_ctx *ctx, const char *tmpl, chat *c, int
     c->reply_n = 0;
     if (c->reply)
         c->reply[0] = '\0';
-    free_status s = free_decode(ctx, text + c->prev_n, (ptrdiff_t)(len - c->prev_n),
-                                n_predict, on_piece, c);
+    free_status s = prefill_text(model, ctx, text + c->prev_n, len - c->prev_n);
     free(text);
+    if (s == FREE_OK) /* NULL: generate from what was just prefilled */
+        s = free_decode(ctx, NULL, 0, n_predict, on_piece, c);
     fputc('\n', stdout);
     fflush(stdout);
     if (s != FREE_OK) {
-        fprintf(stderr, "free-cli: --chat: %s: %s\n", free_strerror(s),
-                free_ctx_last_error(ctx));
+        fprintf(stderr, "free-cli: --chat: %s: %s\n", free_strerror(s), free_last_error());
         return 1;
     }
     if (!push(c, "assistant", c->reply ? c->reply : ""))

@@ -325,6 +325,22 @@ class Model(_Handle):
             _check(st, "free_tokenize")
             return list(buf[:n_out.value])
 
+    def _tokenize_ex(self, text, flags):
+        """free_tokenize_ex: token ids of text with FREE_TOKENIZE_* flags."""
+        lib = _ffi.lib()
+        data = _text_bytes(text)
+        n_out = c_size_t(0)
+        cap = len(data) + 2
+        while True:
+            buf = (c_int32 * cap)()
+            st = lib.free_tokenize_ex(self.handle, data, len(data), flags, buf, cap,
+                                      byref(n_out))
+            if st == Status.ERR_BUFFER_TOO_SMALL and n_out.value > cap:
+                cap = n_out.value
+                continue
+            _check(st, "free_tokenize_ex")
+            return list(buf[:n_out.value])
+
     def token_to_piece(self, token):
         """The raw bytes a token contributes to text (may be part of a UTF-8 character)."""
         return self._sized_bytes(
@@ -740,18 +756,32 @@ class Context(_Handle):
         content) pairs or {"role", "content"} dicts, the last one usually the user's;
         template: a format name ("chatml", ...) or None for the model's.
 
-        When messages continue the conversation of the previous chat call on this
-        context (its messages, then its reply, then more), only the new text is
-        prefilled: the KV cache is kept between turns. Otherwise the call stands alone
-        like generate. Sampling and early-exit keywords as generate (this call only)."""
+        The text is tokenized with special-token parsing (the format's markers become
+        their tokens) and the reply ends at an end-of-generation token. When messages
+        continue the conversation of the previous chat call on this context (its
+        messages, then its reply, then more), only the new text is prefilled: the KV
+        cache is kept between turns. Otherwise the call stands alone like generate.
+        Sampling and early-exit keywords as generate (this call only)."""
         messages = list(messages)
-        text = self._model.format_chat(messages, template, add_assistant=True)
+        model = self._model
+        text = model.format_chat(messages, template, add_assistant=True)
         prev = self._chat_state
         go_on = prev is not None and prev[1] == self.n_past and text.startswith(prev[0])
         prompt = text[len(prev[0]):] if go_on else text
         self._chat_state = None
-        reply = self.generate(prompt, max_tokens, on_token=on_token, reset=not go_on,
-                              **params)
+        saved = self._begin(self._call_params(params), not go_on)
+        try:
+            # The format's markers must become their tokens: special-token parsing, and
+            # BOS (as the vocabulary says) when the context is empty.
+            flags = _ffi.TOKENIZE_PARSE_SPECIAL
+            if self.n_past == 0:
+                flags |= _ffi.TOKENIZE_ADD_SPECIAL
+            ids = model._tokenize_ex(prompt, flags)
+            if ids:
+                self.prefill(ids)
+            reply = self.generate(None, max_tokens, on_token=on_token, reset=False)
+        finally:
+            self._end(saved)
         held = self._model.format_chat(messages + [("assistant", reply)], template,
                                        add_assistant=False)
         self._chat_state = (held, self.n_past)

@@ -165,6 +165,10 @@ class free_chat_message(Structure):
     ]
 
 
+# free_tokenize_ex flags.
+TOKENIZE_ADD_SPECIAL = 1
+TOKENIZE_PARSE_SPECIAL = 2
+
 STRUCTS = (free_model_params, free_ctx_params, free_step_info, free_stats, free_chat_message)
 
 # int (*free_token_fn)(void *user, int32_t token, const char *piece, size_t len,
@@ -205,6 +209,9 @@ FUNCTIONS = {
     "free_token_eos": (c_int32, [_model_p]),
     "free_tokenize": (_status, [_model_p, c_char_p, c_ssize_t, c_int, POINTER(c_int32),
                                 c_size_t, POINTER(c_size_t)]),
+    "free_tokenize_ex": (_status, [_model_p, c_char_p, c_ssize_t, c_uint32, POINTER(c_int32),
+                                   c_size_t, POINTER(c_size_t)]),
+    "free_token_is_eog": (c_int, [_model_p, c_int32]),
     "free_token_to_piece": (_status, [_model_p, c_int32, POINTER(c_char), c_size_t,
                                       POINTER(c_size_t)]),
     "free_detokenize": (_status, [_model_p, POINTER(c_int32), c_size_t, POINTER(c_char),

@@ -364,21 +364,22 @@ START_TEST(detect_texts)
 END_TEST
 
 /* The real templates of the vocabulary files (the files as llama.cpp's tests use them). */
+typedef struct real_case {
+    const char *file, *want;
+} real_case;
+static const real_case real_cases[] = {
+    {"vocab/ggml-vocab-llama-bpe.gguf", "llama3"},
+    {"vocab/ggml-vocab-qwen2.gguf", "chatml"},
+    {"vocab/ggml-vocab-phi-3.gguf", "phi3"},
+};
+
 START_TEST(detect_real_templates)
 {
-    static const struct {
-        const char *file, *want;
-    } cases[] = {
-        {"vocab/ggml-vocab-llama-bpe.gguf", "llama3"},
-        {"vocab/ggml-vocab-qwen2.gguf", "chatml"},
-        {"vocab/ggml-vocab-phi-3.gguf", "phi3"},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const size_t i = (size_t)_i;
+    const real_case *cases = real_cases;
+    FR_TEST_NEED(cases[i].file);
+    {
         const char *path = fr_test_model_path(cases[i].file);
-        if (access(path, R_OK) != 0) {
-            printf("skip: %s is absent\n", path);
-            continue;
-        }
         gguf_file *f;
         fr_error err;
         ck_assert_int_eq(gguf_open(path, &f, &err), FREE_OK);
@@ -404,8 +405,7 @@ START_TEST(detect_real_templates)
             ck_assert_str_eq(buf, fmt(cases[i].want, conv_b, N_B, 1));
             free_model_destroy(m);
         } else {
-            printf("note: %s does not load yet (%s); detection checked on the file\n", path,
-                   free_last_error());
+            ck_abort_msg("%s does not load: %s", path, free_last_error());
         }
         gguf_close(f);
     }
@@ -413,15 +413,11 @@ START_TEST(detect_real_templates)
 END_TEST
 
 /* A vocabulary-only copy of the SentencePiece vocabulary with a chat template added
- * (tmpl NULL: none). Returns the path (caller unlinks) or NULL when the source is absent. */
+ * (tmpl NULL: none). Returns the path (the caller unlinks it). */
 static const char *vocab_with_template(const char *tmpl)
 {
     static char path[256];
     const char *src = fr_test_model_path("vocab/ggml-vocab-llama-spm.gguf");
-    if (access(src, R_OK) != 0) {
-        printf("skip: %s is absent\n", src);
-        return NULL;
-    }
     gguf_file *f;
     fr_gguf_writer *w;
     fr_error err;
@@ -453,11 +449,10 @@ static free_model *load_vocab(const char *path)
 
 START_TEST(model_template)
 {
+    FR_TEST_NEED("vocab/ggml-vocab-llama-spm.gguf");
     const char *path = vocab_with_template(
         "{% for message in messages %}{{'<|start_header_id|>' + message['role'] + "
         "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>'}}{% endfor %}");
-    if (!path)
-        return;
     free_model *m = load_vocab(path);
     ck_assert_str_eq(free_model_chat_template(m), "llama3");
     char buf[1024];
@@ -613,7 +608,8 @@ static Suite *chat_suite(void)
     suite_add_tcase(s, c);
     c = tcase_create("detect");
     tcase_add_test(c, detect_texts);
-    tcase_add_test(c, detect_real_templates);
+    tcase_add_loop_test(c, detect_real_templates, 0,
+                        (int)(sizeof real_cases / sizeof real_cases[0]));
     tcase_add_test(c, model_template);
     suite_add_tcase(s, c);
     c = tcase_create("api");

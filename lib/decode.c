@@ -7,6 +7,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define FR_NV(ctx) ((size_t)(ctx)->model->hp.n_vocab)
@@ -225,10 +226,43 @@ free_status fr_ctx_sync_queue(struct free_ctx *ctx)
 
 /* ---- prefill ---------------------------------------------------------------------- */
 
+/* Where free_eval_exit wants the exit head's outputs (either may be NULL). */
+typedef struct exit_outputs {
+    float *logits;     /* [n][n_vocab] */
+    float *confidence; /* [n] */
+    float *scratch;    /* [n_vocab] when logits is NULL */
+} exit_outputs;
+
+/* The exit head on rows [first, rows) of the layer-Ls residuals h (row r is the
+ * appended token out_base + r). One row at a time when only the confidence is wanted, so
+ * no batch of logits is allocated; a batch's rows equal single rows bit for bit. */
+static void exit_heads(struct free_ctx *ctx, const float *h, int32_t first, int32_t rows,
+                       int32_t out_base, const exit_outputs *ex)
+{
+    const struct free_model *m = ctx->model;
+    const size_t nv = FR_NV(ctx), d = (size_t)m->hp.n_embd;
+    if (first >= rows)
+        return;
+    if (ex->logits) {
+        float *lg = ex->logits + (size_t)(out_base + first) * nv;
+        fr_head_forward(m, rows - first, h + (size_t)first * d, lg, ctx->ws, ctx->pool);
+        if (ex->confidence)
+            for (int32_t r = first; r < rows; r++)
+                ex->confidence[out_base + r] = fr_confidence_top2(
+                    lg + (size_t)(r - first) * nv, (int32_t)nv, NULL);
+        return;
+    }
+    for (int32_t r = first; r < rows; r++) {
+        fr_head_forward(m, 1, h + (size_t)r * d, ex->scratch, ctx->ws, ctx->pool);
+        ex->confidence[out_base + r] = fr_confidence_top2(ex->scratch, (int32_t)nv, NULL);
+    }
+}
+
 /* Runs tokens[n] at full depth; the last row's logits go to last_logits, and row r's to
- * all_logits[r - skip] for r >= skip when all_logits is given. */
+ * all_logits[r - skip] for r >= skip when all_logits is given; with ex, the exit head's
+ * outputs at layer Ls for the same rows. */
 static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t n,
-                            float *all_logits, int32_t skip)
+                            float *all_logits, int32_t skip, const exit_outputs *ex)
 {
     const struct free_model *m = ctx->model;
     const size_t nv = FR_NV(ctx);
@@ -241,8 +275,18 @@ static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t
         }
         int32_t rows = n - start < ctx->n_batch ? n - start : ctx->n_batch;
         fr_embed(m, rows, tokens + start, ctx->x);
-        fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, rows, ctx->n_past, ctx->x, ctx->ws,
-                          ctx->pool);
+        if (ex) {
+            /* The same layers in two calls: the residuals equal one call's. */
+            const int32_t ls = ctx->exit_layer;
+            fr_layers_forward(m, 0, ls, ctx->kv, rows, ctx->n_past, ctx->x, ctx->ws,
+                              ctx->pool);
+            exit_heads(ctx, ctx->x, start >= skip ? 0 : skip - start, rows, start - skip, ex);
+            fr_layers_forward(m, ls, m->hp.n_layer, ctx->kv, rows, ctx->n_past, ctx->x,
+                              ctx->ws, ctx->pool);
+        } else {
+            fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, rows, ctx->n_past, ctx->x,
+                              ctx->ws, ctx->pool);
+        }
         ctx->n_past += rows;
         if (all_logits) {
             int32_t first = start >= skip ? 0 : skip - start;
@@ -308,7 +352,7 @@ static void drop_unseen(struct free_ctx *ctx)
 }
 
 static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n,
-                           float *all_logits)
+                           float *all_logits, const exit_outputs *ex)
 {
     const int32_t nv = ctx->model->hp.n_vocab;
     for (size_t i = 0; i < n; i++)
@@ -335,7 +379,7 @@ static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n
         buf[0] = ctx->pending_token;
     memmove(buf + extra, tokens, n * sizeof *tokens);
     const bool was_empty = ctx->n_past == 0;
-    FR_TRY(run_full(ctx, buf, (int32_t)n + extra, all_logits, extra));
+    FR_TRY(run_full(ctx, buf, (int32_t)n + extra, all_logits, extra, ex));
     ctx->has_pending = false;
     ctx->has_logits = true;
     /* A new prompt starts a new generation: the estimator's refit point. The streamed
@@ -363,7 +407,26 @@ FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, f
         return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_prefill/free_eval: tokens is NULL");
     if (logits && n == 0)
         return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_eval: no tokens to evaluate");
-    return prefill(ctx, tokens, n, logits);
+    return prefill(ctx, tokens, n, logits, NULL);
+}
+
+FREE_API free_status free_eval_exit(free_ctx *ctx, const int32_t *tokens, size_t n,
+                                    float *logits, float *exit_logits, float *exit_confidence)
+{
+    if (!ctx)
+        return fr_report_msg(FREE_ERR_INVALID_ARG, "free_eval_exit: ctx is NULL");
+    if (!tokens && n)
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_eval_exit: tokens is NULL");
+    if ((logits || exit_logits || exit_confidence) && n == 0)
+        return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "free_eval_exit: no tokens to evaluate");
+    if (!exit_logits && !exit_confidence)
+        return prefill(ctx, tokens, n, logits, NULL);
+    exit_outputs ex = {exit_logits, exit_confidence, NULL};
+    if (!exit_logits && !(ex.scratch = malloc(FR_NV(ctx) * sizeof(float))))
+        return fr_ctx_fail(ctx, FREE_ERR_NOMEM, "free_eval_exit: out of memory");
+    free_status st = prefill(ctx, tokens, n, logits, &ex);
+    free(ex.scratch);
+    return st;
 }
 
 /* ---- step ------------------------------------------------------------------------- */
@@ -613,7 +676,7 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
         /* prefill copies behind a pending token, so move the prompt out of the scratch. */
         int32_t *copy = ctx->tokens + 1;
         memmove(copy, ctx->tokens, n * sizeof *copy);
-        FR_TRY(prefill(ctx, copy, n, NULL));
+        FR_TRY(prefill(ctx, copy, n, NULL, NULL));
     }
     for (int32_t i = 0; max_tokens < 0 || i < max_tokens; i++) {
         if (aborted(ctx))

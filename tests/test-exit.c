@@ -12,6 +12,7 @@
 typedef struct gen {
     int32_t tokens[1024];
     int8_t early[1024];
+    float confidence[1024];
     int n;
 } gen;
 
@@ -44,6 +45,7 @@ static int record(void *user, int32_t token, const char *piece, size_t len,
     (void)len;
     ck_assert_int_lt(g->n, 1024);
     g->early[g->n] = (int8_t)info->early_exit;
+    g->confidence[g->n] = info->confidence;
     g->tokens[g->n++] = token;
     return 0;
 }
@@ -342,6 +344,61 @@ START_TEST(verify_sampling_is_seeded)
 }
 END_TEST
 
+/* free_eval_exit (teacher forcing) reproduces FREE decoding: on the sequence a FREE
+ * context generated with every token exiting, the exit head's confidence at each position
+ * is the step's, bit for bit, its argmax the token the step chose, and the full-depth
+ * logits are free_eval's. */
+START_TEST(eval_exit_matches_free_steps)
+{
+    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
+    gen g;
+    generate(fr, prompts[0], 24, &g);
+    int32_t seq[128];
+    size_t np = 0;
+    ck_assert_int_eq(free_tokenize(m, prompts[0], -1, 1, seq, 64, &np), FREE_OK);
+    for (int k = 0; k + 1 < g.n; k++)
+        seq[np + (size_t)k] = g.tokens[k];
+    const size_t n = np + (size_t)g.n - 1;
+    const size_t nv = (size_t)free_model_n_vocab(m);
+    float *logits = malloc(n * nv * sizeof(float)), *ref = malloc(n * nv * sizeof(float));
+    float *exit_logits = malloc(n * nv * sizeof(float));
+    float conf[128], conf_only[128];
+    ck_assert(logits && ref && exit_logits);
+    free_ctx *a = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
+    ck_assert_int_eq(free_eval_exit(a, seq, n, logits, exit_logits, conf), FREE_OK);
+    ck_assert_int_eq(free_ctx_n_past(a), (int)n);
+    free_ctx_reset(a);
+    ck_assert_int_eq(free_eval_exit(a, seq, n, NULL, NULL, conf_only), FREE_OK);
+    free_ctx_reset(a);
+    ck_assert_int_eq(free_eval(a, seq, n, ref), FREE_OK);
+    ck_assert_mem_eq(logits, ref, n * nv * sizeof(float));
+    ck_assert_mem_eq(conf, conf_only, n * sizeof(float));
+    for (int k = 1; k < g.n; k++) {
+        const size_t row = np + (size_t)k - 1;
+        ck_assert_msg(g.early[k], "token %d did not exit", k);
+        ck_assert_msg(conf[row] == g.confidence[k], "position %zu: confidence %.9g, the step "
+                      "had %.9g", row, (double)conf[row], (double)g.confidence[k]);
+        const float *r = exit_logits + row * nv;
+        int32_t best = 0;
+        for (size_t v = 1; v < nv; v++)
+            if (r[v] > r[best])
+                best = (int32_t)v;
+        ck_assert_int_eq(best, g.tokens[k]);
+    }
+    /* Bad arguments. */
+    ck_assert_int_eq(free_eval_exit(NULL, seq, 1, NULL, NULL, conf), FREE_ERR_INVALID_ARG);
+    ck_assert_int_eq(free_eval_exit(a, NULL, 1, NULL, NULL, conf), FREE_ERR_INVALID_ARG);
+    ck_assert_int_eq(free_eval_exit(a, seq, 0, NULL, NULL, conf), FREE_ERR_INVALID_ARG);
+    free(logits);
+    free(ref);
+    free(exit_logits);
+    free_ctx_destroy(a);
+    free_ctx_destroy(fr);
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *exit_suite(void)
 {
     Suite *s = suite_create("exit");
@@ -354,6 +411,7 @@ static Suite *exit_suite(void)
     tcase_add_test(tc, mode_switch_between_generations);
     tcase_add_test(tc, reset_with_queued_tokens);
     tcase_add_test(tc, verify_sampling_is_seeded);
+    tcase_add_test(tc, eval_exit_matches_free_steps);
     suite_add_tcase(s, tc);
     tc = tcase_create("verify");
     tcase_add_test(tc, verify_equals_none_stories);

@@ -357,6 +357,17 @@ FREE_API free_status free_prefill(free_ctx *ctx, const int32_t *tokens, size_t n
  * logits[n][n_vocab] (logits may be NULL). */
 FREE_API free_status free_eval(free_ctx *ctx, const int32_t *tokens, size_t n, float *logits);
 
+/* Like free_eval, and also runs the shallow exit head on every appended row: teacher
+ * forcing, every row still goes through all layers and the caches end exactly as
+ * free_eval leaves them (logits too are free_eval's). exit_logits[n][n_vocab] gets the exit
+ * head's logits on the residual after the context's exit layer (free_ctx_params.exit_layer)
+ * and exit_confidence[n] their confidence, the value free_step compares with the threshold
+ * (softmax top-1 minus top-2 probability). Row i's exit outputs equal what a FREE step
+ * computes for tokens[i] at that position. Any of logits, exit_logits and exit_confidence
+ * may be NULL. For measuring early exit itself (free-perplexity --exit free). */
+FREE_API free_status free_eval_exit(free_ctx *ctx, const int32_t *tokens, size_t n,
+                                    float *logits, float *exit_logits, float *exit_confidence);
+
 /* Produces the next final token into *token, and into *info (may be NULL; set its size)
  * how it was produced. Returns FREE_ERR_STATE when nothing was prefilled,
  * FREE_ERR_CONTEXT_FULL when the context has no room, FREE_ERR_NUMERIC (with the position

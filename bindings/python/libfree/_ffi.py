@@ -232,6 +232,8 @@ FUNCTIONS = {
                                       POINTER(c_size_t)]),
     "free_prefill": (_status, [_ctx_p, POINTER(c_int32), c_size_t]),
     "free_eval": (_status, [_ctx_p, POINTER(c_int32), c_size_t, POINTER(c_float)]),
+    "free_eval_exit": (_status, [_ctx_p, POINTER(c_int32), c_size_t, POINTER(c_float),
+                                 POINTER(c_float), POINTER(c_float)]),
     "free_step": (_status, [_ctx_p, POINTER(c_int32), POINTER(free_step_info)]),
     "free_decode": (_status, [_ctx_p, c_char_p, c_ssize_t, c_int32, free_token_fn,
                               c_void_p]),

@@ -658,8 +658,14 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
         size_t n = 0;
         fr_error err;
         fr_error_clear(&err);
-        free_status s = fr_tokenize(tok, prompt ? prompt : "", n_prompt, empty, ctx->tokens,
-                                    (size_t)ctx->n_ctx + 1, &n, &err);
+        /* As llama.cpp's CLI: control tokens written in the prompt are tokens (a chat
+         * template's markers), and BOS starts an empty context when the vocabulary adds
+         * it (or when there is nothing else to start from). */
+        unsigned flags = FR_TOKENIZE_PARSE_SPECIAL;
+        if (empty && (fr_tokenizer_add_bos(tok) || n_prompt == 0))
+            flags |= FR_TOKENIZE_BOS;
+        free_status s = fr_tokenize_ex(tok, prompt ? prompt : "", n_prompt, flags,
+                                       ctx->tokens, (size_t)ctx->n_ctx + 1, &n, &err);
         if (s == FREE_ERR_BUFFER_TOO_SMALL)
             return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
                                "the prompt is %zu tokens; the context holds %d", n, ctx->n_ctx);

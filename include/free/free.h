@@ -390,10 +390,12 @@ FREE_API free_status free_ctx_token_text(free_ctx *ctx, int32_t token, char *buf
 typedef int (*free_token_fn)(void *user, int32_t token, const char *piece, size_t len,
                              const free_step_info *info);
 
-/* Tokenizes prompt (len < 0: NUL-terminated; a BOS is added when the context is empty;
- * NULL or "" continues from the current state), prefills it, and generates up to
+/* Tokenizes prompt (len < 0: NUL-terminated; control tokens written in it, such as a
+ * chat template's "<|im_start|>", become those tokens; a BOS is added when the context is
+ * empty and the vocabulary adds one; NULL or "" continues from the current state, or
+ * starts from BOS), prefills it, and generates up to
  * max_tokens tokens (< 0: no limit), streaming them to fn (may be NULL; it must not call
- * back into ctx). Stops at end-of-sequence (not
+ * back into ctx). Stops at end of generation (any free_token_is_eog token; not
  * streamed), after max_tokens, when fn returns non-zero, or with FREE_ERR_CONTEXT_FULL
  * when the context is full. */
 FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t len,

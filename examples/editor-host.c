@@ -95,6 +95,14 @@ static int perr(parser *ps, const char *msg)
     return -1;
 }
 
+/* An error about the request as a whole: no byte position means anything there. */
+static int perr_request(parser *ps, const char *msg)
+{
+    if (!ps->err[0])
+        snprintf(ps->err, sizeof ps->err, "%s", msg);
+    return -1;
+}
+
 static void skip_ws(parser *ps)
 {
     while (ps->s < ps->end && (*ps->s == ' ' || *ps->s == '\t' || *ps->s == '\r' ||
@@ -512,13 +520,13 @@ static int parse_request(const char *line, size_t len, const request *dflt, requ
         return perr(ps, "unexpected text after the object");
     if (r->has_cancel) {
         if (r->has_prefix)
-            return perr(ps, "a line is either a request or a cancel, not both");
+            return perr_request(ps, "a line is either a request or a cancel, not both");
         return 0;
     }
     if (!r->has_id)
-        return perr(ps, "the request has no integer \"id\"");
+        return perr_request(ps, "the request has no integer \"id\"");
     if (!r->has_prefix)
-        return perr(ps, "the request has no string \"prefix\"");
+        return perr_request(ps, "the request has no string \"prefix\"");
     return 0;
 }
 

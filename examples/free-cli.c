@@ -5,17 +5,25 @@
 #include "cli-chat.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* Input size caps: a prompt file (the largest context is 2^20 tokens, a few MB of text),
+ * the --calibrate prompts, and a calibration text (a few hundred bytes when valid). */
+#define PROMPT_FILE_MAX (16u << 20)
+#define CALIBRATION_MAX (64u << 10)
 
 typedef struct cli {
     const char *model, *prompt, *prompt_file, *calibrate, *calibration_in, *calibration_out;
     const char *chat_template, *system; /* --chat-template, -sys */
     int n_predict, chat;
-    int stats, exit_map, color;
+    int stats, exit_map, color, check_tensors;
+    int exit_given; /* --exit was on the command line */
     int tokenize, add_special, parse_special; /* --tokenize and its options */
     free_ctx_params p;
 } cli;
@@ -25,6 +33,7 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: free-cli -m MODEL [options]\n"
         "  -m, --model FILE      GGUF model (llama, qwen2 or phi3; F32/F16)\n"
+        "  --check-tensors       scan every weight for NaN/Inf when loading\n"
         "  -p, --prompt TEXT     prompt (default: empty, start from BOS)\n"
         "  -f, --file FILE       read the prompt from FILE\n"
         "  -n, --n-predict N     tokens to generate (default 128; -1 = until EOS or full)\n"
@@ -68,40 +77,102 @@ static int fail(const char *fmt, const char *a, const char *b)
     return 1;
 }
 
-static int parse_num(const char *s, double lo, double hi, double *out)
+/* An integer in decimal digits with an optional sign: "2.5", "0x10", "1e3", " 7" and "" are
+ * not. Returns NULL, or what is wrong with s. */
+static const char *parse_int(const char *s, long long lo, long long hi, long long *out)
 {
+    const char *d = s + (*s == '-' || *s == '+');
+    if (!*d || strspn(d, "0123456789") != strlen(d))
+        return "not an integer";
+    errno = 0;
+    long long v = strtoll(s, NULL, 10);
+    if (errno == ERANGE || v < lo || v > hi)
+        return "out of range";
+    *out = v;
+    return NULL;
+}
+
+/* A finite decimal number ("0.5", "1e-3", "-1"); hexadecimal, inf and nan are not. */
+static const char *parse_real(const char *s, double *out)
+{
+    if (!*s || strspn(s, "0123456789+-.eE") != strlen(s))
+        return "not a decimal number";
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi))
-        return -1;
+    if (end == s || *end)
+        return "not a decimal number";
+    if (!isfinite(v))
+        return "out of range";
     *out = v;
-    return 0;
+    return NULL;
 }
 
-static char *read_file(const char *path)
+/* Reads a whole regular file (or a pipe) of at most max bytes, NUL-terminated, into *out
+ * (its length in *len). Returns NULL, or a message saying why not. */
+static const char *read_file(const char *path, size_t max, char **out, size_t *len)
 {
+    static char msg[128];
+    *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return NULL;
+        return strerror(errno);
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return "it is a directory";
+    }
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     size_t k;
+    const char *why = NULL;
     while (buf && (k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
         n += k;
+        if (n > max) {
+            snprintf(msg, sizeof msg, "it is larger than the limit of %zu bytes", max);
+            why = msg;
+            break;
+        }
         if (cap - n - 1 == 0) {
             char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
+            if (!nb)
                 free(buf);
-                buf = NULL;
-            }
             buf = nb;
         }
     }
+    if (!why && !buf)
+        why = "out of memory";
+    if (!why && ferror(f))
+        why = strerror(errno ? errno : EIO);
     fclose(f);
-    if (buf)
-        buf[n] = '\0';
-    return buf;
+    if (why) {
+        free(buf);
+        return why;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return NULL;
+}
+
+/* A text file: read_file, and no NUL byte (it would end the text early). */
+static int read_text(const char *what, const char *path, size_t max, char **out)
+{
+    size_t len = 0;
+    const char *why = read_file(path, max, out, &len);
+    if (why) {
+        fprintf(stderr, "free-cli: cannot read %s %s: %s\n", what, path, why);
+        return -1;
+    }
+    const char *nul = memchr(*out, '\0', len);
+    if (nul) {
+        fprintf(stderr, "free-cli: %s %s has a NUL byte at offset %zu: not a text file\n",
+                what, path, (size_t)(nul - *out));
+        free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* Options that take a number: name, min, max, where to store it. */
@@ -111,17 +182,36 @@ static int parse_args(int argc, char **argv, cli *c)
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         double x;
+        long long k;
+        const char *why;
 #define NEEDS_VALUE()                                                                     \
     do {                                                                                  \
         if (!v)                                                                           \
             return fail("option %s needs a value%s", a, "");                              \
         i++;                                                                              \
     } while (0)
-#define NUM(lo, hi)                                                                       \
+        /* An integer option: syntax, then the range (the library's own bound where it has
+         * one), said in the message. */
+#define INT(lo, hi, range)                                                                \
     do {                                                                                  \
         NEEDS_VALUE();                                                                    \
-        if (parse_num(v, lo, hi, &x))                                                     \
-            return fail("invalid value '%s' for %s", v, a);                               \
+        if ((why = parse_int(v, lo, hi, &k)) != NULL) {                                   \
+            fprintf(stderr, "free-cli: %s '%s': %s (%s must be %s)\n", a, v, why, a, range); \
+            return 1;                                                                     \
+        }                                                                                 \
+    } while (0)
+        /* A real option: syntax, then a condition on x (the library's reason). */
+#define REAL(cond, range)                                                                 \
+    do {                                                                                  \
+        NEEDS_VALUE();                                                                    \
+        if ((why = parse_real(v, &x)) != NULL) {                                          \
+            fprintf(stderr, "free-cli: %s '%s': %s\n", a, v, why);                        \
+            return 1;                                                                     \
+        }                                                                                 \
+        if (!(cond)) {                                                                    \
+            fprintf(stderr, "free-cli: %s '%s': %s must be %s\n", a, v, a, range);         \
+            return 1;                                                                     \
+        }                                                                                 \
     } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
@@ -136,35 +226,48 @@ static int parse_args(int argc, char **argv, cli *c)
         } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
             NEEDS_VALUE(); c->prompt_file = v;
         } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            NUM(-1, 1 << 24); c->n_predict = (int)x;
+            INT(-1, 1 << 24, "in [-1, 16777216]"); c->n_predict = (int)k;
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            NUM(0, 1 << 20); c->p.n_ctx = (int32_t)x;
+            INT(0, 1 << 20, "in [0, 1048576]"); c->p.n_ctx = (int32_t)k;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            NUM(1, 256); c->p.n_threads = (int32_t)x;
+            INT(1, 256, "in [1, 256]"); c->p.n_threads = (int32_t)k;
         } else if (!strcmp(a, "--temp")) {
-            NUM(0, 100); c->p.temperature = (float)x;
+            REAL(x >= 0 && x <= 100, "in [0, 100]"); c->p.temperature = (float)x;
         } else if (!strcmp(a, "--top-k")) {
-            NUM(0, 1 << 24); c->p.top_k = (int32_t)x;
+            INT(0, 1 << 24, "in [0, 16777216]"); c->p.top_k = (int32_t)k;
         } else if (!strcmp(a, "--top-p")) {
-            NUM(1e-9, 1); c->p.top_p = (float)x;
+            REAL(x > 0 && x <= 1 && (float)x > 0, "in (0, 1]"); c->p.top_p = (float)x;
         } else if (!strcmp(a, "--seed")) {
-            NUM(0, 1.8e19); c->p.seed = (uint64_t)x;
+            NEEDS_VALUE();
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (!*v || strspn(v, "0123456789") != strlen(v) || errno == ERANGE) {
+                fprintf(stderr, "free-cli: --seed '%s': not an integer in [0, 2^64)\n", v);
+                return 1;
+            }
+            c->p.seed = (uint64_t)s;
+        } else if (!strcmp(a, "--check-tensors")) {
+            c->check_tensors = 1;
         } else if (!strcmp(a, "--exit")) {
             NEEDS_VALUE();
+            c->exit_given = 1;
             if (!strcmp(v, "none")) c->p.exit_mode = FREE_EXIT_NONE;
             else if (!strcmp(v, "free")) c->p.exit_mode = FREE_EXIT_FREE;
             else if (!strcmp(v, "verify")) c->p.exit_mode = FREE_EXIT_VERIFY;
             else return fail("invalid --exit '%s' (none, free or verify)%s", v, "");
         } else if (!strcmp(a, "--threshold")) {
-            NUM(-1e9, 1e9); c->p.threshold = (float)x;
+            REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.threshold = (float)x;
         } else if (!strcmp(a, "--exit-layer")) {
-            NUM(1, 1 << 16); c->p.exit_layer = (int32_t)x;
+            INT(1, 1 << 16, "in [1, 65536] (and below the model's layers)");
+            c->p.exit_layer = (int32_t)k;
         } else if (!strcmp(a, "--max-queue")) {
-            NUM(0, 1 << 24); c->p.max_queue = (int32_t)x;
+            INT(0, 1 << 24, "in [0, 16777216]"); c->p.max_queue = (int32_t)k;
         } else if (!strcmp(a, "--adaptive")) {
             c->p.adaptive = 1;
         } else if (!strcmp(a, "--zeta")) {
-            NUM(1e-9, 1 - 1e-9); c->p.zeta = (float)x;
+            REAL(x > 0 && x < 1 && (float)x > 0 && (float)x < 1, "in (0, 1)");
+            c->p.zeta = (float)x;
         } else if (!strcmp(a, "--bmm-rule")) {
             NEEDS_VALUE();
             if (!strcmp(v, "grid")) c->p.bmm_rule = FREE_BMM_RULE_GRID;
@@ -195,11 +298,20 @@ static int parse_args(int argc, char **argv, cli *c)
         } else {
             return fail("unknown option '%s' (try --help)%s", a, "");
         }
-#undef NUM
+#undef REAL
+#undef INT
 #undef NEEDS_VALUE
     }
     if (!c->model)
         return fail("no model given: use -m MODEL.gguf%s%s", "", "");
+    /* The adaptive threshold needs early exit: --exit none is a contradiction, not a
+     * request to switch modes. */
+    if (c->exit_given && c->p.exit_mode == FREE_EXIT_NONE &&
+        (c->calibration_in || c->calibrate || c->p.adaptive))
+        return fail("--exit none contradicts %s (the adaptive threshold needs --exit free "
+                    "or verify)%s", c->calibration_in ? "--calibration"
+                                    : c->calibrate   ? "--calibrate"
+                                                     : "--adaptive", "");
     if (!c->chat && (c->system || c->chat_template))
         return fail("%s needs --chat%s", c->system ? "-sys" : "--chat-template", "");
     if (c->chat && (c->prompt || c->prompt_file || c->calibrate))
@@ -310,9 +422,9 @@ static int ctx_error(free_ctx *ctx, free_status s)
  * threshold on; the learned state is printed and written out. */
 static int calibrate(cli *c, free_ctx *ctx)
 {
-    char *text = read_file(c->calibrate);
-    if (!text)
-        return fail("cannot read prompts file %s: %s", c->calibrate, strerror(errno));
+    char *text = NULL;
+    if (read_text("prompts file", c->calibrate, PROMPT_FILE_MAX, &text))
+        return 1;
     int n_prompts = 0;
     free_status s = FREE_OK;
     for (char *line = strtok(text, "\n"); line && s == FREE_OK; line = strtok(NULL, "\n")) {
@@ -359,8 +471,8 @@ int main(int argc, char **argv)
 
     char *prompt_buf = NULL, *calib_buf = NULL;
     if (c.prompt_file) {
-        if (!(prompt_buf = read_file(c.prompt_file)))
-            return fail("cannot read prompt file %s: %s", c.prompt_file, strerror(errno));
+        if (read_text("prompt file", c.prompt_file, PROMPT_FILE_MAX, &prompt_buf))
+            return 1;
         c.prompt = prompt_buf;
     }
     if (c.tokenize) {
@@ -369,8 +481,10 @@ int main(int argc, char **argv)
         return trc;
     }
     if (c.calibration_in) {
-        if (!(calib_buf = read_file(c.calibration_in)))
-            return fail("cannot read calibration %s: %s", c.calibration_in, strerror(errno));
+        if (read_text("calibration", c.calibration_in, CALIBRATION_MAX, &calib_buf)) {
+            free(prompt_buf);
+            return 1;
+        }
         c.p.calibration = calib_buf;
         c.p.adaptive = 1;
     }
@@ -382,7 +496,10 @@ int main(int argc, char **argv)
     free_model *model = NULL;
     free_ctx *ctx = NULL;
     int rc = 0;
-    free_status s = free_model_load(c.model, NULL, &model);
+    free_model_params mp;
+    free_model_params_init(&mp, sizeof mp);
+    mp.check_tensors = c.check_tensors;
+    free_status s = free_model_load(c.model, &mp, &model);
     if (s != FREE_OK) {
         fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_last_error());
         rc = 1;

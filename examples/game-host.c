@@ -343,7 +343,7 @@ static void report(const game *g, long frames, double wall_ms)
                c->overruns, c->worst_frame_ms);
     }
     printf("total: %ld tokens in %ld frames, %.1f ms of wall clock: %.1f tokens/s "
-           "(%.1f fps target, %.1f ms budget per character per frame)\n",
+           "(%g fps target, %g ms budget per character per frame)\n",
            total, frames, wall_ms, per_s((double)total, wall_ms), o->fps, o->budget_ms);
 }
 

@@ -97,6 +97,9 @@ def test_game(exe, models):
     check(sum(1 for l in out.split("\n") if l.startswith("[frame")) == 2,
           "expected 2 lines of dialogue:\n" + out)
     check("tokens/s" in out and "\ntotal: " in out, "no stats table:\n" + out)
+    # A budget below 0.1 ms is printed as given, not rounded to "0.0 ms".
+    rc, out, err = run([exe, "-m", model, "-c", "1", "--max-tokens", "2", "--budget-ms", "0.01"])
+    check(rc == 0 and "0.01 ms budget" in out, "--budget-ms 0.01: %d %r" % (rc, out[-300:]))
     rc, out, err = run([exe, "-m", model, "--exit", "sideways"])
     check(rc == 2 and "--exit" in err, "a bad option should exit 2: %d %r" % (rc, err))
 
@@ -200,6 +203,12 @@ def test_editor(exe, models):
         r = ed.read()
         check(r["done"] is True and r["reason"] == "error" and r["error"],
               "no error for %r: %r" % (b[:40], r))
+    # An error about the whole request names no byte position; a syntax error does.
+    ed.send("{\"id\": 6}")
+    r = ed.read()
+    check(r["error"].endswith("the request has no string \"prefix\""), "no prefix: %r" % r)
+    ed.send("garbage")
+    check(" at byte 0" in ed.read()["error"], "a syntax error names its byte")
     ed.send("x" * ((1 << 20) + 10))  # longer than the 1 MiB limit
     r = ed.read()
     check(r["reason"] == "error" and "1 MiB" in r["error"], "overlong line: %r" % r)

@@ -533,6 +533,11 @@ class Context(_Handle):
                 value = 1 if value else 0
             elif name == "calibration":
                 value = None if value is None else _text_bytes(value, "calibration")
+                if value is not None and b"\0" in value:
+                    # ctypes would cut the text there and the library would report the
+                    # wrong problem.
+                    raise ValueError("calibration text has a NUL byte at offset "
+                                     f"{value.index(bytes(1))}")
                 keep["calibration"] = value
             elif name == "abort_fn":
                 if value is not None and not callable(value):

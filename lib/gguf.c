@@ -216,12 +216,9 @@ static free_status parse_tensor_info(reader *r, gguf_tensor *t)
     FR_TRY(read_u64(r, &t->offset, "tensor offset"));
     uint64_t blck, bytes;
     if (!block_layout(t->type, &blck, &bytes)) {
-        bool known = strcmp(gguf_tensor_type_name(t->type), "unknown") != 0;
-        return fr_fail(r->err, known ? FREE_ERR_UNSUPPORTED : FREE_ERR_FORMAT,
-                       "%s%s tensor type %u (%s); libfree reads F32, F16, Q4_0, "
-                       "Q4_1, Q5_0, Q5_1 and Q8_0",
-                       w, known ? "unsupported" : "unknown", t->type,
-                       gguf_tensor_type_name(t->type));
+        return fr_fail(r->err, FREE_ERR_UNSUPPORTED,
+                       "%sunsupported tensor type %u (%s); libfree reads %s", w, t->type,
+                       gguf_tensor_type_name(t->type), fr_supported_types());
     }
     if (t->ne[0] % blck != 0)
         return fr_fail(r->err, FREE_ERR_FORMAT,

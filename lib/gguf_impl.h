@@ -4,6 +4,7 @@
 #define FREE_GGUF_IMPL_H
 
 #include "gguf.h"
+#include "quant.h"
 
 #include <string.h>
 
@@ -45,23 +46,16 @@ static inline uint64_t scalar_size(uint32_t t)
     }
 }
 
-/* Elements per block and bytes per block of the types libfree reads. */
+/* Elements per block and bytes per block of the types libfree reads: from the one type
+ * table (quant.h). */
 static inline bool block_layout(uint32_t type, uint64_t *blck, uint64_t *bytes)
 {
-    switch (type) {
-    case GGUF_TENSOR_F32: *blck = 1; *bytes = 4; return true;
-    case GGUF_TENSOR_F16: *blck = 1; *bytes = 2; return true;
-    case GGUF_TENSOR_Q4_0: *blck = 32; *bytes = 18; return true;
-    case GGUF_TENSOR_Q4_1: *blck = 32; *bytes = 20; return true;
-    case GGUF_TENSOR_Q5_0: *blck = 32; *bytes = 22; return true;
-    case GGUF_TENSOR_Q5_1: *blck = 32; *bytes = 24; return true;
-    case GGUF_TENSOR_Q8_0: *blck = 32; *bytes = 34; return true;
-    case GGUF_TENSOR_Q4_K: *blck = 256; *bytes = 144; return true;
-    case GGUF_TENSOR_Q5_K: *blck = 256; *bytes = 176; return true;
-    case GGUF_TENSOR_Q6_K: *blck = 256; *bytes = 210; return true;
-    case GGUF_TENSOR_BF16: *blck = 1; *bytes = 2; return true;
-    default: return false;
-    }
+    const fr_type_traits *tt = fr_type_traits_of(type);
+    if (!tt)
+        return false;
+    *blck = (uint64_t)tt->blck;
+    *bytes = (uint64_t)tt->bytes;
+    return true;
 }
 
 #endif

@@ -16,6 +16,7 @@
 #include "kernels_impl.h"
 
 #include "gguf.h"
+#include "quant.h"
 #include "threadpool.h"
 
 #include <math.h>
@@ -241,6 +242,19 @@ static const f16_impl *f16(void)
     return atomic_load_explicit(&g_f16_impl, memory_order_relaxed);
 }
 
+int fr_kernels_set_index(void)
+{
+    const f16_impl *impl = f16();
+#ifdef FR_X86
+    if (impl == &fr_impl_avx512)
+        return FR_KSET_AVX512;
+    if (impl == &fr_impl_avx2)
+        return FR_KSET_AVX2;
+#endif
+    (void)impl;
+    return FR_KSET_PORTABLE;
+}
+
 const char *fr_kernels_f16_impl(void)
 {
     return f16()->name;
@@ -310,6 +324,17 @@ void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *poo
             Y[i] = 0.0f;
         return;
     }
+    if (W->type != GGUF_TENSOR_F32 && W->type != GGUF_TENSOR_F16) {
+        /* The other types go through the type table (quant.c); a type without traits (the
+         * loader never binds one) gives NaN rather than reading bytes it cannot size. */
+        const fr_type_traits *tt = fr_type_traits_of(W->type);
+        if (tt && W->cols % tt->blck == 0)
+            fr_matmul_quant(tt, W, n, X, Y, pool);
+        else
+            for (int64_t i = 0; i < (int64_t)n * W->rows; i++)
+                Y[i] = NAN;
+        return;
+    }
     int64_t work = (int64_t)n * W->rows * W->cols;
     if (fr_pool_size(pool) > 1 && work >= FR_MATMUL_MIN_PARALLEL && W->rows >= 32)
         fr_pool_run(pool, matmul_worker, &t);
@@ -319,10 +344,21 @@ void fr_matmul(const fr_matrix *W, int n, const float *X, float *Y, fr_pool *poo
 
 void fr_get_row(const fr_matrix *W, int64_t row, float *out)
 {
-    if (W->type == GGUF_TENSOR_F16)
+    if (W->type == GGUF_TENSOR_F16) {
         fr_f16_to_f32_row((const fr_f16 *)W->data + row * W->cols, out, W->cols);
-    else
+        return;
+    }
+    if (W->type == GGUF_TENSOR_F32) {
         memcpy(out, (const float *)W->data + row * W->cols, (size_t)W->cols * sizeof *out);
+        return;
+    }
+    /* Any other type: the row's blocks dequantized (token_embd of a quantized file). */
+    uint64_t row_bytes = gguf_row_bytes(W->type, (uint64_t)W->cols);
+    if (row_bytes == 0 ||
+        !fr_dequantize_row(W->type, (const char *)W->data + (size_t)row * row_bytes, out,
+                           W->cols))
+        for (int64_t i = 0; i < W->cols; i++)
+            out[i] = NAN;
 }
 
 /* ---- element-wise ------------------------------------------------------------------- */

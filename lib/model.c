@@ -2,6 +2,7 @@
  * against them, the tokenizer, the exit layer. What differs between architectures is in
  * model_arch.c. */
 #include "model.h"
+#include "quant.h"
 
 #include "model_arch.h"
 
@@ -137,11 +138,20 @@ static free_status bind_matrix(const gguf_file *f, const char *name, int64_t row
                        "tensor %s: shape [%llu,%llu] does not match the expected [%lld,%lld]",
                        name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
                        (long long)cols, (long long)rows);
-    if (t->type != GGUF_TENSOR_F32 && t->type != GGUF_TENSOR_F16)
-        return fr_fail(err, FREE_ERR_UNSUPPORTED,
-                       "tensor %s has type %s; this version supports F32 and F16", name,
-                       gguf_tensor_type_name(t->type));
-    size_t align = t->type == GGUF_TENSOR_F32 ? 4 : 2;
+    const fr_type_traits *tt = fr_type_traits_of(t->type);
+    if (!tt)
+        return fr_fail(err, FREE_ERR_UNSUPPORTED, "tensor %s has type %u (%s); libfree reads %s",
+                       name, t->type, gguf_tensor_type_name(t->type), fr_supported_types());
+    if (cols % tt->blck != 0)
+        return fr_fail(err, FREE_ERR_FORMAT,
+                       "tensor %s: row length %lld is not a multiple of the %s block size %d",
+                       name, (long long)cols, tt->name, tt->blck);
+    uint64_t need = (uint64_t)rows * (uint64_t)(cols / tt->blck) * (uint64_t)tt->bytes;
+    if (t->nbytes < need)
+        return fr_fail(err, FREE_ERR_FORMAT, "tensor %s: %llu bytes of data, %s [%lld,%lld] needs %llu",
+                       name, (unsigned long long)t->nbytes, tt->name, (long long)cols,
+                       (long long)rows, (unsigned long long)need);
+    size_t align = (size_t)tt->align;
     if ((uintptr_t)t->data % align != 0)
         return fr_fail(err, FREE_ERR_FORMAT, "tensor %s: data is not %zu-byte aligned", name,
                        align);
@@ -160,9 +170,13 @@ static free_status bind_vector(const gguf_file *f, const char *name, int64_t n, 
     FR_TRY(bind_matrix(f, name, 1, n, &m, err));
     if (m.type == GGUF_TENSOR_F32) {
         *out = m.data;
-    } else {
+    } else if (m.type == GGUF_TENSOR_F16) {
         fr_f16_to_f32_row(m.data, dst, n);
         *out = dst;
+    } else {
+        return fr_fail(err, FREE_ERR_UNSUPPORTED,
+                       "tensor %s has type %s; norm vectors must be F32 or F16", name,
+                       gguf_tensor_type_name(m.type));
     }
     return FREE_OK;
 }

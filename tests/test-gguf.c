@@ -709,7 +709,9 @@ START_TEST(test_unknown_tensor_type)
     build_small(&buf, &size, false);
     tinfo_at t = find_tensor_info(buf, size, "tensor.a");
     put_u32(buf, t.type, 1234);
-    expect_fail(buf, size, FREE_ERR_FORMAT, "tensor tensor.a: unknown tensor type 1234", NULL);
+    expect_fail(buf, size, FREE_ERR_UNSUPPORTED,
+                "tensor tensor.a: unsupported tensor type 1234 (unknown); libfree reads F32, "
+                "F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K", NULL);
     put_u32(buf, t.type, 10);
     expect_fail(buf, size, FREE_ERR_UNSUPPORTED, "unsupported tensor type 10 (Q2_K)", NULL);
     free(buf);

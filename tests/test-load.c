@@ -462,11 +462,15 @@ START_TEST(unknown_architecture)
 }
 END_TEST
 
-START_TEST(unsupported_tensor_type)
+/* Each matrix is read in its own type: one Q8_0 matrix in an F32 model loads. */
+START_TEST(mixed_tensor_types)
 {
     spec sp = {.q8_tensor = "blk.1.ffn_gate.weight"};
-    expect_fail_spec(&sp, FREE_ERR_UNSUPPORTED, NEEDLES("blk.1.ffn_gate.weight", "Q8_0"),
-                     "Q8_0 ffn_gate");
+    size_t n = 0;
+    uint8_t *bytes = model_bytes(&sp, &n);
+    free_model *m = load_bytes(bytes, n);
+    free_model_destroy(m);
+    free(bytes);
 }
 END_TEST
 
@@ -718,10 +722,15 @@ START_TEST(bad_tensor_type_field)
     const int i = tensor_index(&L, "blk.1.ffn_down.weight");
     put_u32(b + L.type_at[i], 10); /* Q2_K: known to ggml, not to libfree */
     expect_fail_bytes(b, size, FREE_ERR_UNSUPPORTED,
-                      NEEDLES("blk.1.ffn_down.weight", "Q2_K"), "type Q2_K");
-    put_u32(b + L.type_at[i], 1000);
-    expect_fail_bytes(b, size, FREE_ERR_FORMAT, NEEDLES("blk.1.ffn_down.weight", "1000"),
-                      "type 1000");
+                      NEEDLES("blk.1.ffn_down.weight", "Q2_K", "Q4_K, Q5_K and Q6_K"),
+                      "type Q2_K");
+    put_u32(b + L.type_at[i], 1000); /* unknown: unsupported as well, by number */
+    expect_fail_bytes(b, size, FREE_ERR_UNSUPPORTED,
+                      NEEDLES("blk.1.ffn_down.weight", "1000", "unknown"), "type 1000");
+    /* A K-quant whose rows (ne[0]) are not whole super-blocks of 256. */
+    put_u32(b + L.type_at[i], 12);
+    expect_fail_bytes(b, size, FREE_ERR_FORMAT,
+                      NEEDLES("blk.1.ffn_down.weight", "not a multiple", "Q4_K"), "Q4_K rows");
     free(b);
 }
 END_TEST
@@ -932,7 +941,7 @@ static Suite *load_suite(void)
     tcase_add_test(tc, missing_tensor_is_fine_for_vocab_only);
     tcase_add_test(tc, wrong_shape);
     tcase_add_test(tc, unknown_architecture);
-    tcase_add_test(tc, unsupported_tensor_type);
+    tcase_add_test(tc, mixed_tensor_types);
     tcase_add_loop_test(tc, missing_hyper_parameter, 0, 4);
     tcase_add_test(tc, head_count_does_not_divide_embedding);
     tcase_add_loop_test(tc, exit_layer_out_of_range, 0, 4);

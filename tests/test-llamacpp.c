@@ -57,6 +57,9 @@ typedef struct oracle {
     int fa_off; /* 1: flash attention was found and turned off */
 } oracle;
 
+/* Why the oracle is not available (printed as a SKIP line by every case). */
+static char skip_reason[4200];
+
 static void quiet(int level, const char *text, void *user)
 {
     (void)level;
@@ -68,7 +71,7 @@ static void quiet(int level, const char *text, void *user)
     do {                                                                                 \
         void *p_ = dlsym(h, name);                                                       \
         if (!p_) {                                                                       \
-            fprintf(stderr, "test-llamacpp: %s not found: oracle tests skipped\n", name);  \
+            snprintf(skip_reason, sizeof skip_reason, "%s not found in libllama", name);  \
             return false;                                                                \
         }                                                                                \
         memcpy(&o->field, &p_, sizeof p_); /* ISO C: no void * to function cast */      \
@@ -100,18 +103,17 @@ static bool open_oracle(oracle *o)
     memset(o, 0, sizeof *o);
     const char *dir = getenv("FREE_ORACLE_DIR");
     if (!dir || !*dir) {
-        fprintf(stderr, "test-llamacpp: FREE_ORACLE_DIR is not set: oracle tests skipped\n");
+        snprintf(skip_reason, sizeof skip_reason, "FREE_ORACLE_DIR is not set");
         return false;
     }
     char path[4096];
     if (!find_lib(dir, "libllama", path, sizeof path)) {
-        fprintf(stderr, "test-llamacpp: no libllama*.so in %s: oracle tests skipped\n", dir);
+        snprintf(skip_reason, sizeof skip_reason, "no libllama*.so in %s", dir);
         return false;
     }
     o->llama = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!o->llama) {
-        fprintf(stderr, "test-llamacpp: cannot load %s (%s): oracle tests skipped\n", path,
-                dlerror());
+        snprintf(skip_reason, sizeof skip_reason, "cannot load %s (%s)", path, dlerror());
         return false;
     }
     /* The CPU backend is a separate library that ggml loads from a directory. */
@@ -259,8 +261,11 @@ START_TEST(logits_match_llamacpp)
     static int opened = -1;
     if (opened < 0)
         opened = open_oracle(&o);
-    if (!opened)
+    if (!opened) {
+        printf("SKIP: %s: the llama.cpp oracle is absent: %s\n", __func__, skip_reason);
+        fflush(stdout);
         return;
+    }
     const tiny_config *cfg = &configs[_i];
     tiny_model tm;
     tm_build(&tm, cfg, 9000 + (uint64_t)_i);

@@ -401,15 +401,13 @@ START_TEST(qwen2_from_real_llama_is_exact)
 {
     static const char *const files[] = {"free-llama-22M/free-llama-22M.gguf",
                                         "free-llama-22M/free-llama-22M-q8_0.gguf"};
+    FR_TEST_NEED(files[_i]);
     const char *src = fr_test_model_path(files[_i]);
-    if (access(src, R_OK) != 0) {
-        printf("qwen2 from real llama: %s is absent: skipped\n", src);
-        return;
-    }
     free_model *ml = NULL, *mq = NULL;
     if (free_model_load(src, NULL, &ml) != FREE_OK) {
-        printf("qwen2 from real llama: %s does not load here (%s): skipped\n", files[_i],
+        printf("SKIP: %s: %s does not load here (%s)\n", __func__, files[_i],
                free_last_error());
+        fflush(stdout);
         return;
     }
     char dst[] = "/tmp/test-naive-qwen2-XXXXXX";

@@ -5,7 +5,7 @@
 #
 #   CC=clang meson setup build-fuzz -Dfuzz=true -Db_sanitize=address,undefined \
 #       -Db_lundef=false && ninja -C build-fuzz
-#   tests/fuzz/run-fuzzers.sh build-fuzz/tests/fuzz 1800 gguf tokenize detokenize params
+#   tests/fuzz/run-fuzzers.sh build-fuzz/tests/fuzz 1800 gguf tokenize detokenize params bpe chat
 #
 # Totals go to $WORK/<target>/totals (one line per run: seconds, executions, coverage,
 # features). WORK defaults to /tmp/libfree-fuzz.

@@ -383,22 +383,25 @@ void fr_pretok_destroy(fr_pretok *p)
 /* ------------------------------------------------------------------------------------ */
 /* Splitting                                                                            */
 
+/* Offsets are 32-bit: the tokenizer refuses text over 2^30 bytes. */
 typedef struct split_state {
     uint32_t *cpts;
     size_t n;
     unsigned char *collapsed; /* n bytes */
+    /* Only when an expression runs over UTF-8: */
     unsigned char *utf8;      /* the code points, non-ASCII whitespace as \v */
-    size_t *byte_at;          /* n + 1: byte offset of code point i in utf8 */
-    size_t *cpt_at;           /* utf8 length + 1: code point at a byte offset */
-    size_t *lens, n_lens;     /* current pieces, in code points */
-    size_t *next;             /* the pieces being made */
+    uint32_t *byte_at;        /* n + 1: byte offset of code point i in utf8 */
+    uint32_t *cpt_at;         /* utf8 length + 1: code point at a byte offset */
+    uint32_t *lens;           /* current pieces, in code points */
+    size_t n_lens;
+    uint32_t *next;           /* the pieces being made */
     size_t n_next;
 } split_state;
 
 static void push_len(split_state *s, size_t k)
 {
     if (k > 0)
-        s->next[s->n_next++] = k;
+        s->next[s->n_next++] = (uint32_t)k;
 }
 
 /* Cuts every current piece by e; pieces are runs of code points. */
@@ -453,7 +456,7 @@ static free_status apply_expr(split_state *s, const expr *e, pcre2_match_data *m
         }
         start += len;
     }
-    size_t *t = s->lens;
+    uint32_t *t = s->lens;
     s->lens = s->next;
     s->next = t;
     s->n_lens = s->n_next;
@@ -479,6 +482,36 @@ static free_status words_reserve(fr_words *w, size_t bytes, size_t n, fr_error *
     return FREE_OK;
 }
 
+/* Decodes text into s (and the UTF-8 subject when utf8 is set). */
+static void decode_text(const fr_pretok *p, const unsigned char *t, size_t len, bool utf8,
+                        split_state *s)
+{
+    size_t nb = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t c = decode_cpt(t, len, &i);
+        uint8_t cls = c < MAX_CPT ? p->cls[c] : CLS_OTHER;
+        s->cpts[s->n] = c;
+        s->collapsed[s->n] = c < 0x80 ? (unsigned char)c : COLLAPSED[cls];
+        if (utf8) {
+            /* Non-ASCII whitespace as \v; what PCRE2 cannot hold (a surrogate, a value
+             * past U+10FFFF) as U+FFFD, which no expression names. */
+            uint32_t u = c >= 0x80 && cls == CLS_SPACE ? 0x0B : c;
+            if ((u >= 0xD800 && u <= 0xDFFF) || u > 0x10FFFF)
+                u = 0xFFFD;
+            s->byte_at[s->n] = (uint32_t)nb;
+            size_t k = encode_cpt(u, s->utf8 + nb);
+            for (size_t j = 0; j < k; j++)
+                s->cpt_at[nb + j] = (uint32_t)s->n;
+            nb += k;
+        }
+        s->n++;
+    }
+    if (utf8) {
+        s->byte_at[s->n] = (uint32_t)nb;
+        s->cpt_at[nb] = (uint32_t)s->n;
+    }
+}
+
 free_status fr_pretok_split(const fr_pretok *p, const char *text, size_t len, fr_words *w,
                             fr_error *err)
 {
@@ -486,43 +519,30 @@ free_status fr_pretok_split(const fr_pretok *p, const char *text, size_t len, fr
     w->n = 0;
     if (len == 0)
         return FREE_OK;
+    if (len > UINT32_MAX / 4)
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "pre-tokenizer: %zu bytes is too long", len);
+    bool utf8 = false;
+    for (int i = 0; i < p->n_exprs; i++)
+        utf8 = utf8 || !p->exprs[i].collapsed;
     split_state s = {0};
     s.cpts = malloc(len * sizeof *s.cpts);
     s.collapsed = malloc(len);
-    s.utf8 = malloc(4 * len);
-    s.byte_at = malloc((len + 1) * sizeof *s.byte_at);
-    s.cpt_at = malloc((4 * len + 1) * sizeof *s.cpt_at);
     s.lens = malloc(len * sizeof *s.lens);
     s.next = malloc(len * sizeof *s.next);
+    if (utf8) {
+        s.utf8 = malloc(4 * len);
+        s.byte_at = malloc((len + 1) * sizeof *s.byte_at);
+        s.cpt_at = malloc((4 * len + 1) * sizeof *s.cpt_at);
+    }
     pcre2_match_data *md = pcre2_match_data_create(4, NULL);
     free_status st = FREE_OK;
-    if (!s.cpts || !s.collapsed || !s.utf8 || !s.byte_at || !s.cpt_at || !s.lens || !s.next ||
-        !md) {
+    if (!s.cpts || !s.collapsed || !s.lens || !s.next || !md ||
+        (utf8 && (!s.utf8 || !s.byte_at || !s.cpt_at))) {
         st = fr_fail(err, FREE_ERR_NOMEM, "pre-tokenizer: out of memory for %zu bytes", len);
         goto done;
     }
-    const unsigned char *t = (const unsigned char *)text;
-    size_t nb = 0;
-    for (size_t i = 0; i < len;) {
-        uint32_t c = decode_cpt(t, len, &i);
-        uint8_t cls = c < MAX_CPT ? p->cls[c] : CLS_OTHER;
-        s.cpts[s.n] = c;
-        s.collapsed[s.n] = c < 0x80 ? (unsigned char)c : COLLAPSED[cls];
-        s.byte_at[s.n] = nb;
-        /* The UTF-8 subject: non-ASCII whitespace as \v; what PCRE2 cannot hold (a
-         * surrogate) as U+FFFD, which no expression names. */
-        uint32_t u = c >= 0x80 && cls == CLS_SPACE ? 0x0B : c;
-        if ((u >= 0xD800 && u <= 0xDFFF) || u > 0x10FFFF)
-            u = 0xFFFD;
-        size_t k = encode_cpt(u, s.utf8 + nb);
-        for (size_t j = 0; j < k; j++)
-            s.cpt_at[nb + j] = s.n;
-        nb += k;
-        s.n++;
-    }
-    s.byte_at[s.n] = nb;
-    s.cpt_at[nb] = s.n;
-    s.lens[0] = s.n;
+    decode_text(p, (const unsigned char *)text, len, utf8, &s);
+    s.lens[0] = (uint32_t)s.n;
     s.n_lens = 1;
     for (int i = 0; i < p->n_exprs && st == FREE_OK; i++)
         st = apply_expr(&s, &p->exprs[i], md, err);

@@ -1,0 +1,198 @@
+"""From a GGUF file (or a JSON shape) to torch_model.Llama, and back to GGUF.
+
+The output keeps the source's metadata keys in their order and types (the tokenizer
+included), its tensor order and names; matrices are written F16 or F32, vectors F32.
+free.* keys are replaced by the new ones.
+"""
+
+import json
+
+import numpy as np
+
+import dequant
+import gguf_io
+from gguf_io import ARRAY, FLOAT32, STRING, UINT32, Value
+from torch_model import HParams, tensor_shapes
+
+SUPPORTED_ARCHS = ("llama",)
+
+
+class ModelError(ValueError):
+    pass
+
+
+def hparams_from_gguf(r):
+    arch = r.get("general.architecture")
+    if arch is None:
+        raise ModelError(f"{r.path}: no general.architecture key")
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelError(f"{r.path}: architecture {arch!r} is not supported by free-train "
+                         f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+
+    def key(name, default=None):
+        v = r.get(f"{arch}.{name}", default)
+        if v is None:
+            raise ModelError(f"{r.path}: missing key {arch}.{name}")
+        return v
+
+    if "token_embd.weight" not in r.tensors:
+        raise ModelError(f"{r.path}: no token_embd.weight tensor")
+    n_embd = int(key("embedding_length"))
+    n_head = int(key("attention.head_count"))
+    hp = HParams(
+        n_embd=n_embd, n_layers=int(key("block_count")), n_head=n_head,
+        n_head_kv=int(key("attention.head_count_kv", n_head)),
+        n_ff=int(key("feed_forward_length")),
+        n_vocab=int(r.tensors["token_embd.weight"].ne[1]),
+        eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_base=float(key("rope.freq_base", 10000.0)),
+        rope_dim=int(key("rope.dimension_count", 0)),
+        n_ctx=int(key("context_length", 2048)),
+        tied="output.weight" not in r.tensors)
+    try:
+        hp.check()
+    except ValueError as e:
+        raise ModelError(f"{r.path}: {e}") from None
+    return hp
+
+
+def load_gguf(path):
+    """(reader, hparams, weights dict name -> float32 array, quantized?)."""
+    try:
+        r = gguf_io.Reader(path)
+    except gguf_io.GGUFError as e:
+        raise ModelError(str(e)) from None
+    hp = hparams_from_gguf(r)
+    weights = {}
+    quantized = False
+    for name, shape in tensor_shapes(hp).items():
+        if name not in r.tensors:
+            raise ModelError(f"{path}: missing tensor {name}")
+        t = r.tensors[name]
+        if t.shape != shape:
+            raise ModelError(f"{path}: tensor {name} has shape {t.shape}, expected {shape}")
+        quantized |= t.type not in (dequant.F32, dequant.F16, dequant.BF16)
+        try:
+            weights[name] = r.tensor(name)
+        except gguf_io.GGUFError as e:
+            raise ModelError(str(e)) from None
+    return r, hp, weights, quantized
+
+
+CONFIG_KEYS = {"n_embd", "n_layers", "n_head", "n_head_kv", "n_ff", "context_length",
+               "rope_base", "eps", "tied", "tokenizer", "name"}
+
+
+def load_config(path):
+    """(config dict, hparams, tokenizer reader) of a --config JSON file: the shape of a
+    new model and the GGUF file whose tokenizer it uses."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: not JSON: {e.msg} (line {e.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise ModelError(f"{path}: unknown keys {sorted(unknown)} (known: "
+                         f"{sorted(CONFIG_KEYS)})")
+    for k in ("n_embd", "n_layers", "n_head", "n_ff", "tokenizer"):
+        if k not in cfg:
+            raise ModelError(f"{path}: missing key {k!r}")
+    try:
+        tok = gguf_io.Reader(cfg["tokenizer"])
+    except gguf_io.GGUFError as e:
+        raise ModelError(f"{path}: tokenizer: {e}") from None
+    tokens = tok.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ModelError(f"{cfg['tokenizer']}: no tokenizer.ggml.tokens")
+    try:
+        hp = HParams(n_embd=int(cfg["n_embd"]), n_layers=int(cfg["n_layers"]),
+                     n_head=int(cfg["n_head"]),
+                     n_head_kv=int(cfg.get("n_head_kv", cfg["n_head"])),
+                     n_ff=int(cfg["n_ff"]), n_vocab=len(tokens),
+                     eps=float(cfg.get("eps", 1e-5)),
+                     rope_base=float(cfg.get("rope_base", 10000.0)),
+                     n_ctx=int(cfg.get("context_length", 2048)),
+                     tied=bool(cfg.get("tied", False)))
+        hp.check()
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{path}: {e}") from None
+    return cfg, hp, tok
+
+
+def random_weights(hp, rng):
+    """A new model's initial weights: N(0, 0.02) matrices, the residual outputs scaled by
+    1/sqrt(2 L), norms 1."""
+    w = {}
+    for name, shape in tensor_shapes(hp).items():
+        if len(shape) == 1:
+            w[name] = np.ones(shape, np.float32)
+            continue
+        std = 0.02
+        if name.endswith(("attn_output.weight", "ffn_down.weight")):
+            std /= np.sqrt(2 * hp.n_layers)
+        w[name] = rng.normal(0.0, std, size=shape).astype(np.float32)
+    return w
+
+
+def _config_kv(cfg, hp, tok):
+    a = "llama."
+    kv = [("general.architecture", Value(STRING, "llama")),
+          ("general.name", Value(STRING, str(cfg.get("name", "free-train")))),
+          (a + "context_length", Value(UINT32, hp.n_ctx)),
+          (a + "embedding_length", Value(UINT32, hp.n_embd)),
+          (a + "block_count", Value(UINT32, hp.n_layers)),
+          (a + "feed_forward_length", Value(UINT32, hp.n_ff)),
+          (a + "attention.head_count", Value(UINT32, hp.n_head)),
+          (a + "attention.head_count_kv", Value(UINT32, hp.n_head_kv)),
+          (a + "attention.layer_norm_rms_epsilon", Value(FLOAT32, hp.eps)),
+          (a + "rope.freq_base", Value(FLOAT32, hp.rope_base)),
+          (a + "rope.dimension_count", Value(UINT32, hp.head_dim)),
+          (a + "vocab_size", Value(UINT32, hp.n_vocab))]
+    kv += [(k, v) for k, v in tok.kv.items() if k.startswith("tokenizer.")]
+    return kv
+
+
+def free_kv(meta):
+    """Value entries of the free.* keys from a dict of plain Python values."""
+    out = []
+    for key, val in meta.items():
+        if isinstance(val, str):
+            out.append((key, Value(STRING, val)))
+        elif isinstance(val, (list, tuple)):
+            out.append((key, Value(ARRAY, [float(x) for x in val], FLOAT32)))
+        elif isinstance(val, float):
+            out.append((key, Value(FLOAT32, val)))
+        else:
+            out.append((key, Value(UINT32, int(val))))
+    return out
+
+
+def save_gguf(path, weights, hp, out_type, meta, source=None, config=None):
+    """Writes the trained weights. source: the --init reader (its keys and tensor order
+    are kept); config: (cfg, tokenizer reader) for a new model. meta: free.* values."""
+    if source is not None:
+        kv = [(k, v) for k, v in source.kv.items() if not k.startswith("free.")]
+        order = list(source.tensors)
+    else:
+        kv = _config_kv(config[0], hp, config[1])
+        order = list(tensor_shapes(hp))
+    file_type = 0 if out_type == dequant.F32 else 1
+    kv = [(k, Value(UINT32, file_type) if k == "general.file_type" else v) for k, v in kv]
+    if not any(k == "general.file_type" for k, _ in kv):
+        kv.insert(1, ("general.file_type", Value(UINT32, file_type)))
+    kv += free_kv(meta)
+    tensors = []
+    for name in order:
+        if name in weights:
+            a = weights[name]
+            tensors.append(gguf_io.tensor_from_array(
+                name, a, out_type if a.ndim >= 2 else dequant.F32))
+        else:   # a tensor the model does not use: copied as it was
+            t = source.tensors[name]
+            tensors.append(gguf_io.OutTensor(name, t.ne, t.type, source.raw(name).tobytes()))
+    gguf_io.write(path, kv, tensors)

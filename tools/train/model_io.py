@@ -80,7 +80,7 @@ def load_gguf(path):
 
 
 CONFIG_KEYS = {"n_embd", "n_layers", "n_head", "n_head_kv", "n_ff", "context_length",
-               "rope_base", "eps", "tied", "tokenizer", "name"}
+               "rope_base", "rope_dim", "eps", "tied", "tokenizer", "name"}
 
 
 def load_config(path):
@@ -116,6 +116,7 @@ def load_config(path):
                      n_ff=int(cfg["n_ff"]), n_vocab=len(tokens),
                      eps=float(cfg.get("eps", 1e-5)),
                      rope_base=float(cfg.get("rope_base", 10000.0)),
+                     rope_dim=int(cfg.get("rope_dim", 0)),
                      n_ctx=int(cfg.get("context_length", 2048)),
                      tied=bool(cfg.get("tied", False)))
         hp.check()
@@ -151,7 +152,7 @@ def _config_kv(cfg, hp, tok):
           (a + "attention.head_count_kv", Value(UINT32, hp.n_head_kv)),
           (a + "attention.layer_norm_rms_epsilon", Value(FLOAT32, hp.eps)),
           (a + "rope.freq_base", Value(FLOAT32, hp.rope_base)),
-          (a + "rope.dimension_count", Value(UINT32, hp.head_dim)),
+          (a + "rope.dimension_count", Value(UINT32, hp.rope_dim or hp.head_dim)),
           (a + "vocab_size", Value(UINT32, hp.n_vocab))]
     kv += [(k, v) for k, v in tok.kv.items() if k.startswith("tokenizer.")]
     return kv
@@ -183,7 +184,7 @@ def save_gguf(path, weights, hp, out_type, meta, source=None, config=None):
         order = list(tensor_shapes(hp))
     file_type = 0 if out_type == dequant.F32 else 1
     kv = [(k, Value(UINT32, file_type) if k == "general.file_type" else v) for k, v in kv]
-    if not any(k == "general.file_type" for k, _ in kv):
+    if source is None:
         kv.insert(1, ("general.file_type", Value(UINT32, file_type)))
     kv += free_kv(meta)
     tensors = []

@@ -29,7 +29,11 @@ def models_dir():
 
 
 def model_file(rel):
-    path = models_dir() / rel
+    """A test model: the fixture committed in tests/data/ when there is one, else the
+    file under FREE_MODELS_DIR (default ../shared/models); skips the test when absent."""
+    path = SOURCE_ROOT / "tests" / "data" / rel
+    if not path.exists():
+        path = models_dir() / rel
     if not path.exists():
         pytest.skip(f"{path} not found (set FREE_MODELS_DIR)")
     return path

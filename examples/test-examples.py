@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs one example program and checks what it prints (meson suite 'examples').
 
-    test-examples.py embed|embed-cpp|game|editor EXECUTABLE MODELS_DIR
+    test-examples.py embed|embed-cpp|game|editor|cli-tokenize EXECUTABLE MODELS_DIR
 
 Only the standard library: meson's own Python runs this.
 """
@@ -245,12 +245,38 @@ def test_editor(exe, models):
     ed.close()
 
 
+def test_cli_tokenize(exe, models):
+    """free-cli --tokenize: decimal ids separated by single spaces on one line."""
+    import re
+    model = os.path.join(models, "free-llama-22M.gguf")
+
+    def ids(*args):
+        rc, out, err = run([exe, "-m", model, "--tokenize"] + list(args))
+        check(rc == 0, "free-cli --tokenize %r exited %d: %s" % (args, rc, err))
+        check(out.endswith("\n") and out.count("\n") == 1, "not one line: %r" % out)
+        line = out[:-1]
+        check(line == "" or re.fullmatch(r"[0-9]+( [0-9]+)*", line), "bad format: %r" % out)
+        return [int(x) for x in line.split()]
+
+    plain = ids("-p", "Hello world")
+    check(len(plain) > 1 and plain[0] != 1, "no BOS without --add-special: %r" % plain)
+    check(ids("-p", "Hello world", "--add-special") == [1] + plain, "--add-special adds BOS")
+    check(ids("-p", "") == [], "empty text gives an empty line")
+    # "<s>" is text unless --parse-special, then it is BOS (1) and "</s>" EOS (2).
+    special = ids("-p", "<s>x</s>", "--parse-special")
+    check(special[0] == 1 and special[-1] == 2 and len(special) == 3, "%r" % special)
+    check(1 not in ids("-p", "<s>x</s>"), "control text must stay text")
+    rc, out, err = run([exe, "-m", os.path.join(models, "no-such.gguf"), "--tokenize",
+                        "-p", "x"])
+    check(rc == 1 and "no-such.gguf" in err, "a missing file: rc %d, %r" % (rc, err))
+
+
 def main():
     if len(sys.argv) != 4:
         fail(__doc__)
     name, exe, models = sys.argv[1:]
     tests = {"embed": test_embed, "embed-cpp": test_embed_cpp, "game": test_game,
-             "editor": test_editor}
+             "editor": test_editor, "cli-tokenize": test_cli_tokenize}
     check(name in tests, "unknown test " + name)
     t0 = time.monotonic()
     tests[name](exe, models)

@@ -19,13 +19,9 @@ static free_model *load_vocab(const char *name)
 {
     char rel[256];
     snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf", name);
-    const char *path = fr_test_model_path(rel);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        printf("SKIP %s: %s is absent\n", name, path);
+    if (!fr_test_have_model(name, rel)) /* prints "SKIP: ..." (counted) */
         return NULL;
-    }
-    fclose(f);
+    const char *path = fr_test_model_path(rel);
     free_model_params p;
     ck_assert_int_eq(free_model_params_init(&p, sizeof p), FREE_OK);
     p.vocab_only = 1;

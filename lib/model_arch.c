@@ -91,6 +91,18 @@ free_status fr_arch_read_hparams(struct free_model *m, fr_error *err)
                        type.ptr);
     }
 
+    /* Heads whose size is not n_embd / head_count (Qwen3, Gemma) are another layout. */
+    static const char *const head_keys[] = {"attention.key_length", "attention.value_length"};
+    for (int i = 0; i < 2; i++) {
+        uint32_t len = 0;
+        key_name(key, sizeof key, m, head_keys[i]);
+        FR_TRY(gguf_get_u32(m->gguf, key, &len, &found, err));
+        if (found && len != (uint32_t)hp->head_dim)
+            return fr_fail(err, FREE_ERR_UNSUPPORTED,
+                           "%s = %u differs from embedding_length / head_count = %d: heads "
+                           "of another size are not supported", key, len, hp->head_dim);
+    }
+
     /* Sliding-window attention: llama.cpp applies none for llama (Mistral files), qwen2
      * or phi3 (it turns phi3's off), so neither does libfree; say so. */
     uint32_t window = 0;

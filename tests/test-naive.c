@@ -541,6 +541,18 @@ START_TEST(architecture_errors)
     expect_load_error(&tm, FREE_ERR_FORMAT, "rope_freqs.weight[1] = 0");
     tm_destroy(&tm);
 
+    cfg = configs[6];
+    cfg.key_length = 16;
+    tm_build(&tm, &cfg, 1);
+    expect_load_error(&tm, FREE_ERR_UNSUPPORTED,
+                      "qwen2.attention.key_length = 16 differs from embedding_length / "
+                      "head_count = 8");
+    tm_destroy(&tm);
+    cfg.key_length = HEAD_DIM; /* the same size: fine */
+    tm_build(&tm, &cfg, 1);
+    free_model_destroy(tm_write_and_load(&tm));
+    tm_destroy(&tm);
+
     cfg = configs[5];
     cfg.scaling_type = "yarn";
     tm_build(&tm, &cfg, 1);

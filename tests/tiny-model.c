@@ -263,6 +263,9 @@ void tm_write(const tiny_model *tm, const char *path)
     if (c->sliding_window)
         WRITE_OK(fr_gguf_add_u32(w, ARCH_KEY("attention.sliding_window"),
                                  (uint32_t)c->sliding_window, &err));
+    if (c->key_length)
+        WRITE_OK(fr_gguf_add_u32(w, ARCH_KEY("attention.key_length"), (uint32_t)c->key_length,
+                                 &err));
 #undef ARCH_KEY
     if (c->exit_layer_key)
         WRITE_OK(fr_gguf_add_u32(w, "free.exit_layer", (uint32_t)c->exit_layer_key, &err));

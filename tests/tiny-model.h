@@ -33,6 +33,7 @@ typedef struct tiny_config {
     int sliding_window;   /* {arch}.attention.sliding_window; 0 = absent (never applied) */
     const char *scaling_type; /* {arch}.rope.scaling.type when linear_scale != 0 ("linear") */
     int exit_layer_key;   /* free.exit_layer; 0 = absent */
+    int key_length;       /* {arch}.attention.key_length; 0 = absent */
 } tiny_config;
 
 typedef struct tiny_tensor {

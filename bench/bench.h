@@ -121,6 +121,7 @@ typedef struct fb_report {
     /* model */
     const char *model_path;
     const char *model_desc;
+    const char *weight_type;     /* free_model_weight_type */
     int32_t n_layers, exit_layer, n_vocab;
     uint64_t n_params;
     uint64_t shallow_bytes, deep_bytes, head_bytes;

@@ -401,6 +401,7 @@ int main(int argc, char **argv)
     }
 
     rep.model_desc = free_model_describe(model);
+    rep.weight_type = free_model_weight_type(model);
     rep.n_layers = free_model_n_layers(model);
     rep.n_vocab = free_model_n_vocab(model);
     rep.n_params = free_model_n_params(model);

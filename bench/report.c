@@ -86,6 +86,8 @@ void fb_print_table(FILE *f, const fb_report *r)
                 mib(p->model_bytes), p->model_gbps_1, p->model_gbps_t, p->threads);
     else
         fprintf(f, "  bandwidth probe: not run\n");
+    fprintf(f, "  weight type: %s; predicted weight bytes per token at full depth %.2f MB\n",
+            r->weight_type, (double)(r->shallow_bytes + r->deep_bytes + r->head_bytes) / 1e6);
     fprintf(f, "  weights read: shallow layers [0,%d) %.2f MiB, deep layers [%d,%d) %.2f MiB, "
                "LM head %.2f MiB\n", r->exit_layer, mib(r->shallow_bytes), r->exit_layer,
             r->n_layers, mib(r->deep_bytes), mib(r->head_bytes));
@@ -222,6 +224,10 @@ int fb_write_json(const char *path, const fb_report *r)
     fb_json_string(f, r->model_path);
     fputs(", \"description\": ", f);
     fb_json_string(f, r->model_desc);
+    fputs(", \"weight_type\": ", f);
+    fb_json_string(f, r->weight_type);
+    fprintf(f, ", \"full_depth_bytes_per_token\": %llu",
+            (unsigned long long)(r->shallow_bytes + r->deep_bytes + r->head_bytes));
     fprintf(f, ",\n    \"n_layers\": %d, \"exit_layer\": %d, \"n_vocab\": %d, \"n_params\": %llu, "
                "\"shallow_bytes\": %llu, \"deep_bytes\": %llu, \"head_bytes\": %llu\n  },\n",
             r->n_layers, r->exit_layer, r->n_vocab, (unsigned long long)r->n_params,

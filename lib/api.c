@@ -138,6 +138,11 @@ FREE_API uint64_t free_model_head_bytes(const free_model *model)
     return model && !model->vocab_only ? fr_model_head_bytes(model) : 0;
 }
 
+FREE_API const char *free_model_weight_type(const free_model *model)
+{
+    return model ? model->weight_type : "";
+}
+
 FREE_API const char *free_model_describe(const free_model *model)
 {
     return model ? model->desc : "";

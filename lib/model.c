@@ -304,6 +304,7 @@ static free_status load(struct free_model *m, const char *path, fr_error *err)
     FR_TRY(bind_tensors(m, err));
     count_params(m);
     describe(m);
+    fr_model_weight_type(m, m->weight_type, sizeof m->weight_type);
     return FREE_OK;
 }
 

@@ -57,7 +57,11 @@ struct free_model {
     uint64_t weight_bytes;     /* bytes of all matrices read per full-depth token */
     char arch[32];
     char desc[224];
+    char weight_type[128];     /* free_model_weight_type (model_types.c) */
 };
+
+/* The weight type label of free_model_weight_type into buf (model_types.c). */
+void fr_model_weight_type(const struct free_model *m, char *buf, size_t cap);
 
 /* Loads path; vocab_only skips tensors. */
 free_status fr_model_load(const char *path, bool vocab_only, struct free_model **out,

@@ -308,6 +308,7 @@ START_TEST(null_model_queries)
     ck_assert_uint_eq(free_model_n_params(NULL), 0);
     ck_assert_str_eq(free_model_architecture(NULL), "");
     ck_assert_str_eq(free_model_describe(NULL), "");
+    ck_assert_str_eq(free_model_weight_type(NULL), "");
     ck_assert_int_eq(free_token_bos(NULL), -1);
     ck_assert_int_eq(free_token_eos(NULL), -1);
     free_model_destroy(NULL);
@@ -330,6 +331,7 @@ START_TEST(model_queries)
     ck_assert_uint_gt(free_model_n_params(m), 200000);
     ck_assert_msg(strstr(free_model_describe(m), "5 layers") != NULL, "%s",
                   free_model_describe(m));
+    ck_assert_str_eq(free_model_weight_type(m), "F32");
     ck_assert_int_eq(free_token_bos(m), 1);
     ck_assert_int_eq(free_token_eos(m), 2);
     free_model_destroy(m);

@@ -156,6 +156,11 @@ FREE_API uint64_t free_model_n_params(const free_model *model);
  * is invalid), and of the LM head. For bandwidth accounting. */
 FREE_API uint64_t free_model_weight_bytes(const free_model *model, int32_t l0, int32_t l1);
 FREE_API uint64_t free_model_head_bytes(const free_model *model);
+/* The weight matrices' type: its name when every matrix (token_embd, output and the
+ * blocks') has one type ("F16", "Q8_0"), else the file's llama.cpp file type (or "mixed")
+ * with the matrices per type, most first ("Q4_K_M: 67 Q5_0, 7 Q8_0, 6 Q4_K, 6 Q6_K"); ""
+ * for a vocabulary-only model or NULL. Owned by the model. */
+FREE_API const char *free_model_weight_type(const free_model *model);
 /* A one-line description ("llama, 12 layers, dim 384, 6 heads (2 kv), ffn 1024, vocab
  * 4096, F16, 22.0M params"). Owned by the model. */
 FREE_API const char *free_model_describe(const free_model *model);

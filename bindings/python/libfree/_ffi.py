@@ -232,6 +232,7 @@ FUNCTIONS = {
                                       POINTER(c_size_t)]),
     "free_prefill": (_status, [_ctx_p, POINTER(c_int32), c_size_t]),
     "free_eval": (_status, [_ctx_p, POINTER(c_int32), c_size_t, POINTER(c_float)]),
+    "free_model_weight_type": (c_char_p, [_model_p]),
     "free_eval_exit": (_status, [_ctx_p, POINTER(c_int32), c_size_t, POINTER(c_float),
                                  POINTER(c_float), POINTER(c_float)]),
     "free_step": (_status, [_ctx_p, POINTER(c_int32), POINTER(free_step_info)]),

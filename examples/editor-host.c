@@ -37,7 +37,6 @@
 #define MAX_STOPS 8
 #define MAX_STOP_LEN 256
 
-static const char REPLACEMENT[] = "\xEF\xBF\xBD"; /* U+FFFD */
 
 /* ---- a growable byte buffer --------------------------------------------------------- */
 
@@ -411,6 +410,8 @@ static int parse_stops(parser *ps, request *r)
         r->stop_len[r->n_stop++] = n;
         if (n == 0 || n > MAX_STOP_LEN)
             return perr(ps, "a stop string must have 1 to 256 bytes");
+        if (memchr(s, '\0', n))
+            return perr(ps, "a stop string must not contain U+0000");
         if (!array)
             return 0;
         skip_ws(ps);
@@ -581,49 +582,6 @@ static void send_done_early(const long long *id, const char *reason, const char 
     fflush(stdout);
 }
 
-/* ---- streaming UTF-8 assembly ------------------------------------------------------- */
-
-/* free_step gives token ids and free_token_to_piece their raw bytes; a character may be
- * split over several byte tokens. This holds an incomplete character until it completes
- * and turns invalid bytes into U+FFFD, so only valid UTF-8 reaches the editor. */
-typedef struct utf8_acc {
-    unsigned char pend[4];
-    size_t n;
-} utf8_acc;
-
-static int utf8_push(utf8_acc *u, const unsigned char *p, size_t n, buf *out)
-{
-    for (size_t i = 0; i < n;) {
-        u->pend[u->n++] = p[i];
-        size_t need = utf8_seq(u->pend, u->n);
-        if (need) {
-            i++;
-            if (u->n == need) {
-                if (buf_add(out, u->pend, need))
-                    return -1;
-                u->n = 0;
-            }
-            continue;
-        }
-        /* Invalid: one U+FFFD replaces the bytes before p[i] (the longest valid start), and
-         * p[i] is looked at again on its own, since it may begin a character. */
-        if (buf_add(out, REPLACEMENT, 3))
-            return -1;
-        if (u->n == 1)
-            i++;
-        u->n = 0;
-    }
-    return 0;
-}
-
-static int utf8_flush(utf8_acc *u, buf *out)
-{
-    if (!u->n)
-        return 0;
-    u->n = 0;
-    return buf_add(out, REPLACEMENT, 3);
-}
-
 /* ---- input: lines from stdin, read without blocking while a completion runs ---------- */
 
 typedef struct input {
@@ -783,33 +741,6 @@ static int abort_if_cancelled(void *user)
     return sv->cancel_current;
 }
 
-/* Where the first stop string starts in text[from, len), or -1. */
-static long find_stop(const request *r, const buf *text, size_t from)
-{
-    long best = -1;
-    for (int i = 0; i < r->n_stop; i++) {
-        size_t n = r->stop_len[i];
-        for (size_t p = from; p + n <= text->len && (best < 0 || p < (size_t)best); p++)
-            if (memcmp(text->p + p, r->stop[i], n) == 0) {
-                best = (long)p;
-                break;
-            }
-    }
-    return best;
-}
-
-/* How many bytes at the end of text[from, len) could be the start of a stop string, and
- * must therefore be held back. */
-static size_t stop_overlap(const request *r, const buf *text, size_t from)
-{
-    size_t avail = text->len - from;
-    for (size_t k = avail < MAX_STOP_LEN ? avail : MAX_STOP_LEN; k > 0; k--)
-        for (int i = 0; i < r->n_stop; i++)
-            if (r->stop_len[i] > k && memcmp(text->p + text->len - k, r->stop[i], k) == 0)
-                return k;
-    return 0;
-}
-
 typedef struct outcome {
     const char *reason;
     char error[512];
@@ -870,66 +801,50 @@ static int start_request(service *sv, const request *r, outcome *o)
     return 0;
 }
 
-/* Generates tokens, streaming text that can no longer be part of a stop string. */
+/* free_decode's token callback: streams the text (the library holds back what may begin a
+ * stop string and never passes a stop string on), and answers the editor's messages. */
+typedef struct gen_state {
+    service *sv;
+    const request *r;
+} gen_state;
+
+static int on_piece(void *user, int32_t token, const char *piece, size_t len,
+                    const free_step_info *info)
+{
+    gen_state *g = user;
+    (void)token; (void)info;
+    send_text(g->r->id, piece, len);
+    pump(g->sv, 0);
+    return g->sv->cancel_current;
+}
+
+/* Generates up to max_tokens tokens after the prefilled prefix. */
 static void generate(service *sv, const request *r, outcome *o)
 {
-    buf text = {0};
-    size_t sent = 0;
-    utf8_acc acc = {{0}, 0};
-    char piece[1024];
+    free_stats before, after;
+    before.size = after.size = sizeof before;
+    free_ctx_stats(sv->ctx, &before);
+    gen_state g = {sv, r};
     const double t0 = now_ms();
-    for (;;) {
-        if (o->tokens >= r->max_tokens) {
-            o->reason = "length";
-            break;
-        }
-        pump(sv, 0);
-        if (sv->cancel_current) {
-            o->reason = "cancelled";
-            break;
-        }
-        int32_t tok;
-        free_step_info info;
-        info.size = sizeof info;
-        free_status s = free_step(sv->ctx, &tok, &info);
-        if (s != FREE_OK) {
-            set_error(o, s, free_ctx_last_error(sv->ctx));
-            break;
-        }
-        if (info.is_eos) {
-            o->reason = "eos";
-            break;
-        }
-        o->tokens++;
-        o->early_exits += info.early_exit != 0;
-        size_t n = 0;
-        s = free_token_to_piece(sv->model, tok, piece, sizeof piece, &n);
-        if (s != FREE_OK || utf8_push(&acc, (const unsigned char *)piece, n, &text)) {
-            set_error(o, s != FREE_OK ? s : FREE_ERR_NOMEM, "turning a token into text");
-            break;
-        }
-        long at = find_stop(r, &text, sent);
-        if (at >= 0) {
-            send_text(r->id, text.p + sent, (size_t)at - sent);
-            o->reason = "stop";
-            break;
-        }
-        size_t hold = stop_overlap(r, &text, sent);
-        send_text(r->id, text.p + sent, text.len - hold - sent);
-        sent = text.len - hold;
-    }
+    free_status s = free_decode(sv->ctx, NULL, 0, r->max_tokens, on_piece, &g);
     o->gen_ms = now_ms() - t0;
-    /* Out of tokens or at the end of the text: what was held back is plain text. */
-    if (!strcmp(o->reason, "length") || !strcmp(o->reason, "eos")) {
-        if (utf8_flush(&acc, &text) == 0) {
-            long at = find_stop(r, &text, sent);
-            size_t end = at >= 0 ? (size_t)at : text.len;
-            send_text(r->id, text.p + sent, end - sent);
-            if (at >= 0)
-                o->reason = "stop";
-        }
+    free_ctx_stats(sv->ctx, &after);
+    o->tokens = (int)(after.tokens - before.tokens);
+    o->early_exits = (int)(after.shallow_exits - before.shallow_exits);
+    if (s == FREE_ERR_ABORTED) { /* the abort callback saw the cancel first */
+        o->reason = "cancelled";
+        return;
     }
-    free(text.p);
+    if (s != FREE_OK) {
+        set_error(o, s, free_ctx_last_error(sv->ctx));
+        return;
+    }
+    switch (free_ctx_finish_reason(sv->ctx)) {
+    case FREE_FINISH_EOS: o->reason = "eos"; break;
+    case FREE_FINISH_STOP: o->reason = "stop"; break;
+    case FREE_FINISH_CALLBACK: o->reason = "cancelled"; break;
+    default: o->reason = "length"; break;
+    }
 }
 
 static void run_request(service *sv, const request *r)
@@ -944,6 +859,8 @@ static void run_request(service *sv, const request *r)
     p.threshold = r->threshold;
     p.temperature = r->temperature;
     p.seed = r->seed;
+    p.stop = (const char *const *)r->stop;
+    p.n_stop = r->n_stop;
     free_status s = free_ctx_set_params(sv->ctx, &p);
     if (s != FREE_OK)
         set_error(&o, s, free_ctx_last_error(sv->ctx));

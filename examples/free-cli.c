@@ -25,6 +25,8 @@ typedef struct cli {
     int stats, exit_map, color, check_tensors;
     int exit_given; /* --exit was on the command line */
     int tokenize, add_special, parse_special; /* --tokenize and its options */
+    const char *stops[64];                    /* --stop, in order */
+    int n_stops;
     free_ctx_params p;
 } cli;
 
@@ -43,6 +45,14 @@ static void usage(FILE *f)
         "  --top-k K             top-k sampling (default 0 = off)\n"
         "  --top-p P             top-p sampling (default 1 = off)\n"
         "  --seed S              RNG seed (default 0)\n"
+        "  --min-p P             drop tokens below P x the top token's probability\n"
+        "                        (default 0 = off)\n"
+        "  --repeat-penalty F    penalize the last --repeat-last-n tokens (default 1 = off)\n"
+        "  --repeat-last-n N     tokens the penalties look at (default 64; 0 = off,\n"
+        "                        -1 = the whole context)\n"
+        "  --frequency-penalty F minus F per occurrence in that window (default 0)\n"
+        "  --presence-penalty F  minus F once for a token in that window (default 0)\n"
+        "  --stop STR            stop before STR is printed (repeatable, at most 64)\n"
         "  --exit MODE           none | free | verify (default none)\n"
         "  --threshold X         confidence threshold (default 0.9)\n"
         "  --exit-layer N        exit after N layers (default: the file's, else L/4)\n"
@@ -249,6 +259,23 @@ static int parse_args(int argc, char **argv, cli *c)
             c->p.seed = (uint64_t)s;
         } else if (!strcmp(a, "--check-tensors")) {
             c->check_tensors = 1;
+        } else if (!strcmp(a, "--min-p")) {
+            REAL(x >= 0 && x <= 1, "in [0, 1]"); c->p.min_p = (float)x;
+        } else if (!strcmp(a, "--repeat-penalty")) {
+            REAL(x > 0 && x <= 1e9, "in (0, 1e9]"); c->p.repeat_penalty = (float)x;
+        } else if (!strcmp(a, "--repeat-last-n")) {
+            INT(-1, 1 << 24, "in [-1, 16777216]"); c->p.repeat_last_n = (int32_t)k;
+        } else if (!strcmp(a, "--frequency-penalty")) {
+            REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.frequency_penalty = (float)x;
+        } else if (!strcmp(a, "--presence-penalty")) {
+            REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.presence_penalty = (float)x;
+        } else if (!strcmp(a, "--stop")) {
+            NEEDS_VALUE();
+            if (c->n_stops == (int)(sizeof c->stops / sizeof c->stops[0]))
+                return fail("too many --stop strings (at most 64)%s%s", "", "");
+            if (!*v)
+                return fail("--stop needs a non-empty string%s%s", "", "");
+            c->stops[c->n_stops++] = v;
         } else if (!strcmp(a, "--exit")) {
             NEEDS_VALUE();
             c->exit_given = 1;
@@ -304,6 +331,8 @@ static int parse_args(int argc, char **argv, cli *c)
     }
     if (!c->model)
         return fail("no model given: use -m MODEL.gguf%s%s", "", "");
+    c->p.stop = c->stops;
+    c->p.n_stop = c->n_stops;
     /* The adaptive threshold needs early exit: --exit none is a contradiction, not a
      * request to switch modes. */
     if (c->exit_given && c->p.exit_mode == FREE_EXIT_NONE &&
@@ -341,6 +370,12 @@ static const char *mode_name(int32_t m)
     return m == FREE_EXIT_FREE ? "free" : m == FREE_EXIT_VERIFY ? "verify" : "none";
 }
 
+static const char *finish_name(int32_t f)
+{
+    static const char *const names[] = {"none", "eos", "length", "stop", "callback"};
+    return f >= 0 && f <= FREE_FINISH_CALLBACK ? names[f] : "none";
+}
+
 static void print_stats(const free_ctx *ctx)
 {
     free_stats s;
@@ -360,7 +395,8 @@ static void print_stats(const free_ctx *ctx)
             "\"shallow_ms\": %.3f, \"deep_ms\": %.3f, \"head_ms\": %.3f, "
             "\"adaptive\": %s, \"bmm_fits\": %d, \"bmm_frozen\": %s, "
             "\"bmm_samples_agree\": %llu, \"bmm_samples_disagree\": %llu, "
-            "\"bmm_agree\": [%.6g, %.6g], \"bmm_disagree\": [%.6g, %.6g]}\n",
+            "\"bmm_agree\": [%.6g, %.6g], \"bmm_disagree\": [%.6g, %.6g], "
+            "\"finish\": \"%s\"}\n",
             (unsigned long long)s.prompt_tokens, (unsigned long long)s.tokens, s.prefill_ms,
             s.decode_ms, s.decode_ms > 0 ? s.tokens * 1e3 / s.decode_ms : 0.0,
             s.prefill_ms > 0 ? s.prompt_tokens * 1e3 / s.prefill_ms : 0.0, s.n_threads,
@@ -373,7 +409,7 @@ static void print_stats(const free_ctx *ctx)
             s.shallow_ms, s.deep_ms, s.head_ms, s.adaptive ? "true" : "false", s.bmm_fits,
             s.bmm_frozen ? "true" : "false", (unsigned long long)s.bmm_samples_agree,
             (unsigned long long)s.bmm_samples_disagree, s.bmm_alpha_agree, s.bmm_beta_agree,
-            s.bmm_alpha_disagree, s.bmm_beta_disagree);
+            s.bmm_alpha_disagree, s.bmm_beta_disagree, finish_name(free_ctx_finish_reason(ctx)));
 }
 
 /* --tokenize: the prompt's ids, decimal, separated by single spaces, on one line. */

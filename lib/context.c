@@ -3,6 +3,7 @@
 #include "log.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,8 @@
 #define FR_PARAMS_MAX_SIZE 4096
 /* The default n_ctx: the model's training context, but at most this many tokens. */
 #define FR_DEFAULT_MAX_N_CTX 4096
+/* The first release's free_ctx_params (0.1): everything before the sampling controls. */
+#define FR_CTX_PARAMS_V1 offsetof(free_ctx_params, min_p)
 
 free_status fr_ctx_fail(struct free_ctx *ctx, free_status status, const char *fmt, ...)
 {
@@ -42,10 +45,11 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
 {
     if (!p)
         return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_params_init: params is NULL");
-    if (size < sizeof *p)
+    if (size < FR_CTX_PARAMS_V1)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
-                             "free_ctx_params_init: size %zu is smaller than "
-                             "sizeof(free_ctx_params) = %zu", size, sizeof *p);
+                             "free_ctx_params_init: size %zu is smaller than the first "
+                             "release's free_ctx_params (%zu bytes)", size,
+                             (size_t)FR_CTX_PARAMS_V1);
     if (size > FR_PARAMS_MAX_SIZE)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_ctx_params_init: size %zu is larger than %d bytes, the "
@@ -66,6 +70,10 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
     p->bmm_max_updates = bp.max_updates;
     p->bmm_refit_every = bp.refit_every;
     p->bmm_capacity = bp.capacity;
+    if (size >= sizeof *p) { /* an older caller's struct ends before these */
+        p->repeat_penalty = 1.0f;
+        p->repeat_last_n = 64;
+    }
     return FREE_OK;
 }
 
@@ -84,10 +92,10 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
 {
     free_ctx_params_init(out, sizeof *out);
     if (in) {
-        if (in->size < sizeof *in)
+        if (in->size < FR_CTX_PARAMS_V1)
             return fr_fail(err, FREE_ERR_INVALID_ARG,
                            "free_ctx_params.size %zu is smaller than any released struct (%zu)",
-                           in->size, sizeof *in);
+                           in->size, (size_t)FR_CTX_PARAMS_V1);
         if (in->size > FR_PARAMS_MAX_SIZE)
             return fr_fail(err, FREE_ERR_INVALID_ARG,
                            "free_ctx_params.size %zu is larger than %d bytes, the most a "
@@ -97,7 +105,8 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
                            "free_ctx_params has %zu bytes of fields this library (%s) does not "
                            "know, and they are not zero", in->size - sizeof *in,
                            FREE_VERSION_STRING);
-        memcpy(out, in, sizeof *out);
+        /* An older caller's struct: the fields it lacks keep their defaults. */
+        memcpy(out, in, in->size < sizeof *out ? in->size : sizeof *out);
         out->size = sizeof *out;
     }
     const fr_hparams *hp = &m->hp;
@@ -143,6 +152,20 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
     if (out->bmm_min_per_class < 0 || out->bmm_max_updates < 0 || out->bmm_refit_every < 0 ||
         out->bmm_capacity < 0 || out->bmm_capacity > (1 << 24))
         return fr_fail(err, FREE_ERR_INVALID_ARG, "a bmm_* field is negative or too large");
+    if (!(out->min_p >= 0.0f && out->min_p <= 1.0f))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "min_p %g must be in [0, 1]",
+                       (double)out->min_p);
+    if (!(out->repeat_penalty > 0.0f) || !isfinite(out->repeat_penalty))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "repeat_penalty %g must be > 0 (1 = off)",
+                       (double)out->repeat_penalty);
+    if (out->repeat_last_n < -1)
+        return fr_fail(err, FREE_ERR_INVALID_ARG,
+                       "repeat_last_n %d must be >= -1 (0 = off, -1 = the whole context)",
+                       out->repeat_last_n);
+    if (!isfinite(out->frequency_penalty) || !isfinite(out->presence_penalty))
+        return fr_fail(err, FREE_ERR_INVALID_ARG,
+                       "frequency_penalty %g and presence_penalty %g must be finite",
+                       (double)out->frequency_penalty, (double)out->presence_penalty);
     return FREE_OK;
 }
 
@@ -184,17 +207,29 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "early exit needs at least 2 layers; this model has %d", hp->n_layer);
 
+    /* Stop strings are copied first (into a fresh set, swapped in at the end). */
+    fr_stop stop;
+    memset(&stop, 0, sizeof stop);
+    FR_TRY(fr_stop_set(&stop, p->stop, p->n_stop, ctx->piece_cap, err));
+
     fr_bmm_params bp;
     fr_bmm *fresh = NULL;
     const bool keep = p->adaptive && keep_learned && ctx->bmm && !p->calibration;
     if (p->adaptive) {
         bmm_params_from(p, &bp);
         if (keep) {
-            FR_TRY(fr_bmm_params_check(&bp, err));
+            if (fr_bmm_params_check(&bp, err) != FREE_OK) {
+                fr_stop_free(&stop);
+                return err->status;
+            }
         } else {
-            FR_TRY(fr_bmm_create(&bp, &fresh, err));
+            if (fr_bmm_create(&bp, &fresh, err) != FREE_OK) {
+                fr_stop_free(&stop);
+                return err->status;
+            }
             if (p->calibration && fr_bmm_import(fresh, p->calibration, err) != FREE_OK) {
                 fr_bmm_destroy(fresh);
+                fr_stop_free(&stop);
                 return err->status;
             }
         }
@@ -215,6 +250,7 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         fr_exit_queue_keep_probs(ctx->queue, hp->n_vocab, err) != FREE_OK) {
         ctx->queue->limit = old_limit;
         fr_bmm_destroy(fresh);
+        fr_stop_free(&stop);
         return err->status;
     }
     /* The last step that can fail (a new capacity allocates a new ring); on failure the
@@ -229,8 +265,12 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         fr_bmm_destroy(ctx->bmm);
         ctx->bmm = fresh;
     }
-    fr_sampler_config sc = {p->temperature, p->top_k, p->top_p, p->seed};
+    fr_sampler_config sc = {p->temperature, p->top_k, p->top_p, p->seed, p->min_p};
     fr_sampler_configure(ctx->sampler, &sc);
+    fr_penalty_configure(&ctx->penalty, p->repeat_penalty, p->repeat_last_n,
+                         p->frequency_penalty, p->presence_penalty);
+    fr_stop_free(&ctx->stop);
+    ctx->stop = stop;
     ctx->exit_layer = ls;
     ctx->params = *p;
     ctx->params.calibration = NULL;
@@ -240,6 +280,7 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         ctx->params.zeta = in_force->zeta;
         ctx->params.bmm_rule = in_force->rule;
     }
+    ctx->params.stop = (const char *const *)ctx->stop.str; /* the context's copies */
     return FREE_OK;
 }
 
@@ -274,9 +315,12 @@ static free_status create(struct free_ctx *ctx, const free_ctx_params *p, fr_err
     ctx->piece_cap = fr_tokenizer_max_piece(ctx->model->tokenizer) + 64;
     ctx->piece = malloc(ctx->piece_cap);
     ctx->tokens = malloc(((size_t)ctx->n_ctx + 2) * sizeof *ctx->tokens);
+    ctx->cache_tok = malloc(((size_t)ctx->n_ctx + 1) * sizeof *ctx->cache_tok);
+    ctx->pen_logits = malloc(nv * sizeof(float));
     if (!ctx->x || !ctx->logits || !ctx->last_logits || !ctx->probs || !ctx->out ||
-        !ctx->piece || !ctx->tokens)
+        !ctx->piece || !ctx->tokens || !ctx->cache_tok || !ctx->pen_logits)
         return fr_fail(err, FREE_ERR_NOMEM, "out of memory for context buffers");
+    FR_TRY(fr_penalty_init(&ctx->penalty, hp->n_vocab, err));
     FR_TRY(apply_params(ctx, p, false, err));
     ctx->stats.n_threads = ctx->n_threads;
     fr_detok_init(&ctx->detok, true);
@@ -328,6 +372,10 @@ FREE_API void free_ctx_destroy(free_ctx *ctx)
     free(ctx->out);
     free(ctx->piece);
     free(ctx->tokens);
+    free(ctx->cache_tok);
+    free(ctx->pen_logits);
+    fr_penalty_free(&ctx->penalty);
+    fr_stop_free(&ctx->stop);
     free(ctx);
 }
 
@@ -367,7 +415,7 @@ FREE_API free_status free_ctx_reset(free_ctx *ctx)
 
 FREE_API free_status free_ctx_get_params(const free_ctx *ctx, free_ctx_params *params)
 {
-    if (!ctx || !params || params->size < sizeof *params)
+    if (!ctx || !params || params->size < FR_CTX_PARAMS_V1)
         return fr_report_msg(FREE_ERR_INVALID_ARG,
                              "free_ctx_get_params: NULL argument or params->size not set");
     if (params->size > FR_PARAMS_MAX_SIZE)
@@ -376,12 +424,13 @@ FREE_API free_status free_ctx_get_params(const free_ctx *ctx, free_ctx_params *p
                              "the most a params struct may declare", params->size,
                              FR_PARAMS_MAX_SIZE);
     size_t size = params->size;
+    free_ctx_params p = ctx->params;
+    p.n_ctx = ctx->n_ctx;
+    p.n_threads = ctx->n_threads;
+    p.n_batch = ctx->n_batch;
     memset(params, 0, size);
-    memcpy(params, &ctx->params, sizeof *params);
+    memcpy(params, &p, size < sizeof p ? size : sizeof p);
     params->size = size;
-    params->n_ctx = ctx->n_ctx;
-    params->n_threads = ctx->n_threads;
-    params->n_batch = ctx->n_batch;
     return FREE_OK;
 }
 

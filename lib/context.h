@@ -6,7 +6,9 @@
 #include "block.h"
 #include "bmm.h"
 #include "exit_queue.h"
+#include "penalty.h"
 #include "sampler.h"
+#include "stop.h"
 #include "tokenizer.h"
 
 /* Verified tokens waiting to be handed out by free_step (VERIFY mode emits several at
@@ -49,6 +51,11 @@ struct free_ctx {
     char *piece;                /* [piece_cap] text of one streamed token */
     size_t piece_cap;
     fr_detok detok;             /* streaming text state for free_decode */
+    int32_t *cache_tok;         /* [n_ctx + 1] the token at each cached position */
+    fr_penalty penalty;         /* repetition / frequency / presence penalties */
+    float *pen_logits;          /* [n_vocab] penalized copy of a synchronized row */
+    fr_stop stop;               /* stop strings (free_decode) */
+    int32_t finish;             /* free_finish of the last free_decode */
     free_stats stats;
     uint64_t layers_total;      /* sum of free_step_info.layers over stats.tokens */
     fr_error err;

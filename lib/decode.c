@@ -12,6 +12,16 @@
 
 #define FR_NV(ctx) ((size_t)(ctx)->model->hp.n_vocab)
 
+/* Applies the penalties to logits for the token at position pos (its history: the cached
+ * tokens before it). Returns false, changing nothing, when the penalties are off. */
+static bool penalize(struct free_ctx *ctx, float *logits, int32_t pos)
+{
+    if (!fr_penalty_active(&ctx->penalty))
+        return false;
+    fr_penalty_apply(&ctx->penalty, ctx->cache_tok, pos, logits);
+    return true;
+}
+
 void fr_ctx_check_invariant(const struct free_ctx *ctx)
 {
 #ifndef NDEBUG
@@ -107,16 +117,23 @@ static void sync_row(void *user, int32_t r, const float *logits)
         memcpy(ctx->last_logits, logits, FR_NV(ctx) * sizeof(float)); /* for the message */
         return;
     }
+    /* Row r's deep logits predict the token after it, at position pos. */
+    const int32_t pos = ctx->n_past - job->rows + r + 1;
+    const float *raw = logits;
+    if (fr_penalty_active(&ctx->penalty)) {
+        memcpy(ctx->pen_logits, logits, FR_NV(ctx) * sizeof(float));
+        penalize(ctx, ctx->pen_logits, pos);
+        logits = ctx->pen_logits;
+    }
     int32_t deep = fr_argmax(logits, nv);
     /* Samples come only from synchronizations with a non-empty queue. */
     if (ctx->bmm && (job->rows > 1 || !job->has_current))
         fr_bmm_add(ctx->bmm, q->conf[r], q->argmax[r] == deep);
     if (last && job->has_current) {
-        memcpy(ctx->last_logits, logits, FR_NV(ctx) * sizeof(float));
+        /* emit_from_deep penalizes it. */
+        memcpy(ctx->last_logits, raw, FR_NV(ctx) * sizeof(float));
         return;
     }
-    /* Row r's deep logits predict the token after it: q->token[r]. */
-    const int32_t pos = ctx->n_past - job->rows + r + 1;
     if (!job->verify) {
         count_agreement(ctx, q->token[r], deep);
         return;
@@ -267,6 +284,7 @@ static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t
     const struct free_model *m = ctx->model;
     const size_t nv = FR_NV(ctx);
     const int32_t start_past = ctx->n_past;
+    memcpy(ctx->cache_tok + start_past, tokens, (size_t)n * sizeof *tokens);
     for (int32_t start = 0; start < n; start += ctx->n_batch) {
         if (start > 0 && aborted(ctx)) {
             fr_kv_truncate(ctx->kv, 0, m->hp.n_layer, start_past);
@@ -434,6 +452,7 @@ FREE_API free_status free_eval_exit(free_ctx *ctx, const int32_t *tokens, size_t
 /* The token chosen from last_logits (which came from the final head). */
 static void emit_from_deep(struct free_ctx *ctx, float conf)
 {
+    penalize(ctx, ctx->last_logits, ctx->n_past);
     int32_t tok = fr_sample(ctx->sampler, ctx->last_logits);
     push_out(ctx, tok, ctx->n_past, false, ctx->model->hp.n_layer, conf,
              fr_argmax(ctx->last_logits, ctx->model->hp.n_vocab));
@@ -453,6 +472,7 @@ static free_status step_full(struct free_ctx *ctx)
 {
     const struct free_model *m = ctx->model;
     double t0 = fr_now_ms();
+    ctx->cache_tok[ctx->n_past] = ctx->pending_token;
     fr_embed(m, 1, &ctx->pending_token, ctx->x);
     fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, 1, ctx->n_past, ctx->x, ctx->ws,
                       ctx->pool);
@@ -480,6 +500,7 @@ static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
     fr_exit_queue *q = ctx->queue;
     float *h = fr_exit_queue_row(q, q->len);
     double t0 = fr_now_ms();
+    ctx->cache_tok[ctx->n_past] = ctx->pending_token;
     fr_shallow_layers(ctx->model, ctx->exit_layer, ctx->kv, ctx->pending_token, ctx->n_past, h,
                       ctx->ws, ctx->pool);
     double t1 = fr_now_ms();
@@ -494,6 +515,10 @@ static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
                             ctx->n_past, isfinite(r.confidence) ? ctx->logits : NULL);
     }
     ctx->n_past++;
+    /* With penalties, the exit head's choice and confidence are those of the penalized
+     * logits: the token it would emit. */
+    if (penalize(ctx, ctx->logits, ctx->n_past))
+        r.confidence = fr_confidence_top2(ctx->logits, ctx->model->hp.n_vocab, &r.argmax);
     *out = r;
     return FREE_OK;
 }
@@ -651,6 +676,7 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
 {
     if (!ctx)
         return fr_report_msg(FREE_ERR_INVALID_ARG, "free_decode: ctx is NULL");
+    ctx->finish = FREE_FINISH_NONE;
     const fr_tokenizer *tok = ctx->model->tokenizer;
     size_t n_prompt = prompt ? (len < 0 ? strlen(prompt) : (size_t)len) : 0;
     const bool empty = ctx->n_past == 0 && !ctx->has_pending && ctx->out_len == 0;
@@ -684,19 +710,40 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
         memmove(copy, ctx->tokens, n * sizeof *copy);
         FR_TRY(prefill(ctx, copy, n, NULL, NULL));
     }
-    for (int32_t i = 0; max_tokens < 0 || i < max_tokens; i++) {
+    fr_stop_begin(&ctx->stop);
+    for (int32_t i = 0;; i++) {
+        if (max_tokens >= 0 && i >= max_tokens) {
+            ctx->finish = FREE_FINISH_LENGTH;
+            break;
+        }
         if (aborted(ctx))
             return fr_ctx_fail(ctx, FREE_ERR_ABORTED, "decoding aborted by the abort callback");
         int32_t t;
         free_step_info info;
         info.size = sizeof info;
         FR_TRY(free_step(ctx, &t, &info));
-        if (info.is_eos)
-            break;
+        const char *text;
         size_t n = 0;
-        FR_TRY(free_ctx_token_text(ctx, t, ctx->piece, ctx->piece_cap, &n));
-        if (fn && fn(user, t, ctx->piece, n, &info))
+        if (info.is_eos) {
+            /* Text held back for the stop strings is plain text after all. */
+            fr_stop_flush(&ctx->stop, &text, &n);
+            if (fn && n)
+                fn(user, t, text, n, &info);
+            ctx->finish = FREE_FINISH_EOS;
             break;
+        }
+        FR_TRY(free_ctx_token_text(ctx, t, ctx->piece, ctx->piece_cap, &n));
+        const bool final = max_tokens >= 0 && i + 1 == max_tokens;
+        if (fr_stop_push(&ctx->stop, ctx->piece, n, final, &text, &n)) {
+            if (fn && n)
+                fn(user, t, text, n, &info);
+            ctx->finish = FREE_FINISH_STOP;
+            break;
+        }
+        if (fn && fn(user, t, text, n, &info)) {
+            ctx->finish = FREE_FINISH_CALLBACK;
+            break;
+        }
     }
     return FREE_OK;
 }
@@ -718,4 +765,9 @@ FREE_API free_status free_ctx_token_text(free_ctx *ctx, int32_t token, char *buf
     }
     *n_out = fr_detok_push(tok, &ctx->detok, token, buf, cap);
     return FREE_OK;
+}
+
+FREE_API int32_t free_ctx_finish_reason(const free_ctx *ctx)
+{
+    return ctx ? ctx->finish : FREE_FINISH_NONE;
 }

@@ -77,7 +77,7 @@ double fr_sampler_uniform(fr_sampler *s)
 
 static void set_config(fr_sampler *s, const fr_sampler_config *cfg)
 {
-    static const fr_sampler_config greedy = {0.0f, 0, 1.0f, 0};
+    static const fr_sampler_config greedy = {0.0f, 0, 1.0f, 0, 0.0f};
     s->cfg = cfg ? *cfg : greedy;
     rng_seed(s, s->cfg.seed);
 }
@@ -413,6 +413,11 @@ void fr_sampler_dist(fr_sampler *s, const float *logits, float *probs)
         for (int32_t j = c; j < m; j++)
             probs[idx[j]] = 0.0f;
     }
+    /* min-p: the top token's weight is exactly 1, so a weight is its ratio to the top. */
+    if (s->cfg.min_p > 0.0f)
+        for (int32_t j = 0; j < m; j++)
+            if (probs[idx[j]] < s->cfg.min_p)
+                probs[idx[j]] = 0.0f;
 
     /* Normalise in index order, so the result does not depend on how selection permuted
      * the ids (and a naive implementation can reproduce it bit for bit). total >= 1: the

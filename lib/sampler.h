@@ -13,6 +13,7 @@ typedef struct fr_sampler_config {
     int32_t top_k;     /* <= 0: off */
     float top_p;       /* >= 1: off */
     uint64_t seed;
+    float min_p;       /* <= 0: off */
 } fr_sampler_config;
 
 typedef struct fr_sampler fr_sampler;
@@ -30,8 +31,9 @@ int32_t fr_argmax(const float *x, int32_t n);
  * argmax (may be NULL). Non-finite logits give confidence 0. */
 float fr_confidence_top2(const float *logits, int32_t n, int32_t *top1);
 
-/* The distribution the sampler draws from: temperature, then top-k, then top-p applied to
- * logits, renormalised, written to probs[n_vocab] (zeros outside the kept set). Greedy
+/* The distribution the sampler draws from: temperature, then top-k, then top-p, then
+ * min-p (tokens below min_p times the top token's weight dropped) applied to logits,
+ * renormalised, written to probs[n_vocab] (zeros outside the kept set). Greedy
  * gives a one-hot vector at the argmax. */
 void fr_sampler_dist(fr_sampler *s, const float *logits, float *probs);
 /* Draws an index from probs[n_vocab] (need not be normalised; must have a positive sum). */

@@ -15,7 +15,7 @@
 
 static fr_sampler *make(int32_t n, float t, int32_t k, float p, uint64_t seed)
 {
-    fr_sampler_config cfg = {t, k, p, seed};
+    fr_sampler_config cfg = {t, k, p, seed, 0.0f};
     fr_sampler *s = NULL;
     fr_error err;
     fr_error_clear(&err);
@@ -196,7 +196,7 @@ START_TEST(test_rng_determinism)
     ck_assert_int_ge(differ, 9990);
     ck_assert_double_eq_tol(mean, 0.5, 0.01);
     /* configure reseeds: the sequence starts over. */
-    fr_sampler_config cfg = {1.0f, 0, 1.0f, 7};
+    fr_sampler_config cfg = {1.0f, 0, 1.0f, 7, 0.0f};
     fr_sampler_configure(a, &cfg);
     for (int i = 0; i < 100; i++)
         ck_assert_double_eq(fr_sampler_uniform(a), first[i]);
@@ -491,7 +491,7 @@ START_TEST(test_kept_sets_by_hand)
     ck_assert_float_eq(probs[1], 0.5f);
     ck_assert_float_eq(probs[2], 0.5f);
     ck_assert_int_eq(count_nonzero(probs, 5), 2);
-    fr_sampler_config cfg = {1.0f, 4, 1.0f, 1};
+    fr_sampler_config cfg = {1.0f, 4, 1.0f, 1, 0.0f};
     fr_sampler_configure(s, &cfg);
     fr_sampler_dist(s, ties, probs);
     ck_assert_float_eq(probs[0], 0.0f);
@@ -519,12 +519,12 @@ START_TEST(test_kept_sets_by_hand)
     ck_assert_float_eq_tol(probs[0], 0.625f, 1e-6f);
     ck_assert_float_eq(probs[1], 0.0f);
     ck_assert_float_eq_tol(probs[2], 0.375f, 1e-6f);
-    cfg = (fr_sampler_config){1.0f, 0, 0.85f, 1};
+    cfg = (fr_sampler_config){1.0f, 0, 0.85f, 1, 0.0f};
     fr_sampler_configure(s, &cfg);
     fr_sampler_dist(s, three, probs);
     ck_assert_float_eq_tol(probs[1], 0.2f, 1e-6f);
     /* top-k 2 then top-p 0.6 of the renormalised pair (0.625, 0.375): token 0 alone. */
-    cfg = (fr_sampler_config){1.0f, 2, 0.6f, 1};
+    cfg = (fr_sampler_config){1.0f, 2, 0.6f, 1, 0.0f};
     fr_sampler_configure(s, &cfg);
     fr_sampler_dist(s, three, probs);
     ck_assert_float_eq(probs[0], 1.0f);
@@ -555,7 +555,7 @@ START_TEST(test_nonfinite_dist)
 
     /* Finite logits that overflow at a small temperature behave like +Inf. */
     const float huge[] = {3e38f, 0.0f, 2e36f, 3e38f, -3e38f};
-    fr_sampler_configure(s, &(fr_sampler_config){0.01f, 0, 1.0f, 9});
+    fr_sampler_configure(s, &(fr_sampler_config){0.01f, 0, 1.0f, 9, 0.0f});
     fr_sampler_dist(s, huge, probs);
     ck_assert(probs[0] == 0.5f && probs[3] == 0.5f && count_nonzero(probs, 5) == 2);
 
@@ -577,7 +577,7 @@ START_TEST(test_nonfinite_dist)
     const float all_nan[] = {NAN, NAN, NAN, NAN, NAN};
     const float all_ninf[] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
     const float one_finite[] = {NAN, -INFINITY, NAN, -4.0f, NAN};
-    fr_sampler_configure(s, &(fr_sampler_config){0.8f, 3, 0.9f, 9});
+    fr_sampler_configure(s, &(fr_sampler_config){0.8f, 3, 0.9f, 9, 0.0f});
     fr_sampler_dist(s, all_nan, probs);
     ck_assert(probs[0] == 1.0f && count_nonzero(probs, 5) == 1);
     ck_assert_int_eq(fr_sample(s, all_nan), 0);
@@ -746,7 +746,7 @@ START_TEST(test_vocab_one)
 {
     const float x[1] = {2.5f};
     float probs[1];
-    const fr_sampler_config cfgs[] = {{0.0f, 0, 1.0f, 1}, {0.8f, 5, 0.5f, 1}, {2.0f, 0, 1.0f, 1}};
+    const fr_sampler_config cfgs[] = {{0.0f, 0, 1.0f, 1, 0.0f}, {0.8f, 5, 0.5f, 1, 0.0f}, {2.0f, 0, 1.0f, 1, 0.0f}};
     for (int c = 0; c < 3; c++) {
         fr_sampler *s = NULL;
         ck_assert_int_eq(fr_sampler_create(1, &cfgs[c], &s, NULL), FREE_OK);
@@ -773,7 +773,7 @@ START_TEST(test_create_errors)
     fr_sampler *s = (fr_sampler *)&s;
     fr_error err;
     fr_error_clear(&err);
-    fr_sampler_config cfg = {1.0f, 0, 1.0f, 0};
+    fr_sampler_config cfg = {1.0f, 0, 1.0f, 0, 0.0f};
     ck_assert_int_eq(fr_sampler_create(0, &cfg, &s, &err), FREE_ERR_INVALID_ARG);
     ck_assert_ptr_null(s);
     ck_assert_msg(strstr(err.msg, "n_vocab is 0") != NULL, "message: %s", err.msg);

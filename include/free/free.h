@@ -302,9 +302,27 @@ typedef struct free_ctx_params {
     /* cancellation */
     free_abort_fn abort_fn;    /* may be NULL */
     void *abort_user;
+    /* sampling controls (0.2; llama.cpp's names). They apply to the tokens actually
+     * emitted, in every exit mode: the shallow head's choice and confidence in FREE mode,
+     * drafts and their check in VERIFY mode (which stays exactly the full model's output
+     * under the same controls). */
+    float min_p;               /* keep tokens whose probability is at least min_p times the
+                                  top token's (after temperature, top_k, top_p); 0 = off */
+    float repeat_penalty;      /* logits of the tokens in the window: divided by it when
+                                  positive, multiplied when not; 1 = off (default) */
+    int32_t repeat_last_n;     /* the window: the last N tokens of the context (prompt and
+                                  generated); default 64, 0 = no penalties, -1 = all */
+    float frequency_penalty;   /* minus this times the token's count in the window; 0 = off */
+    float presence_penalty;    /* minus this once for a token in the window; 0 = off */
+    const char *const *stop;   /* n_stop stop strings (1 to 1024 bytes of UTF-8 each, at most
+                                  64), copied during the call. free_decode never streams a
+                                  stop string or anything after it: text that may begin one
+                                  is held back until it is known not to */
+    int32_t n_stop;
 } free_ctx_params;
 
-/* Fills p with defaults (see the field comments). */
+/* Fills p with defaults (see the field comments). A size from an older header (down to
+ * the first release's struct) fills only the fields it covers. */
 FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size);
 
 /* Creates a decoding context on model; params may be NULL for defaults. */
@@ -402,9 +420,27 @@ typedef int (*free_token_fn)(void *user, int32_t token, const char *piece, size_
  * max_tokens tokens (< 0: no limit), streaming them to fn (may be NULL; it must not call
  * back into ctx). Stops at end of generation (any free_token_is_eog token; not
  * streamed), after max_tokens, when fn returns non-zero, or with FREE_ERR_CONTEXT_FULL
- * when the context is full. */
+ * when the context is full.
+ * With stop strings (free_ctx_params.stop), generation also stops at the token that
+ * completes one; neither it nor any text after it is streamed. Text that may begin a stop
+ * string is held back and comes with a later token (a call may then give len 0, or more
+ * text than its token's); at max_tokens it comes with the last token, and at
+ * end-of-sequence in one call for the end-of-sequence token (info->is_eos set). After a
+ * failure or a non-zero return of fn, held text is not streamed. */
 FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t len,
                                  int32_t max_tokens, free_token_fn fn, void *user);
+
+/* Why the last free_decode on ctx stopped. */
+typedef enum free_finish {
+    FREE_FINISH_NONE = 0,     /* no free_decode yet, or it failed */
+    FREE_FINISH_EOS = 1,      /* the model produced end-of-sequence */
+    FREE_FINISH_LENGTH = 2,   /* max_tokens tokens were produced */
+    FREE_FINISH_STOP = 3,     /* a stop string was produced (not streamed) */
+    FREE_FINISH_CALLBACK = 4  /* the token callback returned non-zero */
+} free_finish;
+
+/* A free_finish value; FREE_FINISH_NONE when ctx is NULL. */
+FREE_API int32_t free_ctx_finish_reason(const free_ctx *ctx);
 
 /* ---------------------------------------------------------------------------------- */
 /* Statistics and calibration                                                         */

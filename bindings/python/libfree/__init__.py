@@ -23,16 +23,17 @@ import os
 import queue
 import threading
 import weakref
-from ctypes import POINTER, byref, c_char, c_float, c_int32, c_size_t, c_void_p, sizeof
+from ctypes import (POINTER, byref, c_char, c_char_p, c_float, c_int32, c_size_t, c_void_p,
+                    sizeof)
 
 from . import _errors, _ffi
 from ._errors import (Aborted, BufferTooSmall, ContextFull, FormatError, FreeError,
                       InternalError, InvalidArgument, LibraryIOError, ModelError,
                       NumericError, OutOfMemory, StateError, TokenError, UnsupportedError)
-from ._ffi import BmmRule, ExitMode, LibraryNotFound, LogLevel, Status
+from ._ffi import BmmRule, ExitMode, Finish, LibraryNotFound, LogLevel, Status
 
 __version__ = "0.1.0"
-__all__ = ["BmmRule", "Context", "ExitMode", "FreeError", "LibraryNotFound", "LogLevel",
+__all__ = ["BmmRule", "Context", "ExitMode", "Finish", "FreeError", "LibraryNotFound", "LogLevel",
            "Model", "Stats", "Status", "StepInfo", "Piece", "set_log_handler",
            "version", "version_number", "strerror", "load_library",
            "Aborted", "BufferTooSmall", "ContextFull", "FormatError", "InternalError",
@@ -418,7 +419,7 @@ class Model(_Handle):
 # -- context ------------------------------------------------------------------------------
 
 _PARAM_NAMES = tuple(name for name, _ in _ffi.free_ctx_params._fields_
-                     if name not in ("size", "abort_user"))
+                     if name not in ("size", "abort_user", "n_stop"))
 _FIXED_AT_CREATION = ("n_ctx", "n_threads", "n_batch")
 # Parameters that mean something only with early exit (exit_mode 'free' or 'verify').
 _EXIT_ONLY = ("threshold", "adaptive")
@@ -460,8 +461,10 @@ class Context(_Handle):
     temperature, top_k, top_p, seed, exit_mode ('none' | 'free' | 'verify'), exit_layer,
     threshold, max_queue, adaptive, zeta, threshold_min, threshold_max, bmm_rule
     ('grid' | 'continuous'), bmm_min_per_class, bmm_max_updates, bmm_refit_every,
-    bmm_capacity, calibration (the text of export_calibration) and abort_fn (a callable
-    returning True to abort). threshold and adaptive apply only to early exit: giving
+    bmm_capacity, calibration (the text of export_calibration), abort_fn (a callable
+    returning True to abort), and the sampling controls min_p, repeat_penalty,
+    repeat_last_n, frequency_penalty, presence_penalty and stop (a str or a list of
+    str). threshold and adaptive apply only to early exit: giving
     them while exit_mode is 'none' is a ValueError.
 
     generate() and stream() take the same keywords for one call; those left out (None)
@@ -544,6 +547,17 @@ class Context(_Handle):
                     raise TypeError("abort_fn must be callable or None")
                 value = self._wrap_abort(value)
                 keep["abort_fn"] = value
+            elif name == "stop":
+                if isinstance(value, (str, bytes)):
+                    value = [value]
+                if not isinstance(value, (list, tuple)):
+                    raise TypeError(f"stop must be a str or a list of str, not "
+                                    f"{type(value).__name__}")
+                data = [_text_bytes(v, "a stop string") for v in value]
+                arr = (c_char_p * max(len(data), 1))(*data)
+                keep["stop"] = arr
+                p.n_stop = len(data)
+                value = ctypes.cast(arr, POINTER(c_char_p)) if data else None
             try:
                 setattr(p, name, value)
             except TypeError:
@@ -591,10 +605,17 @@ class Context(_Handle):
     def params(self):
         """The parameters in force, as a dict."""
         out = {name: getattr(self._params, name) for name in _PARAM_NAMES
-               if name not in ("abort_fn", "calibration")}
+               if name not in ("abort_fn", "calibration", "stop")}
         out["exit_mode"] = ExitMode(out["exit_mode"])
         out["bmm_rule"] = BmmRule(out["bmm_rule"])
+        p = self._params
+        out["stop"] = [_decode_c(p.stop[i]) for i in range(p.n_stop)] if p.n_stop else []
         return out
+
+    @property
+    def finish_reason(self):
+        """Why the last generate() / stream() stopped: a Finish (NONE after a failure)."""
+        return Finish(_ffi.lib().free_ctx_finish_reason(self.handle))
 
     # state
     @property
@@ -715,7 +736,8 @@ class Context(_Handle):
 
     def generate(self, prompt=None, max_tokens=64, *, temperature=None, top_k=None,
                  top_p=None, seed=None, exit_mode=None, threshold=None, adaptive=None,
-                 on_token=None, reset=True, **params):
+                 stop=None, min_p=None, repeat_penalty=None, on_token=None, reset=True,
+                 **params):
         """The text generated after prompt (str or UTF-8 bytes; a BOS is put first).
 
         Each call stands alone: it starts from an empty context (reusing the cached
@@ -725,14 +747,18 @@ class Context(_Handle):
         max_tokens None or -1: until end-of-sequence or a full context.
 
         The keywords (temperature, top_k, top_p, seed, exit_mode, threshold, adaptive,
-        and any other context parameter but n_ctx, n_threads, n_batch) apply to this call
-        only; left out, they keep the context's settings. on_token(Piece) may return
-        True to stop. On failure the FreeError carries the text so far as .text."""
+        stop (a str or a list of them), min_p, repeat_penalty, and any other context
+        parameter but n_ctx, n_threads, n_batch: repeat_last_n, frequency_penalty,
+        presence_penalty, ...) apply to this call only; left out, they keep the context's
+        settings. The text ends before the first stop string; finish_reason says why it
+        ended. on_token(Piece) may return True to stop. On failure the FreeError carries
+        the text so far as .text."""
         data = self._prompt(prompt)
         n = _max_tokens(max_tokens)
         params = self._call_params(params, temperature=temperature, top_k=top_k,
                                    top_p=top_p, seed=seed, exit_mode=exit_mode,
-                                   threshold=threshold, adaptive=adaptive)
+                                   threshold=threshold, adaptive=adaptive, stop=stop,
+                                   min_p=min_p, repeat_penalty=repeat_penalty)
         pieces = []
 
         def on_piece(token, data, info):
@@ -794,7 +820,8 @@ class Context(_Handle):
 
     def stream(self, prompt=None, max_tokens=64, *, temperature=None, top_k=None,
                top_p=None, seed=None, exit_mode=None, threshold=None, adaptive=None,
-               details=False, reset=True, **params):
+               stop=None, min_p=None, repeat_penalty=None, details=False, reset=True,
+               **params):
         """Like generate, but yields the text pieces as they are produced (Piece objects
         when details=True). Generation runs in lock-step with the consumer: leaving the
         loop early stops it. The context cannot be used otherwise until the iterator is
@@ -804,7 +831,8 @@ class Context(_Handle):
         n = _max_tokens(max_tokens)
         params = self._call_params(params, temperature=temperature, top_k=top_k,
                                    top_p=top_p, seed=seed, exit_mode=exit_mode,
-                                   threshold=threshold, adaptive=adaptive)
+                                   threshold=threshold, adaptive=adaptive, stop=stop,
+                                   min_p=min_p, repeat_penalty=repeat_penalty)
         self._prepare(params)                        # TypeError / ValueError now
         return self._stream_gen(data, n, details, params, reset)
 

@@ -58,9 +58,17 @@ class BmmRule(enum.IntEnum):
     CONTINUOUS = 1
 
 
+class Finish(enum.IntEnum):
+    NONE = 0
+    EOS = 1
+    LENGTH = 2
+    STOP = 3
+    CALLBACK = 4
+
+
 # C enum name prefix of each IntEnum (FREE_ERR_IO <-> Status.ERR_IO), for the ABI test.
 ENUM_PREFIXES = {Status: "FREE_", LogLevel: "FREE_LOG_", ExitMode: "FREE_EXIT_",
-                 BmmRule: "FREE_BMM_RULE_"}
+                 BmmRule: "FREE_BMM_RULE_", Finish: "FREE_FINISH_"}
 
 # -- callbacks ----------------------------------------------------------------------------
 
@@ -106,6 +114,13 @@ class free_ctx_params(Structure):
         ("calibration", c_char_p),
         ("abort_fn", free_abort_fn),
         ("abort_user", c_void_p),
+        ("min_p", c_float),
+        ("repeat_penalty", c_float),
+        ("repeat_last_n", c_int32),
+        ("frequency_penalty", c_float),
+        ("presence_penalty", c_float),
+        ("stop", POINTER(c_char_p)),
+        ("n_stop", c_int32),
     ]
 
 
@@ -238,6 +253,7 @@ FUNCTIONS = {
     "free_step": (_status, [_ctx_p, POINTER(c_int32), POINTER(free_step_info)]),
     "free_decode": (_status, [_ctx_p, c_char_p, c_ssize_t, c_int32, free_token_fn,
                               c_void_p]),
+    "free_ctx_finish_reason": (c_int32, [_ctx_p]),
     "free_ctx_stats": (_status, [_ctx_p, POINTER(free_stats)]),
     "free_ctx_reset_stats": (_status, [_ctx_p]),
     "free_ctx_export_calibration": (_status, [_ctx_p, POINTER(c_char), c_size_t,

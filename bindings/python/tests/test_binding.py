@@ -88,7 +88,8 @@ def header_enum_constants(text, name):
 
 
 ENUMS = {"free_status": _ffi.Status, "free_log_level": _ffi.LogLevel,
-         "free_exit_mode": _ffi.ExitMode, "free_bmm_rule": _ffi.BmmRule}
+         "free_exit_mode": _ffi.ExitMode, "free_bmm_rule": _ffi.BmmRule,
+         "free_finish": _ffi.Finish}
 
 
 def _c_name(enum_cls, member):

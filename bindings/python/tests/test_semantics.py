@@ -157,3 +157,68 @@ def test_stats_exit_mode_is_an_enum(stories):
     with stories.context(exit_mode="verify") as ctx:
         ctx.generate("Once", max_tokens=4)
         assert ctx.stats().exit_mode is libfree.ExitMode.VERIFY
+
+
+# -- sampling controls (item 6) ---------------------------------------------------------
+
+def test_stop_strings(stories):
+    with stories.context() as ctx:
+        full = ctx.generate("Once upon a time", max_tokens=60)
+        assert ctx.finish_reason is libfree.Finish.LENGTH
+        stop = full[40:46]
+        cut = full[:full.index(stop)]
+        assert ctx.generate("Once upon a time", max_tokens=60, stop=stop) == cut
+        assert ctx.finish_reason is libfree.Finish.STOP
+        assert "".join(ctx.stream("Once upon a time", max_tokens=60,
+                                  stop=["never", stop])) == cut
+        assert ctx.params()["stop"] == []           # the call's setting only
+        ctx.set_params(stop=[stop, "zz"])
+        assert ctx.params()["stop"] == [stop, "zz"]
+        assert ctx.generate("Once upon a time", max_tokens=60) == cut
+        ctx.set_params(stop=[])
+        assert ctx.generate("Once upon a time", max_tokens=60) == full
+        with pytest.raises(TypeError):
+            ctx.generate("Once", stop=3)
+        with pytest.raises(ValueError):
+            ctx.generate("Once", stop=[""])
+
+
+def test_penalties_and_min_p(stories):
+    with stories.context() as ctx:
+        plain = ctx.generate("Once upon a time", max_tokens=48)
+        pen = ctx.generate("Once upon a time", max_tokens=48, repeat_penalty=1.5,
+                           frequency_penalty=0.5, repeat_last_n=16)
+        assert pen != plain
+        assert ctx.generate("Once upon a time", max_tokens=48) == plain
+        assert ctx.params()["repeat_penalty"] == 1.0
+        sampled = ctx.generate("Once upon a time", max_tokens=32, temperature=1.0, seed=4,
+                               min_p=0.2)
+        assert sampled == ctx.generate("Once upon a time", max_tokens=32, temperature=1.0,
+                                       seed=4, min_p=0.2)
+        with pytest.raises(ValueError):
+            ctx.generate("Once", min_p=2.0)
+    with stories.context(exit_mode="verify", threshold=0.3, repeat_penalty=1.5,
+                         repeat_last_n=16, frequency_penalty=0.5) as ctx:
+        assert ctx.generate("Once upon a time", max_tokens=48) == pen
+
+
+def test_cli_sampling_flags_equal_python(stories):
+    import subprocess
+    from test_binding import build_dir
+    from conftest import model_file
+    cli = build_dir() / "examples" / "free-cli"
+    if not cli.exists():
+        pytest.skip(f"{cli} not built yet")
+    kw = dict(repeat_penalty=1.4, repeat_last_n=20, frequency_penalty=0.3,
+              presence_penalty=0.2)
+    with stories.context(**kw) as ctx:
+        full = ctx.generate("Once upon a time", max_tokens=50)
+        stop = full[30:35]
+        want = ctx.generate("Once upon a time", max_tokens=50, stop=["xyzzy", stop])
+    cmd = [str(cli), "-m", str(model_file(STORIES)), "-p", "Once upon a time", "-n", "50",
+           "--repeat-penalty", "1.4", "--repeat-last-n", "20", "--frequency-penalty", "0.3",
+           "--presence-penalty", "0.2", "--stop", "xyzzy", "--stop", stop, "--stats"]
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    assert res.stdout.decode() == "Once upon a time" + want + "\n"
+    assert '"finish": "stop"' in res.stderr.decode()

@@ -187,7 +187,7 @@ START_TEST(every_builtin_name)
            refused);
     /* Every format libfree writes is one llama.cpp lists. */
     for (int t = 1; t < FR_CHAT_COUNT; t++) {
-        if (!fr_chat_can_format(t))
+        if (!fr_chat_can_format(t) || t == FR_CHAT_DOTS1) /* dots1: detected, no name */
             continue;
         bool listed = false;
         for (int32_t i = 0; i < n && !listed; i++)
@@ -232,6 +232,20 @@ static const char *const texts[] = {
     "<|header_start|>{{r}}<|header_end|>",
     "<|role_start|>{{r}}<|role_end|>",
     "<|im_start|>User:<end_of_utterance>",
+    "[|system|]{{s}}[|endofturn|][|assistant|][|tool|]",
+    "rwkv-world",
+    "{{- 'User: ' + message['content']|trim + '\\n\\n' -}}",
+    "<|start_of_role|>{{r}}<|end_of_role|>",
+    "{{ message['role'] + additional_special_tokens[0] + message['content'] + "
+    "additional_special_tokens[1] }}",
+    " Ассистент:{{c}}",
+    "<role>ASSISTANT</role>{% if r == 'HUMAN' %}",
+    "<|userprompt|>{{c}}<|endofuserprompt|>",
+    "<|startoftext|>{{c}}<|extra_4|>{{d}}<|extra_0|>",
+    "<｜hy_place▁holder▁no▁2｜><｜hy_place▁holder▁no▁3｜><｜hy_Assistant｜>",
+    "<|startoftext|>{{c}}<|extra_4|>",
+    "<｜hy_place▁holder▁no▁2｜><｜hy_place▁holder▁no▁3｜>",
+    "<|im_assistant|>assistant<|im_middle|>",
     "{{ messages | tojson }}",
     "",
 };

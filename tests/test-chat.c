@@ -298,6 +298,56 @@ START_TEST(other_formats)
 }
 END_TEST
 
+/* The rarest formats, one conversation each (strings as llama.cpp's library writes them). */
+START_TEST(rarer_formats)
+{
+    EXPECT("exaone4", conv_a, N_A, 1,
+           "[|system|]You are terse.[|endofturn|]\n[|user|]Hi!\n[|assistant|]Hello, friend."
+           "[|endofturn|]\n[|user|]Name two colours.\n[|assistant|]");
+    static const free_chat_message tool[] = {M("user", "q"), M("tool", " r ")};
+    EXPECT("exaone4", tool, 2, 1, "[|user|]q\n[|tool|]r[|endofturn|]\n[|assistant|]");
+    EXPECT("rwkv-world", conv_a, N_A, 1,
+           "System: You are terse.\n\nUser: Hi!\n\nAssistant: Hello, friend.\n\nUser: Name two "
+           "colours.\n\nAssistant:");
+    EXPECT("granite", conv_a, N_A, 1,
+           "<|start_of_role|>system<|end_of_role|>You are terse.<|end_of_text|>\n"
+           "<|start_of_role|>user<|end_of_role|>Hi!<|end_of_text|>\n<|start_of_role|>assistant"
+           "<|end_of_role|>  Hello, friend.  <|end_of_text|>\n<|start_of_role|>user"
+           "<|end_of_role|>Name two colours.<|end_of_text|>\n<|start_of_role|>assistant"
+           "<|end_of_role|>");
+    EXPECT("gigachat", conv_a, N_A, 1,
+           "<s>You are terse.<|message_sep|>user<|role_sep|>Hi!<|message_sep|>available "
+           "functions<|role_sep|>[]<|message_sep|>assistant<|role_sep|>  Hello, friend.  "
+           "<|message_sep|>user<|role_sep|>Name two colours.<|message_sep|>available "
+           "functions<|role_sep|>[]<|message_sep|>assistant<|role_sep|>");
+    EXPECT("yandex", conv_a, N_A, 1,
+           " Пользователь: Hi!\n\n Ассистент:   Hello, friend.  \n\n Пользователь: Name two "
+           "colours.\n\n Ассистент:[SEP]");
+    EXPECT("bailing", conv_a, N_A, 1,
+           "<role>SYSTEM</role>You are terse.<role>HUMAN</role>Hi!<role>ASSISTANT</role>  "
+           "Hello, friend.  <role>HUMAN</role>Name two colours.<role>ASSISTANT</role>");
+    static const free_chat_message roles[] = {M("user", "q"), M("tool", "r"), M("sÿs", "x")};
+    EXPECT("bailing", roles, 3, 0, "<role>HUMAN</role>q<role>TOOL</role>r<role>SÿS</role>x");
+    /* dots1 has no name: its template selects it. */
+    EXPECT("<|userprompt|>{{c}}<|endofuserprompt|>", conv_a, N_A, 1,
+           "<|system|>You are terse.<|endofsystem|><|userprompt|>Hi!<|endofuserprompt|>"
+           "<|response|>  Hello, friend.  <|endofresponse|><|userprompt|>Name two colours."
+           "<|endofuserprompt|><|response|>");
+    EXPECT("hunyuan-moe", conv_a, N_A, 1,
+           "<|startoftext|>You are terse.<|extra_4|><|startoftext|>Hi!<|extra_0|>  Hello, "
+           "friend.  <|eos|><|startoftext|>Name two colours.<|extra_0|>");
+    EXPECT("hunyuan-dense", conv_a, N_A, 1,
+           "You are terse.<｜hy_place▁holder▁no▁3｜><｜hy_User｜>Hi!<｜hy_Assistant｜>"
+           "<｜hy_Assistant｜>  Hello, friend.  <｜hy_place▁holder▁no▁2｜><｜hy_User｜>Name two "
+           "colours.<｜hy_Assistant｜>");
+    EXPECT("kimi-k2", conv_a, N_A, 1,
+           "<|im_system|>system<|im_middle|>You are terse.<|im_end|><|im_user|>user"
+           "<|im_middle|>Hi!<|im_end|><|im_assistant|>assistant<|im_middle|>  Hello, friend.  "
+           "<|im_end|><|im_user|>user<|im_middle|>Name two colours.<|im_end|><|im_assistant|>"
+           "assistant<|im_middle|>");
+}
+END_TEST
+
 /* Detection from template texts: short excerpts of real templates. */
 START_TEST(detect_texts)
 {
@@ -336,6 +386,15 @@ START_TEST(detect_texts)
         {"[|system|]{{s}}[|endofturn|][|assistant|]", "exaone3"},
         {"<|header_start|>{{r}}<|header_end|>", "llama4"},
         {"<|role_start|>{{r}}<|role_end|>", "megrez"},
+        {"[|system|]{{s}}[|endofturn|][|assistant|][|tool|]", "exaone4"},
+        {"{{- 'User: ' + message['content']|trim + '\\n\\n' -}}", "rwkv-world"},
+        {"<|start_of_role|>{{r}}<|end_of_role|>", "granite"},
+        {" Ассистент:{{c}}", "yandex"},
+        {"<role>ASSISTANT</role>{% if r == 'HUMAN' %}", "bailing"},
+        {"<|userprompt|>{{c}}<|endofuserprompt|>", "dots1"},
+        {"<|startoftext|>{{c}}<|extra_4|>{{d}}<|extra_0|>", "hunyuan-moe"},
+        {"<｜hy_place▁holder▁no▁2｜><｜hy_place▁holder▁no▁3｜><｜hy_Assistant｜>", "hunyuan-dense"},
+        {"<|im_assistant|>assistant<|im_middle|>", "kimi-k2"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int t = fr_chat_detect(cases[i].text, strlen(cases[i].text));
@@ -347,7 +406,9 @@ START_TEST(detect_texts)
         const char *name = fr_chat_name(t);
         if (t != FR_CHAT_DOTS1)
             ck_assert_int_eq(fr_chat_detect(name, strlen(name)), t);
-        ck_assert_int_eq(fr_chat_can_format(t), strstr(fr_chat_formats(), name) != NULL);
+        if (t != FR_CHAT_DOTS1)
+            ck_assert_int_eq(fr_chat_can_format(t), strstr(fr_chat_formats(), name) != NULL);
+        ck_assert(fr_chat_can_format(t)); /* every format llama.cpp's detection names */
     }
     ck_assert_int_eq(fr_chat_detect("{{ messages }}", 14), FR_CHAT_UNKNOWN);
     ck_assert_int_eq(fr_chat_detect("", 0), FR_CHAT_UNKNOWN);
@@ -486,13 +547,13 @@ START_TEST(model_template)
     ck_assert_ptr_nonnull(strstr(free_last_error(), "Jinja"));
     free_model_destroy(m);
 
-    /* A template llama.cpp recognises but libfree does not format. */
+    /* One of the rarer formats, from the model's template. */
     path = vocab_with_template("<|start_of_role|>{{ r }}<|end_of_role|>");
     m = load_vocab(path);
-    ck_assert_ptr_null(free_model_chat_template(m));
-    ck_assert_int_eq(free_chat_format(m, NULL, conv_a, N_A, 1, buf, sizeof buf, &n),
-                     FREE_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(free_last_error(), "'granite'"));
+    ck_assert_str_eq(free_model_chat_template(m), "granite");
+    ck_assert_int_eq(free_chat_format(m, NULL, conv_b, 1, 1, buf, sizeof buf, &n), FREE_OK);
+    ck_assert_str_eq(buf, "<|start_of_role|>user<|end_of_role|> What is 2+2? "
+                          "<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>");
     free_model_destroy(m);
 }
 END_TEST
@@ -563,8 +624,9 @@ START_TEST(bad_arguments)
     CHECK_ERR(free_chat_format(NULL, "jinja2", conv_a, N_A, 1, buf, sizeof buf, &n),
               FREE_ERR_UNSUPPORTED, "'jinja2'");
     ck_assert_ptr_nonnull(strstr(free_last_error(), "llama3"));
-    CHECK_ERR(free_chat_format(NULL, "granite", conv_a, N_A, 1, buf, sizeof buf, &n),
-              FREE_ERR_UNSUPPORTED, "not one libfree formats");
+    /* A format of a newer llama.cpp than the one libfree follows. */
+    CHECK_ERR(free_chat_format(NULL, "gpt-oss", conv_a, N_A, 1, buf, sizeof buf, &n),
+              FREE_ERR_UNSUPPORTED, "neither a format name");
     ck_assert_ptr_null(free_model_chat_template(NULL));
 
     free_chat_message m[2] = {{"user", "hi"}, {NULL, "x"}};
@@ -605,6 +667,7 @@ static Suite *chat_suite(void)
     tcase_add_test(c, gemma);
     tcase_add_test(c, deepseek_variants);
     tcase_add_test(c, other_formats);
+    tcase_add_test(c, rarer_formats);
     suite_add_tcase(s, c);
     c = tcase_create("detect");
     tcase_add_test(c, detect_texts);

@@ -11,6 +11,7 @@
 #endif
 
 #include <float.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,16 +185,18 @@ static void deq_q6_k(const void *src, float *dst, int64_t n)
 
 /* ---- the table ------------------------------------------------------------------------ */
 
-#if defined(FR_QUANT_X86) && defined(FR_QUANT_SIMD)
+#ifdef FR_QUANT_X86
 #define FR_QROWS_SETS(t) {fr_qrows_##t##_portable, fr_qrows_##t##_avx2, fr_qrows_##t##_avx512}
 #else
 #define FR_QROWS_SETS(t) {fr_qrows_##t##_portable, NULL, NULL}
 #endif
+/* Types whose SIMD kernels are still to come: the portable ones serve every set. */
+#define FR_QROWS_PORTABLE(t) {fr_qrows_##t##_portable, NULL, NULL}
 
 static const fr_type_traits g_traits[] = {
     {GGUF_TENSOR_F32, "F32", 1, 4, 4, FR_ACT_F32, deq_f32, {NULL, NULL, NULL}},
     {GGUF_TENSOR_F16, "F16", 1, 2, 2, FR_ACT_F32, deq_f16, {NULL, NULL, NULL}},
-    {GGUF_TENSOR_BF16, "BF16", 1, 2, 2, FR_ACT_F32, deq_bf16, FR_QROWS_SETS(bf16)},
+    {GGUF_TENSOR_BF16, "BF16", 1, 2, 2, FR_ACT_F32, deq_bf16, FR_QROWS_PORTABLE(bf16)},
     {GGUF_TENSOR_Q8_0, "Q8_0", FR_QK8_0, sizeof(fr_block_q8_0), 2, FR_ACT_Q8, deq_q8_0,
      FR_QROWS_SETS(q8_0)},
     {GGUF_TENSOR_Q4_0, "Q4_0", FR_QK4_0, sizeof(fr_block_q4_0), 2, FR_ACT_Q8, deq_q4_0,
@@ -205,11 +208,11 @@ static const fr_type_traits g_traits[] = {
     {GGUF_TENSOR_Q5_1, "Q5_1", FR_QK5_1, sizeof(fr_block_q5_1), 2, FR_ACT_Q8, deq_q5_1,
      FR_QROWS_SETS(q5_1)},
     {GGUF_TENSOR_Q4_K, "Q4_K", FR_QK_K, sizeof(fr_block_q4_K), 2, FR_ACT_Q8K, deq_q4_k,
-     FR_QROWS_SETS(q4_k)},
+     FR_QROWS_PORTABLE(q4_k)},
     {GGUF_TENSOR_Q5_K, "Q5_K", FR_QK_K, sizeof(fr_block_q5_K), 2, FR_ACT_Q8K, deq_q5_k,
-     FR_QROWS_SETS(q5_k)},
+     FR_QROWS_PORTABLE(q5_k)},
     {GGUF_TENSOR_Q6_K, "Q6_K", FR_QK_K, sizeof(fr_block_q6_K), 2, FR_ACT_Q8K, deq_q6_k,
-     FR_QROWS_SETS(q6_k)},
+     FR_QROWS_PORTABLE(q6_k)},
 };
 
 const fr_type_traits *fr_type_traits_of(uint32_t type)
@@ -318,14 +321,24 @@ void fr_quantize_act(fr_act_type act, const float *X, int64_t ldx, int n, int64_
 }
 
 #ifdef FR_QUANT_X86
-bool fr_cpu_has_avx512_vnni(void)
+static bool g_vnni;
+static pthread_once_t g_vnni_once = PTHREAD_ONCE_INIT;
+
+static void vnni_init(void)
 {
     unsigned a, b, c, d;
     if (!fr_cpu_has_avx512())
-        return false;
+        return;
     __cpuid_count(7, 0, a, b, c, d);
     bool bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
-    return bw && vl && vnni;
+    g_vnni = bw && vl && vnni;
+}
+
+/* CPUID is slow (and traps under a hypervisor): asked once. */
+bool fr_cpu_has_avx512_vnni(void)
+{
+    pthread_once(&g_vnni_once, vnni_init);
+    return g_vnni;
 }
 #endif
 

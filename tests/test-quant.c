@@ -592,13 +592,18 @@ END_TEST
 static Suite *quant_suite(void)
 {
     Suite *s = suite_create("quant");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 600);
+    TCase *tc = tcase_create("dequant");
     tcase_add_test(tc, test_traits_table);
     tcase_add_test(tc, test_dequantize_matches_ggml);
     tcase_add_test(tc, test_get_row_any_type);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("kernels");
+    tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_kernels_every_type_set_and_batch, 0, N_QTYPES);
     tcase_add_loop_test(tc, test_kernels_special_inputs, 0, N_QTYPES);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("models");
+    tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_llama_logits_match_llamacpp, 0, 4);
     tcase_add_loop_test(tc, test_llama_texts_match_llamacpp, 0, 16);
     tcase_add_loop_test(tc, test_stories_texts_match_llamacpp, 0, 3);

@@ -190,7 +190,7 @@ static void deq_q6_k(const void *src, float *dst, int64_t n)
 #else
 #define FR_QROWS_SETS(t) {fr_qrows_##t##_portable, NULL, NULL}
 #endif
-/* Types whose SIMD kernels are still to come: the portable ones serve every set. */
+/* BF16 (not a speed target): the portable kernel serves every set. */
 #define FR_QROWS_PORTABLE(t) {fr_qrows_##t##_portable, NULL, NULL}
 
 static const fr_type_traits g_traits[] = {
@@ -208,11 +208,11 @@ static const fr_type_traits g_traits[] = {
     {GGUF_TENSOR_Q5_1, "Q5_1", FR_QK5_1, sizeof(fr_block_q5_1), 2, FR_ACT_Q8, deq_q5_1,
      FR_QROWS_SETS(q5_1)},
     {GGUF_TENSOR_Q4_K, "Q4_K", FR_QK_K, sizeof(fr_block_q4_K), 2, FR_ACT_Q8K, deq_q4_k,
-     FR_QROWS_PORTABLE(q4_k)},
+     FR_QROWS_SETS(q4_k)},
     {GGUF_TENSOR_Q5_K, "Q5_K", FR_QK_K, sizeof(fr_block_q5_K), 2, FR_ACT_Q8K, deq_q5_k,
-     FR_QROWS_PORTABLE(q5_k)},
+     FR_QROWS_SETS(q5_k)},
     {GGUF_TENSOR_Q6_K, "Q6_K", FR_QK_K, sizeof(fr_block_q6_K), 2, FR_ACT_Q8K, deq_q6_k,
-     FR_QROWS_PORTABLE(q6_k)},
+     FR_QROWS_SETS(q6_k)},
 };
 
 const fr_type_traits *fr_type_traits_of(uint32_t type)

@@ -1,0 +1,311 @@
+/* AVX2 and AVX-512 (VNNI) kernels of the K-quants Q4_K, Q5_K and Q6_K against activations
+ * quantized per super-block of 256 (quant.h). Per super-block the integer sum
+ * isum = sum over sub-blocks of scale * dot(codes, x) is exact in int32 lanes: AVX-512
+ * multiplies the VNNI sums of each sub-block by its scale (vpmulld), AVX2 lets
+ * maddubs + madd do the products, pair sums and scales in two steps (codes < 64 keep
+ * maddubs below saturation); the lanes are then added in any order, which cannot change
+ * an exact integer. The mins (Q4_K, Q5_K) and Q6_K's offset of 32 come from the
+ * activation's sums of 16. The float steps per super-block are quant.h's, in scalars,
+ * so every set gives the portable kernels' bits. */
+#include "quant.h"
+
+#ifdef FR_QUANT_X86
+
+#include "simd_x86.h"
+
+#include <string.h>
+
+#define FR_AVX512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+typedef struct kq_row {
+    const int8_t *x;
+    const float *dx;
+    const int16_t *bs;
+} kq_row;
+
+static FR_INLINE kq_row act_row(const void *A, int j)
+{
+    const fr_qact *a = A;
+    kq_row r = {a->qs + (int64_t)j * a->ld_qs, a->d + (int64_t)j * a->ld_d,
+                a->bsum + (int64_t)j * a->ld_sum};
+    return r;
+}
+
+static FR_INLINE float h2f(const uint8_t *p)
+{
+    fr_f16_bits h;
+    memcpy(&h, p, 2);
+    return fr_f16_to_f32(h);
+}
+
+/* The mins' integer term of a Q4_K / Q5_K super-block. */
+static FR_INLINE int32_t kq_imin(const uint8_t mn[8], const int16_t *bs)
+{
+    int32_t imin = 0;
+    for (int s = 0; s < 8; s++)
+        imin += mn[s] * (bs[2 * s] + bs[2 * s + 1]);
+    return imin;
+}
+
+/* Q6_K's offset term: sum_s sc_s * 32 * bsum_s. */
+static FR_INLINE int32_t q6_offset(const int8_t sc[16], const int16_t *bs)
+{
+    int32_t t = 0;
+    for (int s = 0; s < 16; s++)
+        t += sc[s] * bs[s];
+    return 32 * t;
+}
+
+/* acc[b mod 8] += p, then the canonical sum: shared by both sets. */
+#define KQ_ROW_BEGIN                                                                     \
+    kq_row xr = act_row(A, j);                                                           \
+    float acc[8] = {0};                                                                  \
+    const int64_t nsb = cols / FR_QK_K;
+
+/* ---- AVX2 ------------------------------------------------------------------------------ */
+
+FR_AVX2 static FR_INLINE int32_t avx2_hsum_i32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+FR_AVX2 static FR_INLINE float avx2_q45k(const uint8_t *w, int64_t cols, const void *A, int j,
+                                         int five)
+{
+    KQ_ROW_BEGIN
+    const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *blk = w + (size_t)b * bytes;
+        const uint8_t *qs = blk + 16 + (five ? 32 : 0);
+        const int8_t *x = xr.x + b * FR_QK_K;
+        uint8_t sc[8], mn[8];
+        fr_kq_scales(blk + 4, sc, mn);
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
+                          : _mm256_setzero_si256();
+        __m256i accv = _mm256_setzero_si256();
+        FR_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(v, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (five) {
+                __m256i bl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+                __m256i bh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(bl, 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(bh, 4));
+            }
+            __m256i plo = _mm256_maddubs_epi16(
+                lo, _mm256_loadu_si256((const __m256i *)(const void *)(x + 64 * c)));
+            __m256i phi = _mm256_maddubs_epi16(
+                hi, _mm256_loadu_si256((const __m256i *)(const void *)(x + 64 * c + 32)));
+            accv = _mm256_add_epi32(accv, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
+            accv = _mm256_add_epi32(accv,
+                                    _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        int32_t isum = avx2_hsum_i32(accv), imin = kq_imin(mn, xr.bs + 16 * b);
+        float p = (h2f(blk) * xr.dx[b]) * (float)isum;
+        p = p - (h2f(blk + 2) * xr.dx[b]) * (float)imin;
+        acc[b % 8] = acc[b % 8] + p;
+    }
+    return fr_qsum8(acc);
+}
+
+FR_AVX2 static FR_INLINE float avx2_q6k(const uint8_t *w, int64_t cols, const void *A, int j)
+{
+    KQ_ROW_BEGIN
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+    for (int64_t b = 0; b < nsb; b++) {
+        const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
+        const int8_t *x = xr.x + b * FR_QK_K;
+        __m256i accv = _mm256_setzero_si256();
+        FR_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h));
+            __m256i ql1 =
+                _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
+            __m256i e[4];
+            e[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            e[1] = _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            e[2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            e[3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            FR_UNROLL
+            for (int g = 0; g < 4; g++) {
+                const int s = 8 * h + 2 * g;
+                __m256i p16 = _mm256_maddubs_epi16(
+                    e[g], _mm256_loadu_si256(
+                              (const __m256i *)(const void *)(x + 128 * h + 32 * g)));
+                __m256i scv = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_set1_epi16(blk->scales[s])),
+                    _mm_set1_epi16(blk->scales[s + 1]), 1);
+                accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p16, scv));
+            }
+        }
+        int32_t isum = avx2_hsum_i32(accv) - q6_offset(blk->scales, xr.bs + 16 * b);
+        float p = (h2f((const uint8_t *)&blk->d) * xr.dx[b]) * (float)isum;
+        acc[b % 8] = acc[b % 8] + p;
+    }
+    return fr_qsum8(acc);
+}
+
+FR_AVX2 static FR_INLINE float avx2_q4k(const uint8_t *w, int64_t cols, const void *A, int j)
+{
+    return avx2_q45k(w, cols, A, j, 0);
+}
+
+FR_AVX2 static FR_INLINE float avx2_q5k(const uint8_t *w, int64_t cols, const void *A, int j)
+{
+    return avx2_q45k(w, cols, A, j, 1);
+}
+
+#define ROWS_LOOP(DOT)                                                                   \
+    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
+        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
+        for (int j = 0; j < n; j++)                                                      \
+            for (int64_t r = rb; r < re; r++)                                            \
+                Y[(int64_t)j * ldy + r] = DOT(W + (size_t)r * row_bytes, cols, A, j);     \
+    }
+
+FR_AVX2 void fr_qrows_q4_k_avx2(FR_QROWS_ARGS)
+{
+    ROWS_LOOP(avx2_q4k)
+}
+
+FR_AVX2 void fr_qrows_q5_k_avx2(FR_QROWS_ARGS)
+{
+    ROWS_LOOP(avx2_q5k)
+}
+
+FR_AVX2 void fr_qrows_q6_k_avx2(FR_QROWS_ARGS)
+{
+    ROWS_LOOP(avx2_q6k)
+}
+
+/* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
+
+FR_AVX512Q static FR_INLINE float avx512_q45k(const uint8_t *w, int64_t cols, const void *A,
+                                             int j, int five)
+{
+    KQ_ROW_BEGIN
+    const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *blk = w + (size_t)b * bytes;
+        const uint8_t *qs = blk + 16 + (five ? 32 : 0);
+        const int8_t *x = xr.x + b * FR_QK_K;
+        uint8_t sc[16] = {0}, mn[8];
+        fr_kq_scales(blk + 4, sc, mn);
+        __m512i sc32 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)sc));
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
+                          : _mm256_setzero_si256();
+        __m512i accv = _mm512_setzero_si512();
+        FR_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+            __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+            if (five) {
+                __mmask32 lo = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c))));
+                __mmask32 hi =
+                    _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c + 1))));
+                __mmask64 m = (__mmask64)lo | (__mmask64)hi << 32;
+                u = _mm512_mask_add_epi8(u, m, u, _mm512_set1_epi8(0x10));
+            }
+            __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
+                                            _mm512_loadu_si512((const void *)(x + 64 * c)));
+            __m512i idx = _mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
+                                           2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c,
+                                           2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c);
+            accv = _mm512_add_epi32(accv,
+                                    _mm512_mullo_epi32(r, _mm512_permutexvar_epi32(idx, sc32)));
+        }
+        int32_t isum = _mm512_reduce_add_epi32(accv), imin = kq_imin(mn, xr.bs + 16 * b);
+        float p = (h2f(blk) * xr.dx[b]) * (float)isum;
+        p = p - (h2f(blk + 2) * xr.dx[b]) * (float)imin;
+        acc[b % 8] = acc[b % 8] + p;
+    }
+    return fr_qsum8(acc);
+}
+
+FR_AVX512Q static FR_INLINE float avx512_q6k(const uint8_t *w, int64_t cols, const void *A,
+                                            int j)
+{
+    KQ_ROW_BEGIN
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(3);
+    for (int64_t b = 0; b < nsb; b++) {
+        const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
+        const int8_t *x = xr.x + b * FR_QK_K;
+        __m512i sc32 =
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
+        __m512i accv = _mm512_setzero_si512();
+        FR_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m512i ql = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
+            __m512i ha = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+            __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 4)),
+                                            _mm256_srli_epi16(qh, 6), 1);
+            __m512i ea = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                         _mm512_slli_epi16(_mm512_and_si512(ha, m2), 4));
+            __m512i eb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                         _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
+            __m512i ra = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ea,
+                                             _mm512_loadu_si512((const void *)(x + 128 * h)));
+            __m512i rb = _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(), eb, _mm512_loadu_si512((const void *)(x + 128 * h + 64)));
+            /* lane i of ra: sub-block 8h + i/4; of rb: 8h + 4 + i/4 */
+            const __m512i ia = _mm512_add_epi32(
+                _mm512_set1_epi32(8 * h),
+                _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+            const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(4));
+            accv = _mm512_add_epi32(accv,
+                                    _mm512_mullo_epi32(ra, _mm512_permutexvar_epi32(ia, sc32)));
+            accv = _mm512_add_epi32(accv,
+                                    _mm512_mullo_epi32(rb, _mm512_permutexvar_epi32(ib, sc32)));
+        }
+        int32_t isum = _mm512_reduce_add_epi32(accv) - q6_offset(blk->scales, xr.bs + 16 * b);
+        float p = (h2f((const uint8_t *)&blk->d) * xr.dx[b]) * (float)isum;
+        acc[b % 8] = acc[b % 8] + p;
+    }
+    return fr_qsum8(acc);
+}
+
+FR_AVX512Q static FR_INLINE float avx512_q4k(const uint8_t *w, int64_t cols, const void *A,
+                                            int j)
+{
+    return avx512_q45k(w, cols, A, j, 0);
+}
+
+FR_AVX512Q static FR_INLINE float avx512_q5k(const uint8_t *w, int64_t cols, const void *A,
+                                            int j)
+{
+    return avx512_q45k(w, cols, A, j, 1);
+}
+
+FR_AVX512Q void fr_qrows_q4_k_avx512(FR_QROWS_ARGS)
+{
+    ROWS_LOOP(avx512_q4k)
+}
+
+FR_AVX512Q void fr_qrows_q5_k_avx512(FR_QROWS_ARGS)
+{
+    ROWS_LOOP(avx512_q5k)
+}
+
+FR_AVX512Q void fr_qrows_q6_k_avx512(FR_QROWS_ARGS)
+{
+    ROWS_LOOP(avx512_q6k)
+}
+
+#endif

@@ -9,6 +9,7 @@
 #include "gguf_write.h"
 #include "kernels.h"
 #include "model.h"
+#include "tensor_check.h"
 
 #include <free/free.h>
 #include <math.h>
@@ -613,6 +614,63 @@ START_TEST(check_tensors_passes_clean_models)
 }
 END_TEST
 
+/* check_tensors on quantized files: clean ones pass with nothing skipped; a block whose
+ * scale is NaN is found, named by tensor and element. */
+START_TEST(check_tensors_reads_quantized_blocks)
+{
+    const char *files[] = {"free-llama-22M/free-llama-22M-q8_0.gguf",
+                           "free-llama-22M/quant/free-llama-22M-q4_0.gguf",
+                           "free-llama-22M/quant/free-llama-22M-q4_k_m.gguf",
+                           "free-llama-22M/quant/free-llama-22M-q5_k_m.gguf"};
+    for (int i = 0; i < 4; i++) {
+        size_t size = 0;
+        char *data = fr_test_read_file(fr_test_model_path(files[i]), &size);
+        if (!data) {
+            fprintf(stderr, "check_tensors_reads_quantized_blocks: skipped %s (absent)\n",
+                    files[i]);
+            continue;
+        }
+        fr_error err;
+        fr_error_clear(&err);
+        gguf_file *f = NULL;
+        ck_assert_msg(gguf_open_memory(data, size, &f, &err) == FREE_OK, "%s", err.msg);
+        g_log_n = 0;
+        free_log_set(capture, NULL, FREE_LOG_WARN);
+        ck_assert_msg(fr_tensor_check_finite(f, &err) == FREE_OK, "%s: %s", files[i], err.msg);
+        free_log_set(NULL, NULL, FREE_LOG_WARN);
+        ck_assert_msg(g_log_n == 0, "%s: %s", files[i], g_log[0]);
+        /* Poison the scale of block 3 of every quantized tensor's copy: the first is found. */
+        const gguf_tensor *victim = NULL;
+        for (uint64_t k = 0; k < gguf_n_tensors(f) && !victim; k++) {
+            const gguf_tensor *t = gguf_tensor_at(f, k);
+            if (t->type != GGUF_TENSOR_F32 && t->type != GGUF_TENSOR_F16)
+                victim = t;
+        }
+        ck_assert_ptr_nonnull(victim);
+        /* Byte offset of block 3's d: Q6_K keeps it at the end of its 210-byte block. */
+        const size_t bytes = victim->type == GGUF_TENSOR_Q8_0   ? 34
+                             : victim->type == GGUF_TENSOR_Q4_0 ? 18
+                             : victim->type == GGUF_TENSOR_Q5_0 ? 22
+                             : victim->type == GGUF_TENSOR_Q5_1 ? 24
+                             : victim->type == GGUF_TENSOR_Q4_K ? 144
+                             : victim->type == GGUF_TENSOR_Q6_K ? 210
+                                                                : 0;
+        ck_assert_msg(bytes, "%s: add the block size of type %u", files[i], victim->type);
+        const size_t d_at = victim->type == GGUF_TENSOR_Q6_K ? 208 : 0;
+        const int64_t per_block = bytes >= 144 ? 256 : 32;
+        unsigned char *d = (unsigned char *)victim->data + 3 * bytes + d_at;
+        d[0] = 0x00, d[1] = 0x7e; /* F16 NaN */
+        ck_assert_int_eq(fr_tensor_check_finite(f, &err), FREE_ERR_NUMERIC);
+        char want[160];
+        snprintf(want, sizeof want, "tensor %.*s: element %lld ", (int)victim->name.len,
+                 victim->name.ptr, (long long)(3 * per_block));
+        ck_assert_msg(strstr(err.msg, want) && strstr(err.msg, "scale"), "%s", err.msg);
+        gguf_close(f);
+        free(data);
+    }
+}
+END_TEST
+
 START_TEST(nonfinite_hparams_are_format_errors)
 {
     NEED_MODELS();
@@ -755,6 +813,7 @@ static Suite *robust_suite(void)
     tcase_add_test(tc, nan_embedding_row_stops_decoding);
     tcase_add_test(tc, check_tensors_passes_clean_models);
     tcase_add_test(tc, nonfinite_hparams_are_format_errors);
+    tcase_add_test(tc, check_tensors_reads_quantized_blocks);
     suite_add_tcase(s, tc);
     tc = tcase_create("calibration-messages");
     tcase_add_test(tc, calibration_round_trip);

@@ -10,8 +10,9 @@
  *   (llama.cpp's order). The space prefix is added once, at the start of the text, as
  *   SentencePiece does, so decoding gives the text back (llama.cpp also prefixes the text
  *   after each such piece).
- * - An invalid UTF-8 byte is a one-byte symbol (llama.cpp takes the length its lead byte
- *   announces even when the continuation bytes are not there).
+ * - Symbols are as long as their lead byte announces, as in llama.cpp, even when the
+ *   continuation bytes are not there: an invalid sequence takes the bytes after it into
+ *   byte fallback with it.
  * - A symbol with no piece becomes byte tokens when the vocabulary has all its bytes,
  *   else one unknown token (SentencePiece: byte fallback is all or nothing).
  * - The unknown token decodes to " \u2047 ", SentencePiece's default surface, so that
@@ -329,6 +330,7 @@ static const char *const CONTROL_TEXTS[] = {
 static const char *const EOG_TEXTS[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
     "<|end_of_text|>", "<|eom_id|>", "<EOT>", "_<EOT>",
+    "</s>", /* as the llama.cpp of the oracle (later than the vectors' snapshot) */
     /* FIM padding, repository and file separators end generation too */
     "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
     "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>",

@@ -135,7 +135,17 @@ static free_status merge_chunk(session *s, int32_t first, int32_t last, fr_error
  * if some piece contains them next to each other. Before a U+2581 whose left neighbour
  * never precedes U+2581 inside a piece, no merge can cross, and the two sides are
  * independent: the merge order within each side is the same as in the whole. Cutting
- * there (usually at every word) keeps the heap small and in cache. */
+ * there (usually at every word) keeps the heap small and in cache. A left neighbour that
+ * is not one well-formed character is never cut after.
+ *
+ * Symbols are cut as llama.cpp cuts them: a lead byte's announced length (0xC0-0xDF two
+ * bytes, 0xE0-0xEF three, 0xF0-0xFF four, anything else one), whatever follows, so an
+ * invalid sequence takes the next bytes with it into byte fallback. */
+static size_t llama_char_len(unsigned char b)
+{
+    return b < 0xC0 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+}
+
 static free_status encode_fragment(session *s, const char *text, size_t len, bool prefix,
                                    fr_error *err)
 {
@@ -155,10 +165,13 @@ static free_status encode_fragment(session *s, const char *text, size_t len, boo
     int32_t n_sym = 0, first = 0;
     for (size_t i = 0; i < n;) {
         const unsigned char *c = (const unsigned char *)s->esc + i;
-        size_t k = utf8_char_len(c, n - i);
+        size_t k = llama_char_len(c[0]);
+        if (k > n - i)
+            k = n - i;
         if (n_sym > first && k == 3 && memcmp(c, SPACE_MARK, 3) == 0) {
             const sym *p = &s->syms[n_sym - 1];
-            if (!fr_tok_before_space(s->t, (const unsigned char *)s->esc + p->start, p->len)) {
+            const unsigned char *pc = (const unsigned char *)s->esc + p->start;
+            if (utf8_char_len(pc, p->len) == p->len && !fr_tok_before_space(s->t, pc, p->len)) {
                 FR_TRY(merge_chunk(s, first, n_sym - 1, err));
                 first = n_sym;
             }
@@ -271,8 +284,9 @@ static free_status encode_spm(const fr_tokenizer *t, const char *text, size_t le
 {
     session s = {.t = t, .ids = ids};
     s.esc = malloc(3 * len + 3);
-    s.syms = malloc((len + 1) * sizeof *s.syms);
-    s.heap = malloc(3 * (len + 1) * sizeof *s.heap);
+    /* One symbol per escaped byte at most (an invalid lead byte can split a U+2581). */
+    s.syms = malloc((3 * len + 3) * sizeof *s.syms);
+    s.heap = malloc(3 * (3 * len + 3) * sizeof *s.heap);
     free_status st = FREE_OK;
     if (!s.esc || !s.syms || !s.heap)
         st = fr_fail(err, FREE_ERR_NOMEM, "tokenizer: out of memory for %zu bytes", len);

@@ -598,7 +598,9 @@ START_TEST(merge_order)
     check_tok(t, "cab", (int32_t[]){sp, c, ab}, 3);
     check_tok(t, "c a", (int32_t[]){sp, c, spa}, 3);
     check_tok(t, "ca\xc3\xa9", (int32_t[]){sp, c, a, 3 + 0xc3, 3 + 0xa9}, 5);
-    check_tok(t, "x\xffz", (int32_t[]){sp, x, 3 + 0xff, z}, 4);
+    /* As llama.cpp: 0xFF announces four bytes, so "\xffz" is one symbol, both bytes. */
+    check_tok(t, "x\xffz", (int32_t[]){sp, x, 3 + 0xff, 3 + 'z'}, 4);
+    (void)z;
     fr_tokenizer_destroy(t);
 
     t = sv_build(&v, false); /* no prefix */
@@ -884,6 +886,26 @@ static uint64_t rng_next(uint64_t *s)
     return *s;
 }
 
+/* Whether raw (the tokens' bytes) spells text, a space either as itself or as the bytes of
+ * U+2581: after an invalid lead byte llama.cpp's symbols take the bytes of an escaped space
+ * into byte fallback (so they come back as "\xe2\x96\x81"). */
+static bool raw_spells(const char *raw, size_t rl, const char *text, size_t len)
+{
+    size_t i = 0, j = 0;
+    while (i < rl && j < len) {
+        if (text[j] == ' ' && rl - i >= 3 && memcmp(raw + i, SPACE, 3) == 0) {
+            i += 3;
+            j++;
+        } else if (raw[i] == text[j]) {
+            i++;
+            j++;
+        } else {
+            return false;
+        }
+    }
+    return i == rl && j == len;
+}
+
 START_TEST(random_strings)
 {
     if (_i == 0)
@@ -914,7 +936,8 @@ START_TEST(random_strings)
         for (size_t i = 0; i < n; i++)
             ck_assert(ids[i] >= 0 && ids[i] < fr_tokenizer_n_vocab(t));
         char *raw = raw_bytes(t, ids, n, &rl);
-        ck_assert(rl == (len ? len + 1 : 0) && (len == 0 || memcmp(raw + 1, s, len) == 0));
+        ck_assert(len == 0 ? rl == 0 : rl > 0 && raw[0] == ' ' &&
+                                          raw_spells(raw + 1, rl - 1, s, len));
         char *txt = detok(t, ids, n, true, &dl);
         ck_assert(utf8_valid(txt, dl));
         if (utf8_valid(s, len))

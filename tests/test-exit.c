@@ -150,6 +150,29 @@ START_TEST(verify_equals_none_free_code)
 }
 END_TEST
 
+/* Quantized weights (8-bit activation codes, exact integer block sums): a row in a batch
+ * is the row alone, so VERIFY stays lossless. The Q4_K_M mix has Q5_0, Q8_0, Q4_K and
+ * Q6_K matrices; the Q4_0 file Q4_0 and Q8_0. Skipped when the files are absent. */
+static void verify_equals_none_quant(const char *rel)
+{
+    static const int layers[] = {1, 3, 6};
+    FILE *f = fopen(fr_test_model_path(rel), "rb");
+    if (!f) {
+        printf("exit: %s is absent, skipped\n", rel);
+        return;
+    }
+    fclose(f);
+    verify_equals_none(rel, layers, 3);
+}
+
+START_TEST(verify_equals_none_quantized)
+{
+    static const char *const files[] = {"free-llama-22M/quant/free-llama-22M-q4_k_m.gguf",
+                                        "free-llama-22M/quant/free-llama-22M-q4_0.gguf"};
+    verify_equals_none_quant(files[_i]);
+}
+END_TEST
+
 START_TEST(verify_equals_none_stories)
 {
     static const int layers[] = {1, 3, 4}; /* 5 layers: 6 is not a valid exit */
@@ -415,6 +438,7 @@ static Suite *exit_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("verify");
     tcase_add_test(tc, verify_equals_none_stories);
+    tcase_add_loop_test(tc, verify_equals_none_quantized, 0, 2);
     tcase_add_test(tc, verify_equals_none_free_llama);
     tcase_add_test(tc, verify_equals_none_free_code);
     suite_add_tcase(s, tc);

@@ -254,6 +254,10 @@ int64_t fr_qact_sum_len(fr_act_type act, int64_t cols)
     return fr_qact_qs_len(cols) / (act == FR_ACT_Q8K ? 16 : FR_QK8_0);
 }
 
+/* Blocks whose largest |x| is below this are quantized as zeros (127 / amax would
+ * overflow for the smallest ones). */
+#define FR_QACT_TINY 1e-30f
+
 /* Rounds to the nearest integer, ties to even, for |v| < 2^22 (what cvtps_epi32 does). */
 static inline float round_even(float v)
 {
@@ -274,6 +278,8 @@ static float quantize_block(const float *x, int len, int8_t *q)
         memset(q, 0, (size_t)len);
         return NAN;
     }
+    if (!(amax >= FR_QACT_TINY))
+        amax = 0.0f; /* 127 / amax would overflow: such a block is zero */
     float id = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (int i = 0; i < len; i++) {
         float v = round_even(x[i] * id);
@@ -281,6 +287,51 @@ static float quantize_block(const float *x, int len, int8_t *q)
         q[i] = (int8_t)(int)v;
     }
     return amax / 127.0f;
+}
+
+#ifdef FR_QUANT_X86
+static bool g_avx2;
+static pthread_once_t g_avx2_once = PTHREAD_ONCE_INIT;
+
+static void avx2_init(void)
+{
+    g_avx2 = fr_cpu_has_avx2();
+}
+
+static bool have_avx2(void)
+{
+    pthread_once(&g_avx2_once, avx2_init);
+    return g_avx2;
+}
+#endif
+
+/* The block at k0 of one row: SIMD when it can (the same bits), else scalar. */
+static void quantize_at(fr_act_type act, const float *x, int64_t k0, int len, int8_t *q,
+                        float *d, void *sums)
+{
+#ifdef FR_QUANT_X86
+    if (have_avx2() && len % 32 == 0 &&
+        fr_quantize_block_avx2(x + k0, len, q + k0, d,
+                               act == FR_ACT_Q8 ? (int32_t *)sums + k0 / 32 : NULL,
+                               act == FR_ACT_Q8K ? (int16_t *)sums + k0 / 16 : NULL))
+        return;
+#endif
+    *d = quantize_block(x + k0, len, q + k0);
+    if (act == FR_ACT_Q8K) {
+        for (int g = 0; g < len / 16; g++) {
+            int t = 0;
+            for (int i = 0; i < 16; i++)
+                t += q[k0 + 16 * g + i];
+            ((int16_t *)sums)[k0 / 16 + g] = (int16_t)t;
+        }
+    } else {
+        for (int g = 0; g < len / 32; g++) {
+            int t = 0;
+            for (int i = 0; i < 32; i++)
+                t += q[k0 + 32 * g + i];
+            ((int32_t *)sums)[k0 / 32 + g] = t;
+        }
+    }
 }
 
 void fr_quantize_act(fr_act_type act, const float *X, int64_t ldx, int n, int64_t cols,
@@ -294,28 +345,13 @@ void fr_quantize_act(fr_act_type act, const float *X, int64_t ldx, int n, int64_
         int8_t *q = qs + (int64_t)j * lq;
         float *dj = d + (int64_t)j * ld;
         memset(q + cols, 0, (size_t)(lq - cols));
+        void *sj = (char *)sums + (size_t)(j * ls) * (act == FR_ACT_Q8K ? 2 : 4);
+        memset(sj, 0, (size_t)ls * (act == FR_ACT_Q8K ? 2 : 4));
         for (int64_t b = 0; b < ld; b++) {
             int64_t k0 = b * blk;
-            dj[b] = k0 < cols ? quantize_block(x + k0, (int)(cols - k0 < blk ? cols - k0 : blk),
-                                               q + k0)
-                              : 0.0f;
-        }
-        if (act == FR_ACT_Q8K) {
-            int16_t *s = (int16_t *)sums + (int64_t)j * ls;
-            for (int64_t g = 0; g < ls; g++) {
-                int t = 0;
-                for (int i = 0; i < 16; i++)
-                    t += q[16 * g + i];
-                s[g] = (int16_t)t;
-            }
-        } else {
-            int32_t *s = (int32_t *)sums + (int64_t)j * ls;
-            for (int64_t g = 0; g < ls; g++) {
-                int t = 0;
-                for (int i = 0; i < FR_QK8_0; i++)
-                    t += q[FR_QK8_0 * g + i];
-                s[g] = t;
-            }
+            dj[b] = 0.0f;
+            if (k0 < cols) /* cols is a multiple of the block for every caller */
+                quantize_at(act, x, k0, (int)(cols - k0 < blk ? cols - k0 : blk), q, &dj[b], sj);
         }
     }
 }

@@ -125,6 +125,11 @@ FR_QROWS_DECLARE(portable)
 FR_QROWS_DECLARE(avx2)
 FR_QROWS_DECLARE(avx512)
 bool fr_cpu_has_avx512_vnni(void);
+/* quant_act_x86.c: one block of len (a multiple of 32) activations quantized as quant.c's
+ * scalar code does, with its sums of 32 or 16; false (nothing valid) for a block with an
+ * infinity or a NaN. */
+bool fr_quantize_block_avx2(const float *x, int len, int8_t *q, float *d, int32_t *sum32,
+                            int16_t *bsum16);
 #endif
 
 /* The canonical sum of eight lanes. */

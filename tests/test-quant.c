@@ -194,6 +194,85 @@ START_TEST(test_traits_table)
 }
 END_TEST
 
+/* The activation codes against the rule written out here: per block of 32 (256),
+ * d = amax / 127, codes = x * (127 / amax) rounded half to even, sums of 32 (16); blocks
+ * below 1e-30 are zero; a block with an infinity or a NaN has scale NaN and zero codes. */
+static void check_act_rule(fr_act_type act, const float *x, int64_t cols)
+{
+    int blk = act == FR_ACT_Q8K ? 256 : 32, sl = act == FR_ACT_Q8K ? 16 : 32;
+    int64_t lq = fr_qact_qs_len(cols), ld = fr_qact_d_len(act, cols),
+            ls = fr_qact_sum_len(act, cols);
+    int8_t *q = malloc((size_t)lq);
+    float *d = malloc((size_t)ld * 4);
+    int32_t *s32 = malloc((size_t)ls * 4);
+    fr_quantize_act(act, x, cols, 1, cols, q, d, s32);
+    for (int64_t b = 0; b < ld; b++) {
+        const float *xb = x + b * blk;
+        if (b * blk >= cols) {
+            ck_assert(d[b] == 0.0f);
+            continue;
+        }
+        float amax = 0.0f;
+        bool bad = false;
+        for (int i = 0; i < blk; i++) {
+            bad |= !isfinite(xb[i]);
+            amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
+        }
+        if (bad) {
+            ck_assert(isnan(d[b]));
+            for (int i = 0; i < blk; i++)
+                ck_assert_int_eq(q[b * blk + i], 0);
+            continue;
+        }
+        if (amax < 1e-30f)
+            amax = 0.0f;
+        ck_assert_msg(bits_of(d[b]) == bits_of(amax / 127.0f), "block %lld scale", (long long)b);
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int i = 0; i < blk; i++) {
+            float v = nearbyintf(xb[i] * id); /* default rounding: half to even */
+            ck_assert_msg(q[b * blk + i] == (int8_t)v, "block %lld code %d: %d, rule %g",
+                          (long long)b, i, q[b * blk + i], (double)v);
+        }
+    }
+    for (int64_t g = 0; g < ls; g++) {
+        int t = 0;
+        for (int i = 0; i < sl; i++)
+            t += q[g * sl + i];
+        int got = act == FR_ACT_Q8K ? ((int16_t *)(void *)s32)[g] : s32[g];
+        ck_assert_int_eq(got, t);
+    }
+    free(q);
+    free(d);
+    free(s32);
+}
+
+START_TEST(test_activation_codes)
+{
+    const int64_t cols = 1024;
+    float *x = malloc((size_t)cols * 4);
+    for (int trial = 0; trial < 40; trial++) {
+        float scale = ldexpf(1.0f, (int)(rnd32() % 120) - 60);
+        for (int64_t k = 0; k < cols; k++)
+            x[k] = frand() * scale;
+        if (trial % 4 == 1) /* exact ties: amax 127 makes x * id = x */
+            for (int64_t k = 0; k < cols; k++)
+                x[k] = (float)((int)(rnd32() % 255) - 127) + (k % 3 == 0 ? 0.5f : 0.0f);
+        if (trial % 4 == 2) {
+            x[3] = INFINITY;
+            x[300] = NAN;
+            x[600] = 1e-35f;
+            for (int k = 64; k < 96; k++)
+                x[k] = 0.0f;
+            for (int k = 512; k < 768; k++)
+                x[k] = 1e-32f * frand();
+        }
+        check_act_rule(FR_ACT_Q8, x, cols);
+        check_act_rule(FR_ACT_Q8K, x, cols);
+    }
+    free(x);
+}
+END_TEST
+
 /* ---- kernels ------------------------------------------------------------------------ */
 
 typedef struct qcase {
@@ -596,6 +675,7 @@ static Suite *quant_suite(void)
     tcase_add_test(tc, test_traits_table);
     tcase_add_test(tc, test_dequantize_matches_ggml);
     tcase_add_test(tc, test_get_row_any_type);
+    tcase_add_test(tc, test_activation_codes);
     suite_add_tcase(s, tc);
     tc = tcase_create("kernels");
     tcase_set_timeout(tc, 600);

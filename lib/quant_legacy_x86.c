@@ -43,9 +43,9 @@ static FR_INLINE uint32_t load32(const uint8_t *p)
 
 /* ---- shared float step ------------------------------------------------------------------ */
 
-/* acc += p for the eight blocks at w (gathered scales), given their integer sums. */
-FR_AVX2 static FR_INLINE __m256 leg_step(__m256 acc, const uint8_t *w, leg_kind k, int nblk,
-                                         __m256i isum, __m256i sx, const float *dx)
+/* The F16 scales d (and m) of the eight blocks at w, as floats; blocks past nblk: 0. */
+FR_AVX2 static FR_INLINE void leg_scales(const uint8_t *w, leg_kind k, int nblk, __m256 *dw,
+                                         __m256 *mw)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(k.bytes));
@@ -60,16 +60,31 @@ FR_AVX2 static FR_INLINE __m256 leg_step(__m256 acc, const uint8_t *w, leg_kind 
     /* low halves: d; high halves: m (types with a min) */
     const __m256i lo16 = _mm256_set1_epi32(0xffff);
     __m256i dpk = _mm256_packus_epi32(_mm256_and_si256(g, lo16), _mm256_and_si256(g, lo16));
-    __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(dpk, 0x08)));
-    __m256 vdx = _mm256_loadu_ps(dx);
-    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, vdx), _mm256_cvtepi32_ps(isum));
+    *dw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(dpk, 0x08)));
     if (k.has_min) {
         __m256i mh = _mm256_srli_epi32(g, 16);
         __m256i mpk = _mm256_packus_epi32(mh, mh);
-        __m256 mw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(mpk, 0x08)));
-        p = _mm256_add_ps(p, _mm256_mul_ps(_mm256_mul_ps(mw, vdx), _mm256_cvtepi32_ps(sx)));
+        *mw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(mpk, 0x08)));
     }
+}
+
+/* acc += p = (d_w d_x) isum [+ (m_w d_x) sum(x)] for eight blocks. */
+FR_AVX2 static FR_INLINE __m256 leg_fstep(__m256 acc, __m256 dw, __m256 mw, leg_kind k,
+                                          __m256i isum, __m256i sx, const float *dx)
+{
+    __m256 vdx = _mm256_loadu_ps(dx);
+    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, vdx), _mm256_cvtepi32_ps(isum));
+    if (k.has_min)
+        p = _mm256_add_ps(p, _mm256_mul_ps(_mm256_mul_ps(mw, vdx), _mm256_cvtepi32_ps(sx)));
     return _mm256_add_ps(acc, p);
+}
+
+FR_AVX2 static FR_INLINE __m256 leg_step(__m256 acc, const uint8_t *w, leg_kind k, int nblk,
+                                         __m256i isum, __m256i sx, const float *dx)
+{
+    __m256 dw, mw = _mm256_setzero_ps();
+    leg_scales(w, k, nblk, &dw, &mw);
+    return leg_fstep(acc, dw, mw, k, isum, sx, dx);
 }
 
 FR_AVX2 static FR_INLINE float leg_finish(__m256 acc)
@@ -182,20 +197,18 @@ AVX2_ROWS(q5_1, K_Q5_1)
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
 
-/* Blocks b and b + 1: 16 lanes, 128-bit quarters (b, b + 1, b, b + 1). */
-FR_AVX512Q static FR_INLINE __m512i avx512_pair(const uint8_t *b0, const int8_t *x, leg_kind k,
-                                                int two)
+/* The weight codes of blocks b and b + 1 (the second absent when !two: codes 0) as
+ * unsigned bytes. Nibble types: 128-bit quarters (b low, b + 1 low, b high, b + 1 high);
+ * Q8_0: (b, b, b + 1, b + 1) halves in order. */
+FR_AVX512Q static FR_INLINE __m512i avx512_wpair(const uint8_t *b0, leg_kind k, int two)
 {
     const uint8_t *b1 = b0 + k.bytes;
-    __m512i xv = _mm512_loadu_si512((const void *)x);
     if (k.q8) {
         __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(b0 + k.qs));
         __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(const void *)(b1 + k.qs))
                          : _mm256_set1_epi8((char)0x80); /* u = 0 */
         __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
-        u = _mm512_xor_si512(u, _mm512_set1_epi8((char)0x80));
-        __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
-        return _mm512_shuffle_i64x2(r, r, _MM_SHUFFLE(3, 1, 2, 0));
+        return _mm512_xor_si512(u, _mm512_set1_epi8((char)0x80));
     }
     __m128i q0 = _mm_loadu_si128((const __m128i *)(const void *)(b0 + k.qs));
     __m128i q1 = two ? _mm_loadu_si128((const __m128i *)(const void *)(b1 + k.qs))
@@ -208,52 +221,75 @@ FR_AVX512Q static FR_INLINE __m512i avx512_pair(const uint8_t *b0, const int8_t 
         __mmask64 m = (h0 & 0xffff) | (h1 & 0xffff) << 16 | (h0 >> 16) << 32 | (h1 >> 16) << 48;
         u = _mm512_mask_add_epi8(u, m, u, _mm512_set1_epi8(0x10));
     }
-    xv = _mm512_shuffle_i64x2(xv, xv, _MM_SHUFFLE(3, 1, 2, 0));
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
+    return u;
 }
 
-FR_AVX512Q static FR_INLINE __m256 avx512_group(__m256 acc, const uint8_t *w, const int8_t *x,
-                                               const int32_t *sxp, const float *dx, leg_kind k,
-                                               int nblk)
+/* The four int32 partial sums of blocks b (low 128 bits) and b + 1 (high). */
+FR_AVX512Q static FR_INLINE __m256i avx512_xpair(__m512i u, const int8_t *x, leg_kind k)
 {
-    __m256i h[4];
-    FR_UNROLL
-    for (int p = 0; p < 4; p++) {
-        if (2 * p >= nblk) {
-            h[p] = _mm256_setzero_si256();
-            continue;
-        }
-        __m512i r = avx512_pair(w + 2 * p * k.bytes, x + 64 * p, k, 2 * p + 1 < nblk);
-        h[p] = _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64(r, 1));
+    __m512i xv = _mm512_loadu_si512((const void *)x);
+    __m512i r;
+    if (k.q8) {
+        r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
+        r = _mm512_shuffle_i64x2(r, r, _MM_SHUFFLE(3, 1, 2, 0));
+    } else {
+        xv = _mm512_shuffle_i64x2(xv, xv, _MM_SHUFFLE(3, 1, 2, 0));
+        r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
     }
-    /* h[p]: block 2p in the low 128 bits, 2p + 1 in the high */
-    __m256i a = _mm256_hadd_epi32(h[0], h[1]), b = _mm256_hadd_epi32(h[2], h[3]);
-    __m256i c = _mm256_hadd_epi32(a, b); /* blocks 0 2 4 6 | 1 3 5 7 */
-    __m256i isum = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)sxp);
-    if (k.shift >= 0)
-        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
-    return leg_step(acc, w, k, nblk, isum, sx, dx);
+    return _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64(r, 1));
 }
 
-FR_AVX512Q static FR_INLINE float avx512_dot(const uint8_t *w, int64_t cols, const void *A,
-                                            int j, leg_kind k)
+/* NB inputs (rows j0 .. j0 + NB - 1 of the activations) against one weight row: the
+ * weight codes and scales of each group are unpacked once for all of them; every input
+ * goes through exactly the operations it would alone. */
+FR_AVX512Q static FR_INLINE void avx512_dot_nb(const uint8_t *w, int64_t cols, const void *A,
+                                              int j0, leg_kind k, int NB, float *out)
 {
-    ACT_ROW(A, j);
+    const fr_qact *a = A;
     const int64_t nb = cols / 32;
-    __m256 acc = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8)
-        acc = avx512_group(acc, w + b * k.bytes, x + 32 * b, sxp + b, dx + b, k, 8);
-    if (b < nb)
-        acc = avx512_group(acc, w + b * k.bytes, x + 32 * b, sxp + b, dx + b, k, (int)(nb - b));
-    return leg_finish(acc);
+    __m256 acc[4];
+    for (int i = 0; i < NB; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 8) {
+        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
+        const uint8_t *wg = w + b * k.bytes;
+        __m512i u[4];
+        FR_UNROLL
+        for (int p = 0; p < 4; p++)
+            u[p] = 2 * p < nblk ? avx512_wpair(wg + 2 * p * k.bytes, k, 2 * p + 1 < nblk)
+                                : _mm512_setzero_si512();
+        __m256 dw, mw = _mm256_setzero_ps();
+        leg_scales(wg, k, nblk, &dw, &mw);
+        FR_UNROLL
+        for (int i = 0; i < NB; i++) {
+            const int64_t j = j0 + i;
+            const int8_t *x = a->qs + j * a->ld_qs + 32 * b;
+            __m256i h[4];
+            FR_UNROLL
+            for (int p = 0; p < 4; p++)
+                h[p] = 2 * p < nblk ? avx512_xpair(u[p], x + 64 * p, k) : _mm256_setzero_si256();
+            /* h[p]: block 2p in the low 128 bits, 2p + 1 in the high */
+            __m256i ha = _mm256_hadd_epi32(h[0], h[1]), hb = _mm256_hadd_epi32(h[2], h[3]);
+            __m256i c = _mm256_hadd_epi32(ha, hb); /* blocks 0 2 4 6 | 1 3 5 7 */
+            __m256i isum =
+                _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + j * a->ld_sum + b));
+            if (k.shift >= 0)
+                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
+            acc[i] = leg_fstep(acc[i], dw, mw, k, isum, sx, a->d + j * a->ld_d + b);
+        }
+    }
+    for (int i = 0; i < NB; i++)
+        out[i] = leg_finish(acc[i]);
 }
+
+/* Blocks of 16 rows; inputs four at a time through each block. */
+#define AVX512_LOOP(KIND)                                                                    for (int64_t rb = r0; rb < r1; rb += 16) {                                                   int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                                for (int j = 0; j < n; j += 4) {                                                             const int nbt = n - j < 4 ? n - j : 4;                                                   for (int64_t r = rb; r < re; r++) {                                                          float o[4];                                                                              const uint8_t *wr = W + (size_t)r * row_bytes;                                           switch (nbt) {                                                                           case 4: avx512_dot_nb(wr, cols, A, j, KIND, 4, o); break;                                case 3: avx512_dot_nb(wr, cols, A, j, KIND, 3, o); break;                                case 2: avx512_dot_nb(wr, cols, A, j, KIND, 2, o); break;                                default: avx512_dot_nb(wr, cols, A, j, KIND, 1, o); break;                               }                                                                                        for (int i = 0; i < nbt; i++)                                                                Y[(int64_t)(j + i) * ldy + r] = o[i];                                            }                                                                                    }                                                                                    }
 
 #define AVX512_ROWS(t, KIND)                                                             \
     FR_AVX512Q void fr_qrows_##t##_avx512(FR_QROWS_ARGS)                                 \
     {                                                                                    \
-        ROWS_LOOP(avx512_dot, KIND)                                                      \
+        AVX512_LOOP(KIND)                                                                \
     }
 AVX512_ROWS(q8_0, K_Q8_0)
 AVX512_ROWS(q4_0, K_Q4_0)

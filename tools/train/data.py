@@ -5,8 +5,8 @@ served as random windows.
 - `.jsonl` files: one JSON object per line with a string field (default "text"); blank
   lines are skipped.
 - Any other file: UTF-8 text; one or more blank lines separate documents.
-Every document is tokenized with a leading BOS (as libfree's decoding starts), and with a
-trailing EOS when asked.
+Every document is tokenized as libfree's decoding starts a text (BOS as the vocabulary
+says), and with a trailing EOS when asked.
 """
 
 import json
@@ -59,13 +59,15 @@ def read_documents(paths, field="text"):
 
 
 def tokenize(docs, vocab, add_eos=False):
-    """Token arrays (int64) of the documents, each BOS + ids (+ EOS). vocab is a
-    libfree.Model (vocab_only is enough)."""
+    """Token arrays (int64) of the documents: BOS and EOS as the vocabulary says (as
+    libfree's decoding starts a text), special-token text taken literally; EOS appended
+    when add_eos. vocab is a libfree.Model (vocab_only is enough)."""
     bos, eos = vocab.bos, vocab.eos
+    add_special = getattr(vocab, "_tokenize_ex", None)   # free_tokenize_ex
     out = []
     for d in docs:
-        ids = vocab.tokenize(d, add_bos=bos >= 0)
-        if add_eos and eos >= 0:
+        ids = add_special(d, 1) if add_special else vocab.tokenize(d, add_bos=bos >= 0)
+        if add_eos and eos >= 0 and (not ids or ids[-1] != eos):
             ids.append(eos)
         out.append(np.asarray(ids, dtype=np.int64))
     return out

@@ -63,6 +63,8 @@ def write_random_model(tmp_path, name, **shape):
     cfg = {"n_embd": 48, "n_layers": 3, "n_head": 6, "n_head_kv": 2, "n_ff": 64,
            "context_length": 256, "tokenizer": str(model_file(STORIES))}
     cfg.update(shape)
+    if "vocab" in cfg:
+        cfg["tokenizer"] = str(model_file(cfg.pop("vocab")))
     out_type = cfg.pop("type", "f16")
     cfg_path = tmp_path / f"{name}.json"
     cfg_path.write_text(json.dumps(cfg))
@@ -85,6 +87,9 @@ RANDOM_LLAMAS = {
                                       tied=True),
     # MHA, full RoPE, separate output, F32 matrices
     "mha-f32": dict(n_head=4, n_head_kv=4, n_embd=32, n_layers=2, type="f32"),
+    # Llama 3's shape of vocabulary: byte-level BPE (128,256 tokens), RoPE base 500000
+    "llama3-bpe-vocab": dict(vocab="vocab/ggml-vocab-llama-bpe.gguf", n_embd=32,
+                             n_head=4, n_head_kv=1, rope_base=500000.0),
 }
 
 

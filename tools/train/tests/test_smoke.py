@@ -138,3 +138,22 @@ def test_bad_input_is_refused_with_a_message(samples, tmp_path, case):
     assert p.returncode == 2, p.stderr
     assert want[case] in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not out.exists()
+
+
+@needs_torch
+def test_config_trains_a_new_model(samples, tmp_path):
+    """--config: a new model of a given shape with stories260K's vocabulary; libfree loads
+    what free-train writes, with its tokenizer."""
+    lf = libfree()
+    cfg = tmp_path / "new.json"
+    cfg.write_text(json.dumps({"n_embd": 32, "n_layers": 4, "n_head": 4, "n_head_kv": 2,
+                               "n_ff": 64, "context_length": 128, "name": "tiny",
+                               "tokenizer": str(model_file(STORIES))}))
+    out = tmp_path / "new.gguf"
+    run(FREE_TRAIN, "--config", cfg, "--data", samples, "--exit-layer", 2, "--steps", 3,
+        "--batch", 4, "--seq", 32, "--threads", 1, "--quiet", "--out", out)
+    with lf.Model(str(out)) as m:
+        assert (m.n_layers, m.exit_layer, m.n_embd, m.n_vocab) == (4, 2, 32, 512)
+        assert m.tokenize("Once upon a time") == [1, 403, 407, 261, 378]
+        with m.context() as ctx:
+            assert ctx.eval([1, 403]).shape == (2, 512)

@@ -11,10 +11,13 @@ import numpy as np
 
 import dequant
 import gguf_io
-from gguf_io import ARRAY, FLOAT32, STRING, UINT32, Value
+from gguf_io import ARRAY, FLOAT32, STRING, UINT32, UINT64, Value
 from torch_model import HParams, tensor_shapes
 
-SUPPORTED_ARCHS = ("llama",)
+SUPPORTED_ARCHS = ("llama", "qwen2", "phi3")
+# Biases each architecture reads (libfree's lib/model_arch.c): llama's are optional.
+_LLAMA_BIASES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                 "ffn_down")
 
 
 class ModelError(ValueError):
@@ -39,7 +42,33 @@ def hparams_from_gguf(r):
         raise ModelError(f"{r.path}: no token_embd.weight tensor")
     n_embd = int(key("embedding_length"))
     n_head = int(key("attention.head_count"))
+    for k in ("attention.key_length", "attention.value_length"):
+        if r.get(f"{arch}.{k}") not in (None, n_embd // n_head):
+            raise ModelError(f"{r.path}: {arch}.{k} = {r.get(f'{arch}.{k}')} differs from "
+                             f"the head size {n_embd // n_head}: not supported")
+    scale = 1.0
+    stype = r.get(f"{arch}.rope.scaling.type", "linear")
+    factor = float(r.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
+    if stype not in ("none", "linear"):
+        raise ModelError(f"{r.path}: {arch}.rope.scaling.type {stype!r} is not supported "
+                         f"(none or linear)")
+    if stype == "linear" and factor > 0:
+        scale = factor
+    for t in ("rope_factors_long.weight", "rope_factors_short.weight"):
+        if t in r.tensors:
+            raise ModelError(f"{r.path}: {t}: LongRoPE is not supported")
+    has = r.tensors.__contains__
+    fused_qkv = arch == "phi3" and not has("blk.0.attn_q.weight")
+    fused_ffn = arch == "phi3" and not has("blk.0.ffn_gate.weight")
+    if arch == "qwen2":
+        biases = ("attn_q", "attn_k", "attn_v")
+    elif arch == "llama":
+        biases = tuple(b for b in _LLAMA_BIASES if has(f"blk.0.{b}.bias"))
+    else:
+        biases = ()
     hp = HParams(
+        arch=arch, rope_neox=arch in ("qwen2", "phi3"), rope_scale=scale,
+        fused_qkv=fused_qkv, fused_ffn=fused_ffn, biases=biases,
         n_embd=n_embd, n_layers=int(key("block_count")), n_head=n_head,
         n_head_kv=int(key("attention.head_count_kv", n_head)),
         n_ff=int(key("feed_forward_length")),
@@ -57,7 +86,9 @@ def hparams_from_gguf(r):
 
 
 def load_gguf(path):
-    """(reader, hparams, weights dict name -> float32 array, quantized?)."""
+    """(reader, hparams, weights dict name -> float32 array, quantized?, rope_freqs
+    factors or None). rope_freqs.weight is a constant, not trained (copied to the
+    output as it was)."""
     try:
         r = gguf_io.Reader(path)
     except gguf_io.GGUFError as e:
@@ -76,11 +107,20 @@ def load_gguf(path):
             weights[name] = r.tensor(name)
         except gguf_io.GGUFError as e:
             raise ModelError(str(e)) from None
-    return r, hp, weights, quantized
+    rope_freqs = None
+    if "rope_freqs.weight" in r.tensors and hp.arch in ("llama", "phi3"):
+        rope_freqs = r.tensor("rope_freqs.weight").reshape(-1)
+        rd = hp.rope_dim or hp.head_dim
+        if rope_freqs.size != rd // 2 or not np.all(np.isfinite(rope_freqs)) or \
+                np.any(rope_freqs <= 0):
+            raise ModelError(f"{path}: rope_freqs.weight must hold {rd // 2} positive "
+                             f"factors")
+    return r, hp, weights, quantized, rope_freqs
 
 
-CONFIG_KEYS = {"n_embd", "n_layers", "n_head", "n_head_kv", "n_ff", "context_length",
-               "rope_base", "rope_dim", "eps", "tied", "tokenizer", "name"}
+CONFIG_KEYS = {"architecture", "n_embd", "n_layers", "n_head", "n_head_kv", "n_ff",
+               "context_length", "rope_base", "rope_dim", "eps", "tied", "tokenizer",
+               "name"}
 
 
 def load_config(path):
@@ -109,8 +149,15 @@ def load_config(path):
     tokens = tok.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ModelError(f"{cfg['tokenizer']}: no tokenizer.ggml.tokens")
+    arch = cfg.get("architecture", "llama")
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelError(f"{path}: architecture {arch!r} is not supported by free-train "
+                         f"(supported: {', '.join(SUPPORTED_ARCHS)})")
     try:
-        hp = HParams(n_embd=int(cfg["n_embd"]), n_layers=int(cfg["n_layers"]),
+        hp = HParams(arch=arch, rope_neox=arch != "llama", fused_qkv=arch == "phi3",
+                     fused_ffn=arch == "phi3",
+                     biases=("attn_q", "attn_k", "attn_v") if arch == "qwen2" else (),
+                     n_embd=int(cfg["n_embd"]), n_layers=int(cfg["n_layers"]),
                      n_head=int(cfg["n_head"]),
                      n_head_kv=int(cfg.get("n_head_kv", cfg["n_head"])),
                      n_ff=int(cfg["n_ff"]), n_vocab=len(tokens),
@@ -130,6 +177,9 @@ def random_weights(hp, rng):
     1/sqrt(2 L), norms 1."""
     w = {}
     for name, shape in tensor_shapes(hp).items():
+        if name.endswith(".bias"):
+            w[name] = np.zeros(shape, np.float32)
+            continue
         if len(shape) == 1:
             w[name] = np.ones(shape, np.float32)
             continue
@@ -141,8 +191,8 @@ def random_weights(hp, rng):
 
 
 def _config_kv(cfg, hp, tok):
-    a = "llama."
-    kv = [("general.architecture", Value(STRING, "llama")),
+    a = hp.arch + "."
+    kv = [("general.architecture", Value(STRING, hp.arch)),
           ("general.name", Value(STRING, str(cfg.get("name", "free-train")))),
           (a + "context_length", Value(UINT32, hp.n_ctx)),
           (a + "embedding_length", Value(UINT32, hp.n_embd)),
@@ -169,7 +219,7 @@ def free_kv(meta):
         elif isinstance(val, float):
             out.append((key, Value(FLOAT32, val)))
         else:
-            out.append((key, Value(UINT32, int(val))))
+            out.append((key, Value(UINT32 if 0 <= int(val) < 2**32 else UINT64, int(val))))
     return out
 
 

@@ -1,10 +1,14 @@
-"""The LLaMA forward pass in PyTorch, on GGUF tensors as they are stored.
+"""The LLaMA-family forward pass in PyTorch (llama, qwen2, phi3), on GGUF tensors as they
+are stored.
 
 Parameters keep their GGUF names and layouts (rows x cols = reversed ne), so a trained
 model is written back tensor for tensor. RoPE is llama.cpp's "normal" type, the one libfree
-implements: adjacent pairs (2i, 2i+1) of the first rope_dim dimensions of each head are
-rotated by pos * base^(-2i / rope_dim) (GGUF files from llama.cpp's converter have their
-Q/K rows permuted for exactly this), so no permutation happens here.
+implements for llama: adjacent pairs (2i, 2i+1) of the first rope_dim dimensions of each
+head are rotated by pos * base^(-2i / rope_dim) (GGUF files from llama.cpp's converter have
+their Q/K rows permuted for exactly this), so no permutation happens here; qwen2 and phi3
+rotate the pairs (i, i + rope_dim / 2) (NEOX). The architectures differ as libfree's
+lib/model_arch.c says: optional biases (llama), Q/K/V biases (qwen2), fused QKV and
+gate/up matrices (phi3), rope_freqs.weight and linear RoPE scaling.
 """
 
 import dataclasses
@@ -27,6 +31,12 @@ class HParams:
     rope_dim: int = 0            # 0: the head size
     n_ctx: int = 2048
     tied: bool = False           # no output.weight: the head is token_embd.weight
+    arch: str = "llama"
+    rope_neox: bool = False      # rotate pairs (i, i + rope_dim/2) (qwen2, phi3)
+    rope_scale: float = 1.0      # linear RoPE scaling: every angle is divided by it
+    fused_qkv: bool = False      # phi3: blk.N.attn_qkv.weight, rows Q then K then V
+    fused_ffn: bool = False      # phi3: blk.N.ffn_up.weight holds the gate rows, then up
+    biases: tuple = ()           # matrices with a .bias (e.g. attn_q, attn_k, attn_v)
 
     @property
     def head_dim(self):
@@ -49,7 +59,7 @@ class HParams:
 
 
 def tensor_shapes(hp):
-    """GGUF tensor name -> shape (rows x cols) of every tensor the model uses."""
+    """GGUF tensor name -> shape (rows x cols) of every tensor the model trains."""
     d, f, v = hp.n_embd, hp.n_ff, hp.n_vocab
     kv = hp.n_head_kv * hp.head_dim
     shapes = {"token_embd.weight": (v, d), "output_norm.weight": (d,)}
@@ -57,11 +67,20 @@ def tensor_shapes(hp):
         shapes["output.weight"] = (v, d)
     for i in range(hp.n_layers):
         p = f"blk.{i}."
-        shapes.update({p + "attn_norm.weight": (d,), p + "attn_q.weight": (d, d),
-                       p + "attn_k.weight": (kv, d), p + "attn_v.weight": (kv, d),
-                       p + "attn_output.weight": (d, d), p + "ffn_norm.weight": (d,),
-                       p + "ffn_gate.weight": (f, d), p + "ffn_up.weight": (f, d),
-                       p + "ffn_down.weight": (d, f)})
+        mats = {"attn_output": (d, d), "ffn_down": (d, f)}
+        if hp.fused_qkv:
+            mats["attn_qkv"] = (d + 2 * kv, d)
+        else:
+            mats.update({"attn_q": (d, d), "attn_k": (kv, d), "attn_v": (kv, d)})
+        if hp.fused_ffn:
+            mats["ffn_up"] = (2 * f, d)
+        else:
+            mats.update({"ffn_gate": (f, d), "ffn_up": (f, d)})
+        shapes.update({p + "attn_norm.weight": (d,), p + "ffn_norm.weight": (d,)})
+        for m, shape in mats.items():
+            shapes[p + m + ".weight"] = shape
+        for m in hp.biases:
+            shapes[p + m + ".bias"] = (mats[m][0],)
     return shapes
 
 
@@ -73,7 +92,7 @@ class Llama(torch.nn.Module):
     """forward(tokens [B, T]) -> list of hidden states [B, T, d] after the blocks named in
     `taps` (block counts, 0 = the embeddings); head(h) -> logits."""
 
-    def __init__(self, hp, weights):
+    def __init__(self, hp, weights, rope_freqs=None):
         super().__init__()
         hp.check()
         self.hp = hp
@@ -87,6 +106,9 @@ class Llama(torch.nn.Module):
             self.params[_key(name)] = torch.nn.Parameter(w.clone())
         rd = hp.rope_dim or hp.head_dim
         inv = hp.rope_base ** (-torch.arange(0, rd // 2, dtype=torch.float64) * 2.0 / rd)
+        inv = inv / hp.rope_scale
+        if rope_freqs is not None:   # rope_freqs.weight: angle i divided by factor i
+            inv = inv / torch.as_tensor(rope_freqs, dtype=torch.float64).reshape(-1)
         self.register_buffer("inv_freq", inv, persistent=False)
         self.rope_dim = rd
 
@@ -108,12 +130,17 @@ class Llama(torch.nn.Module):
         return torch.cos(theta).float(), torch.sin(theta).float()   # [T, rd/2]
 
     def rope(self, x, cos, sin):
-        """x [B, T, heads, head_dim]: rotate adjacent pairs of the first rope_dim dims."""
+        """x [B, T, heads, head_dim]: rotate pairs of the first rope_dim dims, adjacent
+        (2i, 2i + 1) or, NEOX style, (i, i + rope_dim / 2)."""
         rd = self.rope_dim
-        xr = x[..., :rd].reshape(*x.shape[:-1], rd // 2, 2)
-        x0, x1 = xr[..., 0], xr[..., 1]
         c, s = cos[None, :, None, :], sin[None, :, None, :]
-        rot = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
+        if self.hp.rope_neox:
+            x0, x1 = x[..., :rd // 2], x[..., rd // 2:rd]
+            rot = torch.cat([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
+        else:
+            xr = x[..., :rd].reshape(*x.shape[:-1], rd // 2, 2)
+            x0, x1 = xr[..., 0], xr[..., 1]
+            rot = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
         if rd == x.shape[-1]:
             return rot
         return torch.cat([rot, x[..., rd:]], dim=-1)
@@ -123,9 +150,14 @@ class Llama(torch.nn.Module):
         p = f"blk.{i}."
         B, T, _ = x.shape
         h = self.rmsnorm(x, self.w(p + "attn_norm.weight"))
-        q = F.linear(h, self.w(p + "attn_q.weight")).view(B, T, hp.n_head, hp.head_dim)
-        k = F.linear(h, self.w(p + "attn_k.weight")).view(B, T, hp.n_head_kv, hp.head_dim)
-        v = F.linear(h, self.w(p + "attn_v.weight")).view(B, T, hp.n_head_kv, hp.head_dim)
+        kvd = hp.n_head_kv * hp.head_dim
+        if hp.fused_qkv:
+            q, k, v = self.linear(p, "attn_qkv", h).split([hp.n_embd, kvd, kvd], dim=-1)
+        else:
+            q, k, v = (self.linear(p, m, h) for m in ("attn_q", "attn_k", "attn_v"))
+        q = q.reshape(B, T, hp.n_head, hp.head_dim)
+        k = k.reshape(B, T, hp.n_head_kv, hp.head_dim)
+        v = v.reshape(B, T, hp.n_head_kv, hp.head_dim)
         q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
         group = hp.n_head // hp.n_head_kv
         if group > 1:   # query head j reads KV head j // group
@@ -136,11 +168,18 @@ class Llama(torch.nn.Module):
         scores = scores.masked_fill(mask, float("-inf"))
         att = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
         att = att.transpose(1, 2).reshape(B, T, hp.n_embd)
-        x = x + F.linear(att, self.w(p + "attn_output.weight"))
+        x = x + self.linear(p, "attn_output", att)
         h = self.rmsnorm(x, self.w(p + "ffn_norm.weight"))
-        g = F.linear(h, self.w(p + "ffn_gate.weight"))
-        u = F.linear(h, self.w(p + "ffn_up.weight"))
-        return x + F.linear(F.silu(g) * u, self.w(p + "ffn_down.weight"))
+        if hp.fused_ffn:
+            g, u = self.linear(p, "ffn_up", h).split([hp.n_ff, hp.n_ff], dim=-1)
+        else:
+            g, u = self.linear(p, "ffn_gate", h), self.linear(p, "ffn_up", h)
+        return x + self.linear(p, "ffn_down", F.silu(g) * u)
+
+    def linear(self, p, m, x):
+        """x @ W.T (+ bias when the file has one) for matrix m of block prefix p."""
+        bias = self.w(p + m + ".bias") if m in self.hp.biases else None
+        return F.linear(x, self.w(p + m + ".weight"), bias)
 
     def head(self, h):
         """The LM head both exits share: output_norm + output (or the tied embedding)."""

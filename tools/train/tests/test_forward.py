@@ -22,8 +22,8 @@ def compare(gguf_path, prompts, exit_layers=(None,)):
     import model_io
     from torch_model import Llama
     lf = libfree()
-    _, hp, weights, _ = model_io.load_gguf(gguf_path)
-    model = Llama(hp, weights)
+    _, hp, weights, _, rope_freqs = model_io.load_gguf(gguf_path)
+    model = Llama(hp, weights, rope_freqs)
     with lf.Model(str(gguf_path), vocab_only=True) as voc:
         ids = [voc.tokenize(p) for p in prompts]
     err = max(binding.compare(model, gguf_path, ids, exit_layer=e) for e in exit_layers)
@@ -51,7 +51,7 @@ def test_stories260k_logits_equal_llama2c():
     if not f.exists():
         pytest.skip(f"{f} not found")
     ref = np.fromfile(f, dtype="<f4").reshape(8, -1)
-    _, hp, weights, _ = model_io.load_gguf(path)
+    _, hp, weights, _, _ = model_io.load_gguf(path)
     logits = binding.torch_logits(Llama(hp, weights), ids[:8])
     assert binding.relative_error(logits, ref) < 1e-4
 

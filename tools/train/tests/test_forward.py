@@ -57,27 +57,46 @@ def test_stories260k_logits_equal_llama2c():
 
 
 def write_random_model(tmp_path, name, **shape):
-    """A random llama GGUF with stories260K's tokenizer, written by model_io."""
+    """A random model GGUF (stories260K's tokenizer unless `vocab` names another), written
+    with free-train's writer; `rope_freqs` adds rope_freqs.weight, `scaling` a linear
+    RoPE scaling factor."""
     import dequant
+    import gguf_io
     import model_io
     cfg = {"n_embd": 48, "n_layers": 3, "n_head": 6, "n_head_kv": 2, "n_ff": 64,
            "context_length": 256, "tokenizer": str(model_file(STORIES))}
     cfg.update(shape)
     if "vocab" in cfg:
         cfg["tokenizer"] = str(model_file(cfg.pop("vocab")))
-    out_type = cfg.pop("type", "f16")
+    out_type = dequant.F16 if cfg.pop("type", "f16") == "f16" else dequant.F32
+    rope_freqs = cfg.pop("rope_freqs", False)
+    scaling = cfg.pop("scaling", None)
     cfg_path = tmp_path / f"{name}.json"
     cfg_path.write_text(json.dumps(cfg))
     cfg, hp, tok = model_io.load_config(cfg_path)
     rng = np.random.default_rng(7)
-    weights = {}
+    tensors = []
     for n, w in model_io.random_weights(hp, rng).items():
         # Weights large enough that every layer matters (not near-uniform logits).
-        weights[n] = (w * 10.0 if w.ndim == 2 else
-                      1.0 + 0.2 * rng.standard_normal(w.shape)).astype(np.float32)
+        if n.endswith(".bias"):
+            w = 0.5 * rng.standard_normal(w.shape)
+        elif w.ndim == 2:
+            w = w * 10.0
+        else:
+            w = 1.0 + 0.2 * rng.standard_normal(w.shape)
+        tensors.append(gguf_io.tensor_from_array(n, w, out_type if w.ndim == 2
+                                                 else dequant.F32))
+    kv = model_io._config_kv(cfg, hp, tok)
+    if rope_freqs:
+        rd = hp.rope_dim or hp.head_dim
+        factors = np.linspace(1.0, 8.0, rd // 2).astype(np.float32)
+        tensors.append(gguf_io.tensor_from_array("rope_freqs.weight", factors, dequant.F32))
+    if scaling:
+        kv += [(f"{hp.arch}.rope.scaling.type", gguf_io.Value(gguf_io.STRING, "linear")),
+               (f"{hp.arch}.rope.scaling.factor", gguf_io.Value(gguf_io.FLOAT32, scaling))]
+    kv += model_io.free_kv({"free.exit_layer": 1})
     path = tmp_path / f"{name}.gguf"
-    model_io.save_gguf(path, weights, hp, dequant.F16 if out_type == "f16" else dequant.F32,
-                       {"free.exit_layer": 1}, config=(cfg, tok))
+    gguf_io.write(path, kv, tensors)
     return path
 
 
@@ -87,9 +106,16 @@ RANDOM_LLAMAS = {
                                       tied=True),
     # MHA, full RoPE, separate output, F32 matrices
     "mha-f32": dict(n_head=4, n_head_kv=4, n_embd=32, n_layers=2, type="f32"),
-    # Llama 3's shape of vocabulary: byte-level BPE (128,256 tokens), RoPE base 500000
+    # Llama 3's shape of vocabulary: byte-level BPE (128,256 tokens), RoPE base 500000,
+    # rope_freqs.weight (Llama 3.1) and linear RoPE scaling
     "llama3-bpe-vocab": dict(vocab="vocab/ggml-vocab-llama-bpe.gguf", n_embd=32,
-                             n_head=4, n_head_kv=1, rope_base=500000.0),
+                             n_head=4, n_head_kv=1, rope_base=500000.0, rope_freqs=True,
+                             scaling=4.0),
+    # Qwen2: Q/K/V biases, NEOX RoPE, tied output, its own BPE vocabulary
+    "qwen2": dict(architecture="qwen2", vocab="vocab/ggml-vocab-qwen2.gguf", n_embd=32,
+                  n_head=4, n_head_kv=2, tied=True, rope_base=1000000.0),
+    # Phi-3: fused QKV and gate/up, NEOX RoPE with a partial rotary dimension
+    "phi3": dict(architecture="phi3", rope_dim=4, rope_freqs=True),
 }
 
 

@@ -8,6 +8,11 @@
 
 #include <stdlib.h>
 
+/* The names error messages give (the whole list would not fit a message). */
+#define FORMATS_SHORT                                                                     \
+    "chatml, llama3, llama2, llama2-sys, mistral-v1, mistral-v3, mistral-v7, phi3, "      \
+    "zephyr, gemma, deepseek, deepseek3 and 30 more (docs/api.md)"
+
 bool fr_chat_can_format(int t)
 {
     out probe = {0};
@@ -110,7 +115,7 @@ static free_status choose(const free_model *model, const char *tmpl, int *t)
                                  "chat template '%.60s%s' is neither a format name nor a "
                                  "template libfree recognises (it has no Jinja engine); "
                                  "formats: %s", tmpl, strlen(tmpl) > 60 ? "..." : "",
-                                 fr_chat_formats());
+                                 FORMATS_SHORT);
     } else {
         if (!model)
             return fr_report_msg(FREE_ERR_INVALID_ARG,
@@ -121,13 +126,14 @@ static free_status choose(const free_model *model, const char *tmpl, int *t)
         if (!found)
             return fr_report_msg(FREE_ERR_UNSUPPORTED,
                                  "the model has no chat template (tokenizer.chat_template); "
-                                 "name one of: %s", fr_chat_formats());
+                                 "name one of: %s", FORMATS_SHORT);
         *t = fr_chat_detect(s.ptr, (size_t)s.len);
         if (*t == FR_CHAT_UNKNOWN)
             return fr_report_msg(FREE_ERR_UNSUPPORTED,
                                  "the model's tokenizer.chat_template (%llu bytes) is none of "
                                  "the formats libfree recognises without a Jinja engine; name "
-                                 "one of: %s", (unsigned long long)s.len, fr_chat_formats());
+                                 "one of: %s", (unsigned long long)s.len,
+                                 FORMATS_SHORT);
     }
     return FREE_OK;
 }

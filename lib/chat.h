@@ -73,7 +73,7 @@ int fr_chat_detect(const char *tmpl, size_t len);
 /* True when chat.c can format t. */
 bool fr_chat_can_format(int t);
 
-/* The names chat.c formats, comma-separated (for messages). */
+/* The names of every format chat.c writes, comma-separated. */
 const char *fr_chat_formats(void);
 
 #endif

@@ -410,6 +410,13 @@ START_TEST(detect_texts)
             ck_assert_int_eq(fr_chat_can_format(t), strstr(fr_chat_formats(), name) != NULL);
         ck_assert(fr_chat_can_format(t)); /* every format llama.cpp's detection names */
     }
+    /* The names listed: every writable format but dots1 (which has none), 12 of them in
+     * error messages "and 30 more". */
+    int listed = 1;
+    for (const char *p = fr_chat_formats(); *p; p++)
+        listed += *p == ',';
+    ck_assert_int_eq(listed, FR_CHAT_COUNT - 2);
+    ck_assert_int_eq(listed, 12 + 30);
     ck_assert_int_eq(fr_chat_detect("{{ messages }}", 14), FR_CHAT_UNKNOWN);
     ck_assert_int_eq(fr_chat_detect("", 0), FR_CHAT_UNKNOWN);
     ck_assert_int_eq(fr_chat_detect(NULL, 0), FR_CHAT_UNKNOWN);
@@ -534,6 +541,7 @@ START_TEST(model_template)
                      FREE_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(free_last_error(), "no chat template"));
     ck_assert_ptr_nonnull(strstr(free_last_error(), "chatml"));
+    ck_assert_ptr_nonnull(strstr(free_last_error(), "30 more (docs/api.md)"));
     ck_assert_int_eq(free_chat_format(m, "zephyr", conv_b, N_B, 0, buf, sizeof buf, &n),
                      FREE_OK);
     free_model_destroy(m);
@@ -545,6 +553,7 @@ START_TEST(model_template)
     ck_assert_int_eq(free_chat_format(m, NULL, conv_a, N_A, 1, buf, sizeof buf, &n),
                      FREE_ERR_UNSUPPORTED);
     ck_assert_ptr_nonnull(strstr(free_last_error(), "Jinja"));
+    ck_assert_ptr_nonnull(strstr(free_last_error(), "30 more (docs/api.md)"));
     free_model_destroy(m);
 
     /* One of the rarer formats, from the model's template. */
@@ -624,6 +633,13 @@ START_TEST(bad_arguments)
     CHECK_ERR(free_chat_format(NULL, "jinja2", conv_a, N_A, 1, buf, sizeof buf, &n),
               FREE_ERR_UNSUPPORTED, "'jinja2'");
     ck_assert_ptr_nonnull(strstr(free_last_error(), "llama3"));
+    ck_assert_ptr_nonnull(strstr(free_last_error(), "30 more (docs/api.md)"));
+    /* A long template text is cut in the message, which still ends whole. */
+    static char longname[300];
+    memset(longname, 'x', sizeof longname - 1);
+    CHECK_ERR(free_chat_format(NULL, longname, conv_a, N_A, 1, buf, sizeof buf, &n),
+              FREE_ERR_UNSUPPORTED, "xxx...' is neither");
+    ck_assert_ptr_nonnull(strstr(free_last_error(), "30 more (docs/api.md)"));
     /* A format of a newer llama.cpp than the one libfree follows. */
     CHECK_ERR(free_chat_format(NULL, "gpt-oss", conv_a, N_A, 1, buf, sizeof buf, &n),
               FREE_ERR_UNSUPPORTED, "neither a format name");

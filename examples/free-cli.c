@@ -34,7 +34,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: free-cli -m MODEL [options]\n"
-        "  -m, --model FILE      GGUF model (llama, qwen2 or phi3; F32/F16)\n"
+        "  -m, --model FILE      GGUF model (llama, qwen2 or phi3; any weight type libfree reads)\n"
         "  --check-tensors       scan every weight for NaN/Inf when loading\n"
         "  -p, --prompt TEXT     prompt (default: empty, start from BOS)\n"
         "  -f, --file FILE       read the prompt from FILE\n"

@@ -662,6 +662,8 @@ typedef struct service {
     size_t q_len, q_cap;
     int busy, cancel_current;
     long long current;
+    int32_t *last_ids; /* the prefix prefilled by the last request (what the context holds) */
+    size_t n_last;
 } service;
 
 static double now_ms(void)
@@ -744,7 +746,7 @@ static int abort_if_cancelled(void *user)
 typedef struct outcome {
     const char *reason;
     char error[512];
-    int tokens, prompt_tokens, truncated, early_exits;
+    int tokens, prompt_tokens, truncated, early_exits, reused;
     double gen_ms;
 } outcome;
 
@@ -788,8 +790,28 @@ static int start_request(service *sv, const request *r, outcome *o)
         o->truncated = 1;
     }
     o->prompt_tokens = (int)n;
-    s = free_prefill(sv->ctx, ids, n);
-    free(ids);
+    /* Prompt reuse: keep what the context holds of the last prefix and prefill only the
+     * rest (an edit near the cursor costs a few tokens, not the whole buffer). */
+    size_t common = 0;
+    while (common < n && common < sv->n_last && sv->last_ids[common] == ids[common])
+        common++;
+    if (common == n && n > 0)
+        common--; /* the last token runs again for its logits */
+    free_stats st;
+    st.size = sizeof st;
+    free_ctx_stats(sv->ctx, &st);
+    const uint64_t reused0 = st.reused_tokens;
+    s = free_ctx_truncate(sv->ctx, (int32_t)common);
+    if (s == FREE_OK)
+        s = free_prefill(sv->ctx, ids + common, n - common);
+    free_ctx_stats(sv->ctx, &st);
+    /* The kept tokens and the library's own reuse of the truncated rows. */
+    o->reused = (int)common + (int)(st.reused_tokens - reused0) - (common > 0 ? 1 : 0);
+    free(sv->last_ids);
+    sv->last_ids = s == FREE_OK ? ids : NULL;
+    sv->n_last = s == FREE_OK ? n : 0;
+    if (s != FREE_OK)
+        free(ids);
     if (s == FREE_ERR_ABORTED) {
         o->reason = "cancelled";
         return -1;
@@ -850,7 +872,7 @@ static void generate(service *sv, const request *r, outcome *o)
 static void run_request(service *sv, const request *r)
 {
     const double t0 = now_ms();
-    outcome o = {"error", "", 0, 0, 0, 0, 0.0};
+    outcome o = {"error", "", 0, 0, 0, 0, 0, 0.0};
     sv->busy = 1;
     sv->current = r->id;
     sv->cancel_current = 0;
@@ -864,15 +886,15 @@ static void run_request(service *sv, const request *r)
     free_status s = free_ctx_set_params(sv->ctx, &p);
     if (s != FREE_OK)
         set_error(&o, s, free_ctx_last_error(sv->ctx));
-    else if (free_ctx_reset(sv->ctx) == FREE_OK && start_request(sv, r, &o) == 0)
+    else if (start_request(sv, r, &o) == 0)
         generate(sv, r, &o);
     sv->busy = 0;
     double ms = now_ms() - t0;
     printf("{\"id\": %lld, \"done\": true, \"reason\": \"%s\", \"tokens\": %d, "
-           "\"prompt_tokens\": %d, \"truncated\": %s, \"early_exits\": %d, \"ms\": %.3f, "
-           "\"tokens_per_s\": %.3f", r->id, o.reason, o.tokens, o.prompt_tokens,
-           o.truncated ? "true" : "false", o.early_exits, ms,
-           o.gen_ms > 0.0 ? o.tokens * 1e3 / o.gen_ms : 0.0);
+           "\"prompt_tokens\": %d, \"reused_tokens\": %d, \"truncated\": %s, "
+           "\"early_exits\": %d, \"ms\": %.3f, \"tokens_per_s\": %.3f", r->id, o.reason,
+           o.tokens, o.prompt_tokens, o.reused, o.truncated ? "true" : "false",
+           o.early_exits, ms, o.gen_ms > 0.0 ? o.tokens * 1e3 / o.gen_ms : 0.0);
     if (!strcmp(o.reason, "error")) {
         printf(", \"error\": ");
         json_string(stdout, o.error, strlen(o.error));
@@ -990,6 +1012,7 @@ int main(int argc, char **argv)
     }
     free_ctx_destroy(sv.ctx);
     free_model_destroy(sv.model);
+    free(sv.last_ids);
     free(sv.queue);
     free(sv.in.data.p);
     return 0;

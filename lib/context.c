@@ -403,6 +403,7 @@ FREE_API free_status free_ctx_reset(free_ctx *ctx)
 {
     if (!ctx)
         return fr_report_msg(FREE_ERR_INVALID_ARG, "free_ctx_reset: ctx is NULL");
+    fr_ctx_keep_cached(ctx); /* for a next prompt that begins the same way */
     fr_kv_clear(ctx->kv);
     fr_exit_queue_clear(ctx->queue);
     ctx->n_past = 0;

@@ -52,6 +52,9 @@ struct free_ctx {
     size_t piece_cap;
     fr_detok detok;             /* streaming text state for free_decode */
     int32_t *cache_tok;         /* [n_ctx + 1] the token at each cached position */
+    int32_t n_cached;           /* rows [0, n_cached) of every layer hold cache_tok's tokens
+                                   over the current prefix (kept by reset and truncate for
+                                   prompt reuse); 0 once a row is written past n_past */
     fr_penalty penalty;         /* repetition / frequency / presence penalties */
     float *pen_logits;          /* [n_vocab] penalized copy of a synchronized row */
     fr_stop stop;               /* stop strings (free_decode) */
@@ -79,5 +82,18 @@ float fr_ctx_threshold(const struct free_ctx *ctx);
 free_status fr_ctx_sync_queue(struct free_ctx *ctx);
 /* Debug-build check of the cache invariant: deep length = shallow length - queue length. */
 void fr_ctx_check_invariant(const struct free_ctx *ctx);
+
+/* Where the context stands once verified tokens the host has not taken yet (VERIFY) are
+ * dropped (decode.c): the number of run rows, and whether a token is pending. */
+int32_t fr_ctx_seen_past(const struct free_ctx *ctx, bool *pending);
+/* Drops those tokens (the last one handed out becomes pending). */
+void fr_ctx_drop_unseen(struct free_ctx *ctx);
+
+/* Prompt reuse (reuse.c). Records that the rows every layer holds stay reusable when the
+ * context forgets them (reset, truncate). */
+void fr_ctx_keep_cached(struct free_ctx *ctx);
+/* Skips the leading tokens of buf[n] that the cached rows after n_past already hold (the
+ * last token is always left to run, for its logits); returns how many were skipped. */
+int32_t fr_ctx_reuse_prefix(struct free_ctx *ctx, const int32_t *buf, int32_t n);
 
 #endif

@@ -285,6 +285,7 @@ static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t
     const size_t nv = FR_NV(ctx);
     const int32_t start_past = ctx->n_past;
     memcpy(ctx->cache_tok + start_past, tokens, (size_t)n * sizeof *tokens);
+    ctx->n_cached = 0; /* rows past these no longer follow the context */
     for (int32_t start = 0; start < n; start += ctx->n_batch) {
         if (start > 0 && aborted(ctx)) {
             fr_kv_truncate(ctx->kv, 0, m->hp.n_layer, start_past);
@@ -343,7 +344,7 @@ static free_status run_full(struct free_ctx *ctx, const int32_t *tokens, int32_t
 
 /* Where the context stands once verified tokens the host has not taken yet (VERIFY) are
  * dropped: the last token handed out becomes the pending one, exactly as in FREE mode. */
-static int32_t seen_past(const struct free_ctx *ctx, bool *pending)
+int32_t fr_ctx_seen_past(const struct free_ctx *ctx, bool *pending)
 {
     if (ctx->out_len == 0) {
         *pending = ctx->has_pending;
@@ -355,12 +356,12 @@ static int32_t seen_past(const struct free_ctx *ctx, bool *pending)
 
 /* Drops verified tokens the host has not taken yet, so the context holds exactly what the
  * host has seen (the last of them pending). */
-static void drop_unseen(struct free_ctx *ctx)
+void fr_ctx_drop_unseen(struct free_ctx *ctx)
 {
     if (ctx->out_len == 0)
         return;
     bool pending;
-    int32_t keep = seen_past(ctx, &pending);
+    int32_t keep = fr_ctx_seen_past(ctx, &pending);
     fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
     ctx->n_past = keep;
     ctx->pending_token = ctx->last_out;
@@ -380,7 +381,7 @@ static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n
                                tokens[i], i, nv);
     /* Every check before anything changes: a failed call leaves the context as it was. */
     bool pending;
-    const int32_t past = seen_past(ctx, &pending);
+    const int32_t past = fr_ctx_seen_past(ctx, &pending);
     const int32_t extra = pending ? 1 : 0;
     if (n + (size_t)extra > (size_t)(ctx->n_ctx - past))
         return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
@@ -391,13 +392,23 @@ static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n
         return fr_ctx_fail(ctx, FREE_ERR_INVALID_ARG, "nothing to prefill: no tokens given");
     double t0 = fr_now_ms();
     FR_TRY(fr_ctx_sync_queue(ctx));
-    drop_unseen(ctx);
+    fr_ctx_drop_unseen(ctx);
     int32_t *buf = ctx->tokens;
     if (extra)
         buf[0] = ctx->pending_token;
     memmove(buf + extra, tokens, n * sizeof *tokens);
     const bool was_empty = ctx->n_past == 0;
-    FR_TRY(run_full(ctx, buf, (int32_t)n + extra, all_logits, extra, ex));
+    /* The rows a previous prompt left that this one begins with are not run again (not
+     * when every row's logits are wanted). */
+    const int32_t reused = all_logits || ex ? 0 : fr_ctx_reuse_prefix(ctx, buf, (int32_t)n + extra);
+    free_status s = run_full(ctx, buf + reused, (int32_t)n + extra - reused, all_logits, extra, ex);
+    if (s != FREE_OK) {
+        /* As it was: the reused rows are not part of the context either. */
+        ctx->n_past -= reused;
+        fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, ctx->n_past);
+        return s;
+    }
+    ctx->stats.reused_tokens += (uint64_t)reused;
     ctx->has_pending = false;
     ctx->has_logits = true;
     /* A new prompt starts a new generation: the estimator's refit point. The streamed
@@ -473,6 +484,7 @@ static free_status step_full(struct free_ctx *ctx)
     const struct free_model *m = ctx->model;
     double t0 = fr_now_ms();
     ctx->cache_tok[ctx->n_past] = ctx->pending_token;
+    ctx->n_cached = 0;
     fr_embed(m, 1, &ctx->pending_token, ctx->x);
     fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, 1, ctx->n_past, ctx->x, ctx->ws,
                       ctx->pool);
@@ -501,6 +513,7 @@ static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
     float *h = fr_exit_queue_row(q, q->len);
     double t0 = fr_now_ms();
     ctx->cache_tok[ctx->n_past] = ctx->pending_token;
+    ctx->n_cached = 0;
     fr_shallow_layers(ctx->model, ctx->exit_layer, ctx->kv, ctx->pending_token, ctx->n_past, h,
                       ctx->ws, ctx->pool);
     double t1 = fr_now_ms();
@@ -698,7 +711,7 @@ FREE_API free_status free_decode(free_ctx *ctx, const char *prompt, ptrdiff_t le
         if (s != FREE_OK)
             return fr_ctx_report(ctx, &err);
         bool pending;
-        const int32_t past = seen_past(ctx, &pending);
+        const int32_t past = fr_ctx_seen_past(ctx, &pending);
         if (n + (pending ? 1u : 0u) > (size_t)(ctx->n_ctx - past))
             return fr_ctx_fail(ctx, FREE_ERR_CONTEXT_FULL,
                                "the prompt is %zu tokens%s; the context of %d tokens is full: "

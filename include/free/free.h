@@ -339,9 +339,19 @@ FREE_API free_status free_ctx_set_params(free_ctx *ctx, const free_ctx_params *p
  * and n_batch as resolved at creation, calibration NULL. */
 FREE_API free_status free_ctx_get_params(const free_ctx *ctx, free_ctx_params *params);
 
-/* Forgets every token (KV caches, queue, pending token). Keeps the learned threshold and
- * the statistics. */
+/* Forgets every token (queue, pending token, the tokens of the KV caches). Keeps the
+ * learned threshold and the statistics, and the cached rows themselves: a next prompt
+ * that begins with the same tokens reuses them (see free_prefill). */
 FREE_API free_status free_ctx_reset(free_ctx *ctx);
+
+/* Keeps the first n_keep tokens the context holds (free_ctx_n_past) and drops the rest:
+ * early-exited rows after n_keep leave the queue unrun, those before it run through the
+ * deep layers now, and VERIFY tokens not handed out yet are dropped first. The last kept
+ * token becomes the pending one, so free_step continues after it and free_prefill appends
+ * after it; the dropped rows stay reusable as after free_ctx_reset. n_keep 0 empties the
+ * context. FREE_ERR_INVALID_ARG when n_keep is negative or more than the context holds;
+ * a failing synchronization (FREE_ERR_ABORTED, FREE_ERR_NUMERIC) is returned as is. */
+FREE_API free_status free_ctx_truncate(free_ctx *ctx, int32_t n_keep);
 
 /* The detailed message of this context's last failure ("" when none). Owned by ctx. */
 FREE_API const char *free_ctx_last_error(const free_ctx *ctx);
@@ -368,6 +378,11 @@ typedef struct free_step_info {
 
 /* Appends n tokens and runs them through all layers in batches (synchronizing a pending
  * early-exit queue first, and running the token last handed out, if any, before them).
+ * Prompt reuse: after free_ctx_reset or free_ctx_truncate, the leading tokens that equal
+ * the rows still cached there are not run again (the longest common prefix, except the
+ * last token, which runs for its logits); free_stats.reused_tokens counts them. The
+ * results are those of running every token (the kernels give every row the same bits
+ * whatever the batch).
  * The next free_step samples from the last row. Each prefill starts a new generation:
  * the adaptive threshold refits here when its schedule says so. In VERIFY mode, verified
  * tokens free_step has not handed out yet are dropped (the last token handed out is run
@@ -480,6 +495,8 @@ typedef struct free_stats {
     uint64_t shallow_passes;     /* single-row passes through the shallow layers */
     double layers_read_per_token;/* layer weights read per produced token: shallow passes
                                     read Ls layers, deep passes L - Ls (full depth: L) */
+    uint64_t reused_tokens;      /* prompt tokens (counted in prompt_tokens) taken from the
+                                    cache instead of being run: prompt reuse (0.2) */
 } free_stats;
 
 /* Fills *stats (set stats->size first) with totals since the context was created or its

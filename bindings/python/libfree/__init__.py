@@ -175,6 +175,7 @@ class Stats:
     bmm_beta_disagree: float
     shallow_passes: int
     layers_read_per_token: float
+    reused_tokens: int
 
     @property
     def exit_rate(self):
@@ -631,6 +632,17 @@ class Context(_Handle):
         starts the same way); keeps the settings, the learned threshold and the
         statistics."""
         _check(_ffi.lib().free_ctx_reset(self.handle), "free_ctx_reset", self._handle)
+
+    def truncate(self, n_keep):
+        """Keeps the first n_keep tokens and drops the rest (free_ctx_truncate); the
+        last kept token is pending, so generate(..., reset=False) continues after it."""
+        if isinstance(n_keep, bool) or not hasattr(n_keep, "__index__"):
+            raise TypeError(f"n_keep must be an int, not {type(n_keep).__name__}")
+        n_keep = n_keep.__index__()
+        if not 0 <= n_keep <= _INT32_MAX:
+            raise ValueError(f"n_keep {n_keep} is negative or too large")
+        _check(_ffi.lib().free_ctx_truncate(self.handle, n_keep), "free_ctx_truncate",
+               self._handle)
 
     def stats(self):
         s = _ffi.free_stats()

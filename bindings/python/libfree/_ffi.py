@@ -170,6 +170,7 @@ class free_stats(Structure):
         ("bmm_beta_disagree", c_double),
         ("shallow_passes", c_uint64),
         ("layers_read_per_token", c_double),
+        ("reused_tokens", c_uint64),
     ]
 
 
@@ -239,6 +240,7 @@ FUNCTIONS = {
     "free_ctx_destroy": (None, [_ctx_p]),
     "free_ctx_set_params": (_status, [_ctx_p, POINTER(free_ctx_params)]),
     "free_ctx_reset": (_status, [_ctx_p]),
+    "free_ctx_truncate": (_status, [_ctx_p, c_int32]),
     "free_ctx_last_error": (c_char_p, [_ctx_p]),
     "free_ctx_n_past": (c_int32, [_ctx_p]),
     "free_ctx_n_ctx": (c_int32, [_ctx_p]),

@@ -222,3 +222,34 @@ def test_cli_sampling_flags_equal_python(stories):
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     assert res.stdout.decode() == "Once upon a time" + want + "\n"
     assert '"finish": "stop"' in res.stderr.decode()
+
+
+# -- prompt reuse (item 5) ----------------------------------------------------------------
+
+def test_calls_reuse_the_cached_prefix(llama22):
+    text = ("It is a truth universally acknowledged, that a single man in possession of a "
+            "good fortune, must be in want of a wife.")
+    n = len(llama22.tokenize(text))
+    with llama22.context(exit_mode="free", threshold=0.4) as ctx:
+        first = ctx.generate(text, max_tokens=16)
+        assert ctx.stats().reused_tokens == 0
+        assert ctx.generate(text, max_tokens=16) == first
+        assert ctx.stats().reused_tokens == n - 1
+        edited = ctx.generate(text[:-1] + "!", max_tokens=16)
+        assert edited == llama22.generate(text[:-1] + "!", max_tokens=16, exit_mode="free",
+                                          threshold=0.4)
+
+
+def test_truncate_continues(stories):
+    with stories.context() as ctx:
+        whole = ctx.generate("Once upon a time", max_tokens=20)
+        n = len(stories.tokenize("Once upon a time"))
+        ctx.truncate(n + 8)
+        assert ctx.n_past == n + 8
+        rest = ctx.generate(None, max_tokens=12, reset=False)
+        first = ctx.generate("Once upon a time", max_tokens=8)
+        assert first + rest == whole
+        with pytest.raises(ValueError):
+            ctx.truncate(-1)
+        with pytest.raises(libfree.InvalidArgument):
+            ctx.truncate(10_000)

@@ -366,8 +366,8 @@ static void vnni_init(void)
     if (!fr_cpu_has_avx512())
         return;
     __cpuid_count(7, 0, a, b, c, d);
-    bool bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11);
-    g_vnni = bw && vl && vnni;
+    bool bw = b & (1u << 30), vl = b & (1u << 31), vnni = c & (1u << 11), vbmi = c & (1u << 1);
+    g_vnni = bw && vl && vnni && vbmi;
 }
 
 /* CPUID is slow (and traps under a hypervisor): asked once. */

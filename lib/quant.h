@@ -104,7 +104,7 @@ int fr_kernels_set_index(void);
 
 /* The kernels: fr_qrows_<type>_<set> for type in bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k
  * q6_k and set in portable (quant_portable.c), avx2 and avx512 (quant_*_x86.c; the
- * avx512 ones need AVX-512 BW, VL and VNNI: without them the avx512 set uses the avx2
+ * avx512 ones need AVX-512 BW, VL, VNNI and VBMI: without them the avx512 set uses the avx2
  * kernels, which give the same bits). */
 #define FR_QROWS_ARGS                                                                    \
     const uint8_t *W, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1, int n,     \

@@ -20,7 +20,8 @@
 
 #include <string.h>
 
-#define FR_AVX512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define FR_AVX512Q                                                                       \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
 
 /* The layout of a legacy type: bytes per block, where its codes and fifth bits start,
  * the offset subtracted from its codes (as a shift) and whether it has a min. */
@@ -283,18 +284,227 @@ FR_AVX512Q static FR_INLINE void avx512_dot_nb(const uint8_t *w, int64_t cols, c
         out[i] = leg_finish(acc[i]);
 }
 
+/* The nibble types (Q4_0, Q4_1, Q5_0, Q5_1) by windows: four blocks span at most 96 bytes,
+ * so two 64-byte loads (masked at the end of the row: nothing past it is read) hold
+ * blocks 0-3 of a group, two more blocks 4-7, and vpermt2b picks out of them the 64 code
+ * bytes of the four blocks (block k in quarter k) and their scales, mins and fifth bits;
+ * no gather, no per-block load. The low nibbles (elements 0-15) and the high ones (16-31)
+ * of the four blocks go against the activations regrouped the same way (vpermt2q), both
+ * products accumulate in one register whose quarter k is block k's sum. */
+typedef struct nib_idx {
+    __m512i qs, meta;
+} nib_idx;
+
+/* Byte indices into a 128-byte window of four blocks. meta: bytes 0-7 the four d, 8-15 the
+ * four m, 16-23 the low halves of the four qh, 24-31 their high halves. */
+static void nib_indices(leg_kind k, uint8_t qs[64], uint8_t meta[64])
+{
+    memset(meta, 0, 64);
+    for (int i = 0; i < 64; i++)
+        qs[i] = (uint8_t)(i / 16 * k.bytes + k.qs + i % 16);
+    for (int i = 0; i < 8; i++) {
+        meta[i] = (uint8_t)(i / 2 * k.bytes + i % 2);
+        meta[8 + i] = (uint8_t)(i / 2 * k.bytes + 2 + i % 2);
+        if (k.qh >= 0) {
+            meta[16 + i] = (uint8_t)(i / 2 * k.bytes + k.qh + i % 2);
+            meta[24 + i] = (uint8_t)(i / 2 * k.bytes + k.qh + 2 + i % 2);
+        }
+    }
+}
+
+/* Codes u (low nibbles, high nibbles) and the meta bytes of the four blocks from `have`
+ * bytes at p (at most 128 read). */
+FR_AVX512Q static FR_INLINE void nib_window(const uint8_t *p, int64_t have, leg_kind k,
+                                            const nib_idx *ix, __m512i *lo, __m512i *hi,
+                                            __m512i *meta)
+{
+    __mmask64 m0 = have >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << have) - 1);
+    __mmask64 m1 = have >= 128 ? ~(__mmask64)0
+                   : have > 64 ? (((__mmask64)1 << (have - 64)) - 1)
+                               : 0;
+    __m512i a = _mm512_maskz_loadu_epi8(m0, p), b = _mm512_maskz_loadu_epi8(m1, p + 64);
+    __m512i q = _mm512_permutex2var_epi8(a, ix->qs, b);
+    *meta = _mm512_permutex2var_epi8(a, ix->meta, b);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    *lo = _mm512_and_si512(q, m4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    if (k.qh >= 0) {
+        __m128i mq = _mm512_castsi512_si128(_mm512_shuffle_i64x2(*meta, *meta, 1));
+        __mmask64 bl = (__mmask64)_mm_cvtsi128_si64(mq);
+        __mmask64 bh = (__mmask64)_mm_extract_epi64(mq, 1);
+        *lo = _mm512_mask_add_epi8(*lo, bl, *lo, _mm512_set1_epi8(0x10));
+        *hi = _mm512_mask_add_epi8(*hi, bh, *hi, _mm512_set1_epi8(0x10));
+    }
+}
+
+/* The sums of blocks 0-3 (quarters of ra) and 4-7 (rb), in block order. */
+FR_AVX512Q static FR_INLINE __m256i nib_sums(__m512i ra, __m512i rb)
+{
+    ra = _mm512_add_epi32(ra, _mm512_shuffle_epi32(ra, _MM_PERM_BADC));
+    ra = _mm512_add_epi32(ra, _mm512_shuffle_epi32(ra, _MM_PERM_CDAB));
+    rb = _mm512_add_epi32(rb, _mm512_shuffle_epi32(rb, _MM_PERM_BADC));
+    rb = _mm512_add_epi32(rb, _mm512_shuffle_epi32(rb, _MM_PERM_CDAB));
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si256(_mm512_permutex2var_epi32(ra, pick, rb));
+}
+
+/* The products of four blocks' codes with activations x (128 bytes, natural order). */
+FR_AVX512Q static FR_INLINE __m512i nib_dot4(__m512i lo, __m512i hi, const int8_t *x)
+{
+    const __m512i plo = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
+    const __m512i phi = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+    __m512i x0 = _mm512_loadu_si512((const void *)x), x1 = _mm512_loadu_si512((const void *)(x + 64));
+    __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_permutex2var_epi64(x0, plo, x1));
+    return _mm512_dpbusd_epi32(r, hi, _mm512_permutex2var_epi64(x0, phi, x1));
+}
+
+FR_AVX512Q static FR_INLINE void nib_dot_nb(const uint8_t *w, int64_t cols, const void *A,
+                                           int j0, leg_kind k, const nib_idx *ix, int NB,
+                                           float *out)
+{
+    const fr_qact *a = A;
+    const int64_t nb = cols / 32, row = nb * k.bytes;
+    __m256 acc[4];
+    for (int i = 0; i < NB; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 8) {
+        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
+        const uint8_t *wg = w + b * k.bytes;
+        const int64_t left = row - b * k.bytes;
+        __m512i loA, hiA, metaA, loB = _mm512_setzero_si512(), hiB = loB, metaB = loB;
+        nib_window(wg, left, k, ix, &loA, &hiA, &metaA);
+        if (nblk > 4)
+            nib_window(wg + 4 * k.bytes, left - 4 * k.bytes, k, ix, &loB, &hiB, &metaB);
+        /* blocks past the row have zero codes; their scales must be zero too */
+        __m128i ma = _mm512_castsi512_si128(metaA), mb = _mm512_castsi512_si128(metaB);
+        __m128i dd = _mm_unpacklo_epi64(ma, mb), mm = _mm_unpackhi_epi64(ma, mb);
+        if (nblk < 8) {
+            __mmask8 live = (__mmask8)((1u << nblk) - 1);
+            dd = _mm_maskz_mov_epi16(live, dd);
+            mm = _mm_maskz_mov_epi16(live, mm);
+        }
+        __m256 dw = _mm256_cvtph_ps(dd), mw = _mm256_cvtph_ps(mm);
+        FR_UNROLL
+        for (int i = 0; i < NB; i++) {
+            const int64_t j = j0 + i;
+            const int8_t *x = a->qs + j * a->ld_qs + 32 * b;
+            __m512i ra = nib_dot4(loA, hiA, x);
+            __m512i rb = nblk > 4 ? nib_dot4(loB, hiB, x + 128) : _mm512_setzero_si512();
+            __m256i isum = nib_sums(ra, rb);
+            __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + j * a->ld_sum + b));
+            if (k.shift >= 0)
+                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
+            acc[i] = leg_fstep(acc[i], dw, mw, k, isum, sx, a->d + j * a->ld_d + b);
+        }
+    }
+    for (int i = 0; i < NB; i++)
+        out[i] = leg_finish(acc[i]);
+}
+
+/* One input against R rows (decoding): the activations' regrouping is shared by the rows;
+ * each row's operations are those of nib_dot_nb. */
+FR_AVX512Q static FR_INLINE void nib_dot_rows(const uint8_t *w, size_t row_bytes, int64_t cols,
+                                             const void *A, int j, leg_kind k,
+                                             const nib_idx *ix, int R, float *out)
+{
+    const fr_qact *a = A;
+    const int64_t nb = cols / 32, row = nb * k.bytes;
+    const __m512i plo = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
+    const __m512i phi = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+    __m256 acc[4];
+    for (int i = 0; i < R; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 8) {
+        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
+        const int8_t *x = a->qs + (int64_t)j * a->ld_qs + 32 * b;
+        __m512i x0 = _mm512_loadu_si512((const void *)x), x1 = _mm512_loadu_si512((const void *)(x + 64));
+        __m512i xl0 = _mm512_permutex2var_epi64(x0, plo, x1), xh0 = _mm512_permutex2var_epi64(x0, phi, x1);
+        __m512i xl1 = _mm512_setzero_si512(), xh1 = xl1;
+        if (nblk > 4) {
+            __m512i x2 = _mm512_loadu_si512((const void *)(x + 128));
+            __m512i x3 = _mm512_loadu_si512((const void *)(x + 192));
+            xl1 = _mm512_permutex2var_epi64(x2, plo, x3);
+            xh1 = _mm512_permutex2var_epi64(x2, phi, x3);
+        }
+        __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + (int64_t)j * a->ld_sum + b));
+        const float *dx = a->d + (int64_t)j * a->ld_d + b;
+        FR_UNROLL
+        for (int i = 0; i < R; i++) {
+            const uint8_t *wg = w + (size_t)i * row_bytes + b * k.bytes;
+            const int64_t left = row - b * k.bytes;
+            __m512i loA, hiA, metaA, loB = _mm512_setzero_si512(), hiB = loB, metaB = loB;
+            nib_window(wg, left, k, ix, &loA, &hiA, &metaA);
+            if (nblk > 4)
+                nib_window(wg + 4 * k.bytes, left - 4 * k.bytes, k, ix, &loB, &hiB, &metaB);
+            __m128i ma = _mm512_castsi512_si128(metaA), mb = _mm512_castsi512_si128(metaB);
+            __m128i dd = _mm_unpacklo_epi64(ma, mb), mm = _mm_unpackhi_epi64(ma, mb);
+            if (nblk < 8) {
+                __mmask8 live = (__mmask8)((1u << nblk) - 1);
+                dd = _mm_maskz_mov_epi16(live, dd);
+                mm = _mm_maskz_mov_epi16(live, mm);
+            }
+            __m256 dw = _mm256_cvtph_ps(dd), mw = _mm256_cvtph_ps(mm);
+            __m512i ra = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), loA, xl0), hiA, xh0);
+            __m512i rb = nblk > 4 ? _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), loB, xl1), hiB, xh1)
+                                  : _mm512_setzero_si512();
+            __m256i isum = nib_sums(ra, rb);
+            if (k.shift >= 0)
+                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
+            acc[i] = leg_fstep(acc[i], dw, mw, k, isum, sx, dx);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        out[i] = leg_finish(acc[i]);
+}
+
+/* Blocks of 16 rows; inputs four at a time through each block. */
+#define NIB_LOOP(KIND)                                                                   \
+    _Alignas(64) uint8_t qsi_[64], metai_[64];                                           \
+    nib_indices(KIND, qsi_, metai_);                                                     \
+    const nib_idx ix_ = {_mm512_load_si512((const void *)qsi_),                          \
+                         _mm512_load_si512((const void *)metai_)};                       \
+    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
+        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
+        if (n == 1) {                                                                    \
+            int64_t r = rb;                                                              \
+            for (; r + 4 <= re; r += 4) {                                                \
+                nib_dot_rows(W + (size_t)r * row_bytes, row_bytes, cols, A, 0, KIND, &ix_, 4, \
+                             Y + r);                                                     \
+            }                                                                            \
+            for (; r < re; r++)                                                          \
+                nib_dot_rows(W + (size_t)r * row_bytes, row_bytes, cols, A, 0, KIND, &ix_, 1, \
+                             Y + r);                                                     \
+            continue;                                                                    \
+        }                                                                                \
+        for (int j = 0; j < n; j += 4) {                                                 \
+            const int nbt = n - j < 4 ? n - j : 4;                                       \
+            for (int64_t r = rb; r < re; r++) {                                          \
+                float o[4];                                                              \
+                const uint8_t *wr = W + (size_t)r * row_bytes;                           \
+                switch (nbt) {                                                           \
+                case 4: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 4, o); break;             \
+                case 3: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 3, o); break;             \
+                case 2: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 2, o); break;             \
+                default: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 1, o); break;            \
+                }                                                                        \
+                for (int i = 0; i < nbt; i++)                                            \
+                    Y[(int64_t)(j + i) * ldy + r] = o[i];                                \
+            }                                                                            \
+        }                                                                                \
+    }
+
 /* Blocks of 16 rows; inputs four at a time through each block. */
 #define AVX512_LOOP(KIND)                                                                    for (int64_t rb = r0; rb < r1; rb += 16) {                                                   int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                                for (int j = 0; j < n; j += 4) {                                                             const int nbt = n - j < 4 ? n - j : 4;                                                   for (int64_t r = rb; r < re; r++) {                                                          float o[4];                                                                              const uint8_t *wr = W + (size_t)r * row_bytes;                                           switch (nbt) {                                                                           case 4: avx512_dot_nb(wr, cols, A, j, KIND, 4, o); break;                                case 3: avx512_dot_nb(wr, cols, A, j, KIND, 3, o); break;                                case 2: avx512_dot_nb(wr, cols, A, j, KIND, 2, o); break;                                default: avx512_dot_nb(wr, cols, A, j, KIND, 1, o); break;                               }                                                                                        for (int i = 0; i < nbt; i++)                                                                Y[(int64_t)(j + i) * ldy + r] = o[i];                                            }                                                                                    }                                                                                    }
 
-#define AVX512_ROWS(t, KIND)                                                             \
+#define AVX512_ROWS(t, KIND, LOOP)                                                       \
     FR_AVX512Q void fr_qrows_##t##_avx512(FR_QROWS_ARGS)                                 \
     {                                                                                    \
-        AVX512_LOOP(KIND)                                                                \
+        LOOP(KIND)                                                                       \
     }
-AVX512_ROWS(q8_0, K_Q8_0)
-AVX512_ROWS(q4_0, K_Q4_0)
-AVX512_ROWS(q4_1, K_Q4_1)
-AVX512_ROWS(q5_0, K_Q5_0)
-AVX512_ROWS(q5_1, K_Q5_1)
+AVX512_ROWS(q8_0, K_Q8_0, AVX512_LOOP)
+AVX512_ROWS(q4_0, K_Q4_0, NIB_LOOP)
+AVX512_ROWS(q4_1, K_Q4_1, NIB_LOOP)
+AVX512_ROWS(q5_0, K_Q5_0, NIB_LOOP)
+AVX512_ROWS(q5_1, K_Q5_1, NIB_LOOP)
 
 #endif

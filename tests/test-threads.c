@@ -5,6 +5,7 @@
 #include "test-common.h"
 
 #include <free/free.h>
+#include <dirent.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <time.h>
@@ -454,6 +455,63 @@ START_TEST(token_text_measures_with_null_buffer)
 }
 END_TEST
 
+/* Threads of this process (/proc/self/task), or -1 without /proc. */
+static int count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+typedef struct thread_probe {
+    int most;
+} thread_probe;
+
+static int probe_threads(void *user, int32_t token, const char *piece, size_t len,
+                         const free_step_info *info)
+{
+    (void)token; (void)piece; (void)len; (void)info;
+    thread_probe *p = user;
+    int n = count_threads();
+    if (n > p->most)
+        p->most = n;
+    return 0;
+}
+
+/* n_threads = 1 means one thread: no pool, and no BLAS pool either (libfree links no
+ * BLAS); n_threads = 2 adds exactly one worker. In a process of its own (Check's fork). */
+START_TEST(n_threads_is_the_thread_count)
+{
+    if (count_threads() != 1) {
+        printf("SKIP: n_threads_is_the_thread_count: /proc/self/task is missing or this "
+               "process already has %d threads (CK_FORK=no?)\n", count_threads());
+        return;
+    }
+    free_model *m = load_code_model();
+    for (int32_t want = 1; want <= 2; want++) {
+        free_ctx_params p;
+        free_ctx *ctx = NULL;
+        ck_assert_int_eq(free_ctx_params_init(&p, sizeof p), FREE_OK);
+        p.n_threads = want;
+        p.n_ctx = 128;
+        ck_assert_msg(free_ctx_create(m, &p, &ctx) == FREE_OK, "%s", free_last_error());
+        thread_probe probe = {0};
+        ck_assert_int_eq(free_decode(ctx, "def main():", -1, 16, probe_threads, &probe),
+                         FREE_OK);
+        ck_assert_msg(probe.most == want, "n_threads %d: %d threads while decoding", want,
+                      probe.most);
+        free_ctx_destroy(ctx);
+        ck_assert_int_eq(count_threads(), 1);
+    }
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *threads_suite(void)
 {
     Suite *s = suite_create("threads");
@@ -465,6 +523,7 @@ static Suite *threads_suite(void)
     tcase_add_test(tc, verify_drafts_per_check_are_capped);
     tcase_add_test(tc, n_past_reaches_n_ctx_plus_one);
     tcase_add_test(tc, token_text_measures_with_null_buffer);
+    tcase_add_test(tc, n_threads_is_the_thread_count);
     suite_add_tcase(s, tc);
     return s;
 }

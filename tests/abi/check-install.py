@@ -80,13 +80,29 @@ def main():
         if len(pcs) != 1:
             print(f'FAIL: expected one free.pc under {dest}, found {pcs}')
             return 1
-        headers = glob.glob(os.path.join(dest, '**', 'include', 'free', '*.h'), recursive=True)
-        print('installed headers:', ', '.join(sorted(os.path.basename(h) for h in headers)))
+        headers = glob.glob(os.path.join(dest, '**', 'include', 'free', '*.h*'), recursive=True)
+        names = sorted(os.path.basename(h) for h in headers)
+        print('installed headers:', ', '.join(names))
+        if 'free.hpp' not in names:
+            print('FAIL: free.hpp (the C++ wrapper) is not installed')
+            return 1
+        docs = glob.glob(os.path.join(dest, '**', 'doc', 'libfree', '*.md'), recursive=True)
+        doc_names = sorted(os.path.basename(d) for d in docs)
+        print('installed docs:', ', '.join(doc_names))
+        if not {'api.md', 'guide.md', 'python.md', 'README.md'} <= set(doc_names):
+            print('FAIL: the documentation is not installed')
+            return 1
         env = dict(os.environ)
         env['PKG_CONFIG_PATH'] = os.path.dirname(pcs[0])
         env['PKG_CONFIG_SYSROOT_DIR'] = dest
         flags = run(['pkg-config', '--cflags', '--libs', 'free'], env=env).split()
         print('pkg-config:', ' '.join(flags))
+        # Nothing of the library's own dependencies leaks into a user's flags.
+        cflags = run(['pkg-config', '--cflags', 'free'], env=env).split()
+        if [f for f in cflags if 'blas' in f.lower() or f.startswith('-I') and
+                dest not in f]:
+            print('FAIL: pkg-config --cflags free leaks other include dirs:', cflags)
+            return 1
         if not any(f.startswith('-I' + dest) for f in flags):
             print('FAIL: pkg-config --cflags does not point into the destdir')
             return 1
@@ -97,6 +113,14 @@ def main():
         cc = os.environ.get('CC', 'cc').split()
         run(cc + ['-std=c99', '-Wall', '-Wextra', '-pedantic', '-Werror', src, '-o', exe]
             + flags)
+        # The installed C++ wrapper compiles on its own.
+        cxx = os.environ.get('CXX', 'c++').split()
+        if shutil.which(cxx[0]):
+            hpp = os.path.join(tmp, 'hpp.cpp')
+            with open(hpp, 'w') as f:
+                f.write('#include <free/free.hpp>\nint main() { return 0; }\n')
+            run(cxx + ['-std=c++17', '-fsyntax-only', hpp] +
+                [f for f in flags if f.startswith('-I')])
         libdirs = [f[2:] for f in flags if f.startswith('-L')]
         env = dict(os.environ)
         env['LD_LIBRARY_PATH'] = ':'.join(libdirs)

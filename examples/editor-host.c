@@ -69,7 +69,7 @@ static int buf_add(buf *b, const void *data, size_t n)
 /* A request or a cancel line, decoded. Strings are NUL-terminated and also carry their
  * length (a JSON string may hold \u0000). */
 typedef struct request {
-    int has_id, has_cancel, has_prefix;
+    int has_id, has_cancel, has_prefix, has_exit, has_threshold;
     long long id, cancel;
     char *prefix;
     size_t prefix_len;
@@ -487,11 +487,14 @@ static int parse_request(const char *line, size_t len, const request *dflt, requ
                         r->exit_mode = FREE_EXIT_VERIFY;
                     else
                         rc = perr(ps, "exit must be \"none\", \"free\" or \"verify\"");
+                    r->has_exit = 1;
                     free(m);
                 }
             } else if (!strcmp(key, "threshold")) {
-                if (!(rc = parse_number(ps, &v)))
+                if (!(rc = parse_number(ps, &v))) {
                     r->threshold = (float)v;
+                    r->has_threshold = 1;
+                }
             } else if (!strcmp(key, "temperature")) {
                 if (!(rc = parse_number(ps, &v)) && !(v >= 0.0 && v <= 100.0))
                     rc = perr(ps, "temperature must be in [0, 100]");
@@ -528,6 +531,10 @@ static int parse_request(const char *line, size_t len, const request *dflt, requ
         return perr_request(ps, "the request has no integer \"id\"");
     if (!r->has_prefix)
         return perr_request(ps, "the request has no string \"prefix\"");
+    /* As free-cli and the Python binding: a threshold contradicts "exit": "none". */
+    if (r->has_exit && r->has_threshold && r->exit_mode == FREE_EXIT_NONE)
+        return perr_request(ps, "\"exit\": \"none\" contradicts \"threshold\" (it applies "
+                                "to early exit: \"free\" or \"verify\")");
     return 0;
 }
 
@@ -923,6 +930,7 @@ static void usage(FILE *f)
 
 static int parse_args(int argc, char **argv, const char **model, service *sv)
 {
+    int exit_none = 0, threshold_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
@@ -937,6 +945,7 @@ static int parse_args(int argc, char **argv, const char **model, service *sv)
         }
         i++;
         if (!strcmp(a, "--exit")) {
+            exit_none = !strcmp(v, "none");
             if (!strcmp(v, "none"))
                 sv->dflt.exit_mode = FREE_EXIT_NONE;
             else if (!strcmp(v, "free"))
@@ -964,13 +973,18 @@ static int parse_args(int argc, char **argv, const char **model, service *sv)
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size"))
             sv->base.n_ctx = (int32_t)x;
         else if (!strcmp(a, "--threshold"))
-            sv->dflt.threshold = (float)x;
+            sv->dflt.threshold = (float)x, threshold_given = 1;
         else if (!strcmp(a, "--max-tokens") && x >= 1 && x <= 1 << 20)
             sv->dflt.max_tokens = (int)x;
         else {
             fprintf(stderr, "editor-host: unknown option or bad value: %s %s\n", a, v);
             return -1;
         }
+    }
+    if (exit_none && threshold_given) {
+        fprintf(stderr, "editor-host: --exit none contradicts --threshold (it applies to "
+                        "early exit: --exit free or verify)\n");
+        return -1;
     }
     return 0;
 }

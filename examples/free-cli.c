@@ -7,10 +7,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Input size caps: a prompt file (the largest context is 2^20 tokens, a few MB of text),
@@ -24,6 +26,7 @@ typedef struct cli {
     int n_predict, chat;
     int stats, exit_map, color, check_tensors;
     int exit_given; /* --exit was on the command line */
+    int seed_given, threshold_given;
     int tokenize, add_special, parse_special; /* --tokenize and its options */
     const char *stops[64];                    /* --stop, in order */
     int n_stops;
@@ -37,14 +40,14 @@ static void usage(FILE *f)
         "  -m, --model FILE      GGUF model (llama, qwen2 or phi3; any weight type libfree reads)\n"
         "  --check-tensors       scan every weight for NaN/Inf when loading\n"
         "  -p, --prompt TEXT     prompt (default: empty, start from BOS)\n"
-        "  -f, --file FILE       read the prompt from FILE\n"
+        "  -f, --file FILE       read the prompt from FILE (- = standard input)\n"
         "  -n, --n-predict N     tokens to generate (default 128; -1 = until EOS or full)\n"
         "  -c, --ctx-size N      context size (default: the model's)\n"
-        "  -t, --threads N       compute threads (default: all cores, at most 8)\n"
+        "  -t, --threads N       compute threads (default and 0: all cores, at most 8)\n"
         "  --temp T              temperature (default 0 = greedy)\n"
         "  --top-k K             top-k sampling (default 0 = off)\n"
         "  --top-p P             top-p sampling (default 1 = off)\n"
-        "  --seed S              RNG seed (default 0)\n"
+        "  --seed S              RNG seed (default: random, printed by --stats)\n"
         "  --min-p P             drop tokens below P x the top token's probability\n"
         "                        (default 0 = off)\n"
         "  --repeat-penalty F    penalize the last --repeat-last-n tokens (default 1 = off)\n"
@@ -54,7 +57,8 @@ static void usage(FILE *f)
         "  --presence-penalty F  minus F once for a token in that window (default 0)\n"
         "  --stop STR            stop before STR is printed (repeatable, at most 64)\n"
         "  --exit MODE           none | free | verify (default none)\n"
-        "  --threshold X         confidence threshold (default 0.9)\n"
+        "  --threshold X         confidence threshold (default 0.9); selects --exit free\n"
+        "                        unless --exit is given\n"
         "  --exit-layer N        exit after N layers (default: the file's, else L/4)\n"
         "  --max-queue K         early-exit queue bound (default: the context)\n"
         "  --adaptive            learn the threshold (Beta mixture)\n"
@@ -124,7 +128,8 @@ static const char *read_file(const char *path, size_t max, char **out, size_t *l
 {
     static char msg[128];
     *out = NULL;
-    FILE *f = fopen(path, "rb");
+    const bool is_stdin = !strcmp(path, "-"); /* -f - */
+    FILE *f = is_stdin ? stdin : fopen(path, "rb");
     if (!f)
         return strerror(errno);
     struct stat st;
@@ -154,7 +159,8 @@ static const char *read_file(const char *path, size_t max, char **out, size_t *l
         why = "out of memory";
     if (!why && ferror(f))
         why = strerror(errno ? errno : EIO);
-    fclose(f);
+    if (!is_stdin)
+        fclose(f);
     if (why) {
         free(buf);
         return why;
@@ -240,7 +246,7 @@ static int parse_args(int argc, char **argv, cli *c)
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
             INT(0, 1 << 20, "in [0, 1048576]"); c->p.n_ctx = (int32_t)k;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            INT(1, 256, "in [1, 256]"); c->p.n_threads = (int32_t)k;
+            INT(0, 256, "in [0, 256] (0: all cores)"); c->p.n_threads = (int32_t)k;
         } else if (!strcmp(a, "--temp")) {
             REAL(x >= 0 && x <= 100, "in [0, 100]"); c->p.temperature = (float)x;
         } else if (!strcmp(a, "--top-k")) {
@@ -257,6 +263,7 @@ static int parse_args(int argc, char **argv, cli *c)
                 return 1;
             }
             c->p.seed = (uint64_t)s;
+            c->seed_given = 1;
         } else if (!strcmp(a, "--check-tensors")) {
             c->check_tensors = 1;
         } else if (!strcmp(a, "--min-p")) {
@@ -285,6 +292,7 @@ static int parse_args(int argc, char **argv, cli *c)
             else return fail("invalid --exit '%s' (none, free or verify)%s", v, "");
         } else if (!strcmp(a, "--threshold")) {
             REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.threshold = (float)x;
+            c->threshold_given = 1;
         } else if (!strcmp(a, "--exit-layer")) {
             INT(1, 1 << 16, "in [1, 65536] (and below the model's layers)");
             c->p.exit_layer = (int32_t)k;
@@ -333,6 +341,17 @@ static int parse_args(int argc, char **argv, cli *c)
         return fail("no model given: use -m MODEL.gguf%s%s", "", "");
     c->p.stop = c->stops;
     c->p.n_stop = c->n_stops;
+    if (c->prompt && c->prompt_file)
+        return fail("-p and -f both give the prompt: use one of them%s%s", "", "");
+    /* Options of early exit select --exit free when no --exit is given; with --exit none
+     * they are a contradiction (the Python binding and the examples follow the same
+     * rule). */
+    if (c->exit_given && c->p.exit_mode == FREE_EXIT_NONE &&
+        (c->threshold_given || c->exit_map))
+        return fail("--exit none contradicts %s (it applies to early exit: --exit free or "
+                    "verify)%s", c->threshold_given ? "--threshold" : "--exit-map", "");
+    if (!c->exit_given && (c->threshold_given || c->exit_map))
+        c->p.exit_mode = FREE_EXIT_FREE;
     /* The adaptive threshold needs early exit: --exit none is a contradiction, not a
      * request to switch modes. */
     if (c->exit_given && c->p.exit_mode == FREE_EXIT_NONE &&
@@ -349,20 +368,51 @@ static int parse_args(int argc, char **argv, cli *c)
     return 0;
 }
 
+/* --exit-map: early-exited text is green on a terminal, else in [brackets]. The marks
+ * never enclose a line break, so lines stay whole. */
+static void mark_early(const cli *c, const char *piece, size_t len)
+{
+    while (len > 0) {
+        const char *nl = memchr(piece, '\n', len);
+        size_t seg = nl ? (size_t)(nl - piece) : len;
+        if (seg > 0) {
+            fputs(c->color ? "\x1b[32m" : "[", stdout);
+            fwrite(piece, 1, seg, stdout);
+            fputs(c->color ? "\x1b[0m" : "]", stdout);
+        }
+        if (nl) {
+            fputc('\n', stdout);
+            seg++;
+        }
+        piece += seg;
+        len -= seg;
+    }
+}
+
 static int on_token(void *user, int32_t token, const char *piece, size_t len,
                     const free_step_info *info)
 {
     const cli *c = user;
     (void)token;
-    if (c->exit_map && info->early_exit && len > 0) {
-        fputs(c->color ? "\x1b[32m" : "[", stdout);
+    if (c->exit_map && info->early_exit && len > 0)
+        mark_early(c, piece, len);
+    else
         fwrite(piece, 1, len, stdout);
-        fputs(c->color ? "\x1b[0m" : "]", stdout);
-    } else {
-        fwrite(piece, 1, len, stdout);
-    }
     fflush(stdout);
     return 0;
+}
+
+/* The legend of --exit-map, on stderr before the text. */
+static void exit_map_legend(const cli *c, const free_ctx *ctx)
+{
+    free_stats s;
+    s.size = sizeof s;
+    if (free_ctx_stats(ctx, &s) != FREE_OK)
+        return;
+    fprintf(stderr, "exit map: %s = chosen by the exit head after %d of %d layers; plain text "
+            "= the full model%s\n", c->color ? "\x1b[32mgreen\x1b[0m" : "[bracketed]",
+            s.exit_layer, s.n_layers,
+            s.exit_mode == FREE_EXIT_VERIFY ? " (verify: drafts the deep pass confirmed)" : "");
 }
 
 static const char *mode_name(int32_t m)
@@ -384,11 +434,18 @@ static void print_stats(const free_ctx *ctx)
         return;
     double agree = s.agreement_checked ? (double)s.agreement_matched / s.agreement_checked
                                        : 1.0;
+    /* No threshold is in force at full depth. */
+    char threshold[32] = "null";
+    if (s.exit_mode != FREE_EXIT_NONE)
+        snprintf(threshold, sizeof threshold, "%.6g", (double)s.threshold);
+    free_ctx_params p;
+    p.size = sizeof p;
+    free_ctx_get_params(ctx, &p);
     fprintf(stderr,
             "{\"prompt_tokens\": %llu, \"tokens\": %llu, \"prefill_ms\": %.3f, "
             "\"decode_ms\": %.3f, \"tokens_per_s\": %.2f, \"prefill_tokens_per_s\": %.2f, "
             "\"threads\": %d, \"mode\": \"%s\", \"exit_layer\": %d, \"n_layers\": %d, "
-            "\"threshold\": %.6g, \"shallow_exits\": %llu, \"exit_rate\": %.4f, "
+            "\"threshold\": %s, \"seed\": %llu, \"shallow_exits\": %llu, \"exit_rate\": %.4f, "
             "\"deep_passes\": %llu, \"mean_sync_rows\": %.3f, \"drafts_rejected\": %llu, "
             "\"avg_layers_per_token\": %.3f, \"layers_read_per_token\": %.3f, "
             "\"token_agreement\": %.4f, \"agreement_checked\": %llu, "
@@ -400,7 +457,8 @@ static void print_stats(const free_ctx *ctx)
             (unsigned long long)s.prompt_tokens, (unsigned long long)s.tokens, s.prefill_ms,
             s.decode_ms, s.decode_ms > 0 ? s.tokens * 1e3 / s.decode_ms : 0.0,
             s.prefill_ms > 0 ? s.prompt_tokens * 1e3 / s.prefill_ms : 0.0, s.n_threads,
-            mode_name(s.exit_mode), s.exit_layer, s.n_layers, (double)s.threshold,
+            mode_name(s.exit_mode), s.exit_layer, s.n_layers, threshold,
+            (unsigned long long)p.seed,
             (unsigned long long)s.shallow_exits,
             s.tokens ? (double)s.shallow_exits / s.tokens : 0.0,
             (unsigned long long)s.deep_passes, s.mean_sync_rows,
@@ -495,6 +553,20 @@ static int calibrate(cli *c, free_ctx *ctx)
     return 0;
 }
 
+static uint64_t random_seed(void)
+{
+    uint64_t x = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&x, sizeof x, 1, f) != 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        x = (uint64_t)ts.tv_sec * 1000000007u ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    }
+    if (f)
+        fclose(f);
+    return x;
+}
+
 int main(int argc, char **argv)
 {
     cli c = {0};
@@ -502,6 +574,8 @@ int main(int argc, char **argv)
     free_ctx_params_init(&c.p, sizeof c.p);
     if (parse_args(argc, argv, &c))
         return 1;
+    if (!c.seed_given)
+        c.p.seed = random_seed(); /* as llama-cli: a new text each run; --stats prints it */
     c.color = isatty(STDOUT_FILENO);
     free_log_set(NULL, NULL, FREE_LOG_WARN);
 
@@ -556,6 +630,8 @@ int main(int argc, char **argv)
             print_stats(ctx);
         goto done;
     }
+    if (c.exit_map)
+        exit_map_legend(&c, ctx);
     const char *prompt = c.prompt ? c.prompt : "";
     fputs(prompt, stdout);
     fflush(stdout);

@@ -380,6 +380,7 @@ static int number(const char *opt, const char *v, double lo, double hi, double *
 
 static int parse_args(int argc, char **argv, options *o)
 {
+    int exit_none = 0, threshold_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         double x = 0.0;
@@ -410,6 +411,7 @@ static int parse_args(int argc, char **argv, options *o)
                 return -1;
             o->max_tokens = (int)x;
         } else if (!strcmp(a, "--exit")) {
+            exit_none = !strcmp(v, "none");
             if (!strcmp(v, "none"))
                 o->params.exit_mode = FREE_EXIT_NONE;
             else if (!strcmp(v, "free"))
@@ -424,6 +426,7 @@ static int parse_args(int argc, char **argv, options *o)
             if (number(a, v, -1, 2, &x))
                 return -1;
             o->params.threshold = (float)x;
+            threshold_given = 1;
         } else if (!strcmp(a, "--temp")) {
             if (number(a, v, 0, 10, &x))
                 return -1;
@@ -437,6 +440,13 @@ static int parse_args(int argc, char **argv, options *o)
             return -1;
         }
         i += takes_value;
+    }
+    /* As free-cli and the Python binding: an option of early exit contradicts --exit none
+     * (without --exit, early exit is the default here). */
+    if (exit_none && threshold_given) {
+        fprintf(stderr, "game-host: --exit none contradicts --threshold (it applies to early "
+                        "exit: --exit free or verify)\n");
+        return -1;
     }
     return 0;
 }

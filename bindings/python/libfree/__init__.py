@@ -465,8 +465,8 @@ class Context(_Handle):
     bmm_capacity, calibration (the text of export_calibration), abort_fn (a callable
     returning True to abort), and the sampling controls min_p, repeat_penalty,
     repeat_last_n, frequency_penalty, presence_penalty and stop (a str or a list of
-    str). threshold and adaptive apply only to early exit: giving
-    them while exit_mode is 'none' is a ValueError.
+    str). threshold and adaptive apply only to early exit: given without an exit mode
+    they select 'free'; with exit_mode='none' they are a ValueError.
 
     generate() and stream() take the same keywords for one call; those left out (None)
     keep the context's settings."""
@@ -565,11 +565,14 @@ class Context(_Handle):
                 ctype = dict(_ffi.free_ctx_params._fields_)[name]
                 raise TypeError(f"{name} must be {'a float' if ctype is c_float else 'an int'}"
                                 f", not {type(value).__name__}") from None
-        if p.exit_mode == ExitMode.NONE:
-            given = [n for n in _EXIT_ONLY if params.get(n) not in (None, False)]
-            if given:
-                raise ValueError(f"{' and '.join(given)} apply only to early exit: give "
-                                 f"exit_mode='free' or 'verify' too")
+        # Options of early exit select exit_mode 'free' when no exit mode is given with
+        # them; with exit_mode 'none' they are a contradiction (as in free-cli).
+        given = [n for n in _EXIT_ONLY if params.get(n) not in (None, False)]
+        if given and p.exit_mode == ExitMode.NONE:
+            if params.get("exit_mode") is not None:
+                raise ValueError(f"exit_mode 'none' contradicts {' and '.join(given)} (they "
+                                 f"apply to early exit: 'free' or 'verify')")
+            p.exit_mode = int(ExitMode.FREE)
         return p, keep
 
     def _commit(self, p, keep):

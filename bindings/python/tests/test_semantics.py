@@ -115,15 +115,21 @@ def test_bad_argument_values_raise_value_error(stories):
         stories.detokenize([1, 2**40])
 
 
-def test_exit_only_keywords_need_an_exit_mode(stories):
-    with pytest.raises(ValueError, match="early exit"):
-        stories.context(threshold=0.5)
-    with pytest.raises(ValueError, match="early exit"):
-        stories.generate("Once", max_tokens=2, adaptive=True)
+def test_exit_only_keywords_select_early_exit(stories):
+    # As free-cli: threshold / adaptive select 'free' unless an exit mode is given with
+    # them; 'none' with them is a contradiction.
+    with pytest.raises(ValueError, match="contradicts"):
+        stories.context(exit_mode="none", threshold=0.5)
+    with pytest.raises(ValueError, match="contradicts"):
+        stories.generate("Once", max_tokens=2, exit_mode="none", adaptive=True)
+    with stories.context(threshold=0.5) as ctx:
+        assert ctx.params()["exit_mode"] is libfree.ExitMode.FREE
+    with stories.context(exit_mode="verify", threshold=0.5) as ctx:
+        assert ctx.params()["exit_mode"] is libfree.ExitMode.VERIFY
     with stories.context() as ctx:
-        with pytest.raises(ValueError, match="early exit"):
-            ctx.generate("Once", max_tokens=2, threshold=0.5)
-        ctx.generate("Once", max_tokens=2, exit_mode="free", threshold=0.5)
+        ctx.generate("Once", max_tokens=2, threshold=0.5)
+        assert ctx.stats().exit_mode is libfree.ExitMode.NONE   # for that call only
+        assert ctx.params()["exit_mode"] is libfree.ExitMode.NONE
 
 
 def test_error_classes_carry_the_status(lib):

@@ -172,7 +172,8 @@ static free_status pcre_fail(fr_error *err, int code, const char *what)
                    "pre-tokenizer: %s: PCRE2: %s", what, (const char *)msg);
 }
 
-/* Every code point from U+0080 (surrogates skipped) matched against the classes. */
+/* Every code point from U+0080 that can be assigned (surrogates and the unassigned and
+ * private-use planes skipped) matched against the classes. */
 static free_status build_classes(fr_pretok *p, fr_error *err)
 {
     p->cls = calloc(MAX_CPT, 1);
@@ -182,9 +183,10 @@ static free_status build_classes(fr_pretok *p, fr_error *err)
         return fr_fail(err, FREE_ERR_NOMEM, "pre-tokenizer: out of memory for the classes");
     }
     /* ASCII stays itself in the collapsed text: its classes are never looked up. */
+    /* Planes 4-13 are unassigned and 15-16 private use: class other, left at 0. */
     size_t n = 0;
     for (uint32_t c = 0x80; c < MAX_CPT; c++)
-        if (c < 0xD800 || c > 0xDFFF)
+        if ((c < 0xD800 || c > 0xDFFF) && (c < 0x40000 || (c >= 0xE0000 && c < 0xF0000)))
             n += encode_cpt(c, all + n);
     int ec;
     PCRE2_SIZE eo;

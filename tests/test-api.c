@@ -338,6 +338,29 @@ START_TEST(model_queries)
 }
 END_TEST
 
+/* The weight type label of llama-quantize's mixed files. */
+START_TEST(model_weight_type_mixed)
+{
+    static const char *const files[][2] = {
+        {"free-llama-22M/quant/free-llama-22M-q4_k_m.gguf",
+         "Q4_K_M: 67 Q5_0, 7 Q8_0, 6 Q4_K, 6 Q6_K"},
+        {"free-llama-22M/quant/free-llama-22M-q5_k_m.gguf",
+         "Q5_K_M: 67 Q5_1, 7 Q8_0, 6 Q5_K, 6 Q6_K"},
+        {"free-llama-22M/quant/free-llama-22M-q4_0.gguf", "Q4_0: 85 Q4_0, 1 Q8_0"},
+        {"free-llama-22M/free-llama-22M-q8_0.gguf", "Q8_0"},
+        {"free-llama-22M/free-llama-22M.gguf", "F16"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        FR_TEST_NEED(files[i][0]);
+        free_model *m = NULL;
+        ck_assert_msg(free_model_load(fr_test_model_path(files[i][0]), NULL, &m) == FREE_OK,
+                      "%s: %s", files[i][0], free_last_error());
+        ck_assert_str_eq(free_model_weight_type(m), files[i][1]);
+        free_model_destroy(m);
+    }
+}
+END_TEST
+
 /* ---- a context without a model ------------------------------------------------------ */
 
 START_TEST(context_after_failed_load)
@@ -1035,6 +1058,7 @@ static Suite *api_suite(void)
     tcase_add_test(c, model_load_truncated_real_file);
     tcase_add_test(c, model_params_sizes);
     tcase_add_test(c, model_queries);
+    tcase_add_test(c, model_weight_type_mixed);
     tcase_add_test(c, context_after_failed_load);
     tcase_add_test(c, vocab_only_model_has_no_context);
     suite_add_tcase(s, c);

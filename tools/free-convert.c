@@ -12,11 +12,13 @@
  * the same bytes), its order of tensors (by block) and of keys (general.quantization_version
  * and general.file_type last); every other key is copied, free.* included. Norms stay F32.
  *
- * Sources may be F32, F16, BF16 or the legacy quantized types (dequantized first; a tensor
- * already of its target type is copied). Progress goes to stderr, one line per tensor. */
+ * Sources may be of any type libfree reads (lib/quant.h: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+ * Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), dequantized first; a tensor already of its target type is
+ * copied. Progress goes to stderr, one line per tensor. */
 #include "gguf.h"
 #include "gguf_write.h"
 #include "kernels.h"
+#include "quant.h"
 #include "quantize.h"
 #include "quantize_mix.h"
 
@@ -31,86 +33,18 @@
 /* ---------------------------------------------------------------------------------- */
 /* Sources as F32                                                                     */
 
-static uint16_t le16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-/* One 32-element block of a legacy type into y. */
-static void dequant_block(uint32_t type, const uint8_t *b, float *y)
-{
-    float d = fr_f16_to_f32(le16(b));
-    switch (type) {
-    case GGUF_TENSOR_Q8_0:
-        for (int j = 0; j < 32; j++)
-            y[j] = (float)(int8_t)b[2 + j] * d;
-        break;
-    case GGUF_TENSOR_Q4_0:
-        for (int j = 0; j < 16; j++) {
-            y[j] = (float)((b[2 + j] & 0x0f) - 8) * d;
-            y[j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
-        }
-        break;
-    case GGUF_TENSOR_Q4_1: {
-        float m = fr_f16_to_f32(le16(b + 2));
-        for (int j = 0; j < 16; j++) {
-            y[j] = (float)(b[4 + j] & 0x0f) * d + m;
-            y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
-        }
-        break;
-    }
-    case GGUF_TENSOR_Q5_0:
-    case GGUF_TENSOR_Q5_1: {
-        bool q51 = type == GGUF_TENSOR_Q5_1;
-        float m = q51 ? fr_f16_to_f32(le16(b + 2)) : 0.0f;
-        const uint8_t *qhp = b + (q51 ? 4 : 2), *qs = qhp + 4;
-        uint32_t qh = (uint32_t)qhp[0] | (uint32_t)qhp[1] << 8 | (uint32_t)qhp[2] << 16 |
-                      (uint32_t)qhp[3] << 24;
-        int bias = q51 ? 0 : 16;
-        for (int j = 0; j < 16; j++) {
-            int lo = (qs[j] & 0x0f) | (int)(((qh >> j) << 4) & 0x10);
-            int hi = (qs[j] >> 4) | (int)((qh >> (j + 12)) & 0x10);
-            y[j] = (float)(lo - bias) * d + m;
-            y[j + 16] = (float)(hi - bias) * d + m;
-        }
-        break;
-    }
-    default:
-        break;
-    }
-}
-
 static bool readable(uint32_t type)
 {
-    switch (type) {
-    case GGUF_TENSOR_F32: case GGUF_TENSOR_F16: case GGUF_TENSOR_BF16:
-    case GGUF_TENSOR_Q8_0: case GGUF_TENSOR_Q4_0: case GGUF_TENSOR_Q4_1:
-    case GGUF_TENSOR_Q5_0: case GGUF_TENSOR_Q5_1:
-        return true;
-    default:
-        return false;
-    }
+    return fr_type_traits_of(type) != NULL;
 }
 
-/* Fills out[0..n) with the tensor's values as F32. */
+/* Fills out[0..n) with the tensor's values as F32 (whole rows of t->ne[0]). */
 static void to_f32(const gguf_tensor *t, float *out, uint64_t n)
 {
+    const uint64_t cols = t->ne[0], row_bytes = gguf_row_bytes(t->type, cols);
     const uint8_t *src = t->data;
-    if (t->type == GGUF_TENSOR_F32) {
-        memcpy(out, src, (size_t)n * 4);
-    } else if (t->type == GGUF_TENSOR_F16) {
-        for (uint64_t i = 0; i < n; i++)
-            out[i] = fr_f16_to_f32(le16(src + 2 * i));
-    } else if (t->type == GGUF_TENSOR_BF16) {
-        for (uint64_t i = 0; i < n; i++) {
-            uint32_t bits = (uint32_t)le16(src + 2 * i) << 16;
-            memcpy(&out[i], &bits, 4);
-        }
-    } else {
-        uint64_t block_bytes = gguf_row_bytes(t->type, 32);
-        for (uint64_t i = 0; i < n / 32; i++)
-            dequant_block(t->type, src + i * block_bytes, out + i * 32);
-    }
+    for (uint64_t r = 0; r < n / cols; r++)
+        fr_dequantize_row(t->type, src + r * row_bytes, out + r * cols, (int64_t)cols);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -274,8 +208,8 @@ static free_status convert(const job *jb, const char *out_path, convert_stats *s
         if (t->type != want) {
             if (!readable(t->type)) {
                 st = fr_fail(err, FREE_ERR_UNSUPPORTED, "tensor %s has type %s, which "
-                             "free-convert cannot read (it reads F32, F16, BF16, Q8_0, Q4_0, "
-                             "Q4_1, Q5_0 and Q5_1)", e->name, gguf_tensor_type_name(t->type));
+                             "free-convert cannot read (it reads %s)", e->name,
+                             gguf_tensor_type_name(t->type), fr_supported_types());
                 break;
             }
             if (!(data = owned[i] = convert_tensor(t, e->name, want, &nbytes, err))) {
@@ -316,7 +250,7 @@ static void usage(FILE *fp)
             "  --type bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m: quantizes\n"
             "  as llama.cpp's llama-quantize does (same mix rules, fallbacks and bytes; q4_k\n"
             "  and q5_k are pure: every matrix that type, like llama-quantize --pure).\n"
-            "  Sources may be F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1. Without --type\n"
+            "  Sources may be of any type libfree reads (F32 ... Q6_K). Without --type\n"
             "  every tensor is copied unchanged. Progress on stderr (--quiet: none).\n"
             "  --exit-layer N: writes free.exit_layer = N (the early-exit layer libfree\n"
             "  uses by default; 1 <= N < the model's block count).\n");

@@ -2,10 +2,10 @@
 # free-convert quantizes exactly as llama.cpp's llama-quantize: the files it writes from the
 # shared F16/F32 models equal, byte for byte, the ones llama-quantize wrote (mix rules,
 # fallbacks, quantized blocks, tensor and key order, padding). The other types write files
-# with the expected per-tensor types; bad arguments are refused with a message.
-# Args: FREE_CONVERT MODELS_DIR
+# with the expected per-tensor types, and libfree loads and decodes every file written;
+# bad arguments are refused with a message. Args: FREE_CONVERT FREE_CLI MODELS_DIR
 set -u
-conv=$1 models=$2
+conv=$1 cli=$2 models=$3
 fl=$models/free-llama-22M st=$models/stories260K
 [ -f "$fl/free-llama-22M.gguf" ] || { echo "SKIP: $fl/free-llama-22M.gguf absent"; exit 77; }
 tmp=$(mktemp -d) || exit 1
@@ -16,6 +16,8 @@ same() { # TYPE SOURCE REFERENCE
   "$conv" "$2" "$tmp/out.gguf" --type "$1" 2>"$tmp/log" >/dev/null ||
     fail "--type $1 on $2: $(cat "$tmp/log")"
   cmp -s "$tmp/out.gguf" "$3" || fail "--type $1 on $2 differs from $3"
+  out=$("$cli" -m "$tmp/out.gguf" -p "Once upon a time" -n 4 --stats 2>&1) ||
+    fail "--type $1: libfree cannot decode the file: $out"
   n=$((n + 1))
 }
 same q8_0 "$fl/free-llama-22M.gguf" "$fl/free-llama-22M-q8_0.gguf"
@@ -39,6 +41,9 @@ for t in q4_1:Q4_1 q5_0:Q5_0 q5_1:Q5_1 bf16:BF16 q4_k:Q5_0 q5_k:Q5_1 q6_k:Q8_0; 
     fail "--type ${t%%:*}: $(tail -1 "$tmp/log")"
   grep -q "blk.5.attn_q.weight *F16 *-> ${t#*:} " "$tmp/log" ||
     fail "--type ${t%%:*}: blk.5.attn_q.weight is not ${t#*:}"
+  out=$("$cli" -m "$tmp/t.gguf" -p "It is a truth" -n 4 --stats 2>&1) ||
+    fail "--type ${t%%:*}: libfree cannot decode the file: $out"
+  echo "$out" | grep -q '"tokens": 4' || fail "--type ${t%%:*}: no 4 tokens: $out"
   n=$((n + 1))
 done
 # F16 -> F32 -> F16 gives the same bytes (the f32/f16 path keeps its layout).

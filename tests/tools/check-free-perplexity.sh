@@ -2,9 +2,11 @@
 # free-perplexity reproduces llama.cpp's llama-perplexity figures (-c 128) on the shared
 # text within 0.5% for every shared file (perplexity/llamacpp-c128.txt); the last stdout
 # line has llama.cpp's form; --exit verify and --exit free at threshold 1 equal none; bad
-# arguments are refused. Args: FREE_PERPLEXITY MODELS_DIR
+# arguments are refused. Args: FREE_PERPLEXITY MODELS_DIR [float|quant]
+# float (the default run): the F16 and F32 files and the option checks; quant (suite slow:
+# quantized prefill costs 15-35 times F16's CPU time today): Q8_0, Q4_0, Q4_K_M, Q5_K_M.
 set -u
-ppl=$1 models=$2
+ppl=$1 models=$2 which=${3:-float}
 text=$models/perplexity/tinyshakespeare-30k.txt ref=$models/perplexity/llamacpp-c128.txt
 [ -f "$text" ] && [ -f "$ref" ] || { echo "SKIP: $text or $ref absent"; exit 77; }
 tmp=$(mktemp -d) || exit 1
@@ -15,14 +17,12 @@ n=0
 while read -r path _ _ _ _ want _ _; do
   model=$models/${path#models/}
   [ -f "$model" ] || fail "$model absent"
-  if ! "$ppl" -m "$model" -f "$text" -c 128 -t 2 >"$tmp/out" 2>"$tmp/err"; then
-    # TEMPORARY until quantized weights load (issue 12's kernels): not counted.
-    if grep -q "supports F32 and F16" "$tmp/err"; then
-      echo "$path: PENDING (quantized weights do not load yet)"
-      continue
-    fi
+  case $path in
+    *q8_0*|*q4_0*|*q4_k_m*|*q5_k_m*) [ "$which" = quant ] || continue ;;
+    *) [ "$which" = float ] || continue ;;
+  esac
+  "$ppl" -m "$model" -f "$text" -c 128 -t 2 >"$tmp/out" 2>"$tmp/err" ||
     fail "$path: $(tail -2 "$tmp/err")"
-  fi
   last=$(tail -1 "$tmp/out")
   echo "$last" | grep -Eq '^PPL = [0-9]+\.[0-9]{4} \+/- [0-9]+\.[0-9]{4}$' ||
     fail "$path: last line is '$last'"
@@ -32,6 +32,12 @@ while read -r path _ _ _ _ want _ _; do
   echo "$path: PPL $got (llama.cpp $want)"
   n=$((n + 1))
 done <"$ref"
+if [ "$which" = quant ]; then
+  [ "$n" = 4 ] || fail "$n quantized files checked, 4 expected"
+  echo "free-perplexity: $n quantized files within 0.5% of llama.cpp"
+  exit 0
+fi
+[ "$n" = 2 ] || fail "$n files checked, 2 expected"
 fl=$models/free-llama-22M/free-llama-22M.gguf
 "$ppl" -m "$fl" -f "$text" --chunks 4 -t 2 2>/dev/null | tail -1 >"$tmp/none"
 "$ppl" -m "$fl" -f "$text" --chunks 4 -t 2 --exit verify 2>/dev/null | tail -1 >"$tmp/verify"

@@ -494,3 +494,13 @@ bool fr_speculative_accept(fr_sampler *s, int32_t draft, const float *q, float *
     *out = fr_sampler_draw(s, p);
     return false;
 }
+
+void fr_sampler_get_rng(const fr_sampler *s, uint64_t out[4])
+{
+    memcpy(out, s->rng, sizeof s->rng);
+}
+
+void fr_sampler_set_rng(fr_sampler *s, const uint64_t in[4])
+{
+    memcpy(s->rng, in, sizeof s->rng);
+}

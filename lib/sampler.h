@@ -40,6 +40,9 @@ void fr_sampler_dist(fr_sampler *s, const float *logits, float *probs);
 int32_t fr_sampler_draw(fr_sampler *s, const float *probs);
 /* A uniform double in [0, 1) from the sampler's RNG. */
 double fr_sampler_uniform(fr_sampler *s);
+/* The draw RNG's state, for saving and restoring a context (state.c). */
+void fr_sampler_get_rng(const fr_sampler *s, uint64_t out[4]);
+void fr_sampler_set_rng(fr_sampler *s, const uint64_t in[4]);
 /* fr_sampler_dist + fr_sampler_draw (argmax directly when greedy). */
 int32_t fr_sample(fr_sampler *s, const float *logits);
 

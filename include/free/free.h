@@ -353,6 +353,25 @@ FREE_API free_status free_ctx_reset(free_ctx *ctx);
  * a failing synchronization (FREE_ERR_ABORTED, FREE_ERR_NUMERIC) is returned as is. */
 FREE_API free_status free_ctx_truncate(free_ctx *ctx, int32_t n_keep);
 
+/* Saving and restoring a context (0.2): its tokens and KV caches, the early-exit queue,
+ * the pending and verified-but-not-handed-out tokens, the sampler's random state, the
+ * streaming text state and the adaptive estimator's fitted state, so that a restored
+ * context continues exactly as the saved one would have. The parameters are not part of
+ * the state: load into a context created with the same parameters (free_ctx_set_params
+ * after loading reseeds the sampler). The format is versioned and checked (a checksum, the
+ * model's fingerprint): a corrupted, truncated or foreign state is FREE_ERR_FORMAT and
+ * changes nothing. States are for the same library version and platform.
+ * free_ctx_state_size gives the bytes free_ctx_state_save writes now. */
+FREE_API free_status free_ctx_state_size(const free_ctx *ctx, size_t *size);
+/* Writes the state to buf (cap bytes; same buffer rule as free_tokenize). */
+FREE_API free_status free_ctx_state_save(const free_ctx *ctx, void *buf, size_t cap,
+                                         size_t *n_out);
+/* Replaces ctx's state with a saved one. FREE_ERR_FORMAT as above; FREE_ERR_STATE when ctx
+ * cannot hold it (a smaller n_ctx, another exit layer with rows queued, an adaptive state
+ * into a context without the adaptive threshold, or VERIFY sampling drafts into a context
+ * that does not keep them). */
+FREE_API free_status free_ctx_state_load(free_ctx *ctx, const void *buf, size_t len);
+
 /* The detailed message of this context's last failure ("" when none). Owned by ctx. */
 FREE_API const char *free_ctx_last_error(const free_ctx *ctx);
 

@@ -647,6 +647,28 @@ class Context(_Handle):
         _check(_ffi.lib().free_ctx_truncate(self.handle, n_keep), "free_ctx_truncate",
                self._handle)
 
+    def save_state(self):
+        """The context's state as bytes (free_ctx_state_save): its tokens and caches, the
+        queue, the sampler's random state, the estimator; not its parameters."""
+        lib, h = _ffi.lib(), self.handle
+        size = c_size_t(0)
+        _check(lib.free_ctx_state_size(h, byref(size)), "free_ctx_state_size", h)
+        buf = ctypes.create_string_buffer(max(size.value, 1))
+        n = c_size_t(0)
+        _check(lib.free_ctx_state_save(h, buf, size.value, byref(n)), "free_ctx_state_save", h)
+        return buf.raw[:n.value]
+
+    def load_state(self, data):
+        """Restores a state from save_state() into this context (created with the same
+        parameters): it then continues exactly as the saved one. FormatError for a
+        corrupted or foreign state."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        buf = ctypes.create_string_buffer(data, max(len(data), 1))
+        _check(_ffi.lib().free_ctx_state_load(self.handle, buf, len(data)),
+               "free_ctx_state_load", self._handle)
+
     def stats(self):
         s = _ffi.free_stats()
         s.size = sizeof(s)

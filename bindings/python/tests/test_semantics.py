@@ -259,3 +259,19 @@ def test_truncate_continues(stories):
             ctx.truncate(-1)
         with pytest.raises(libfree.InvalidArgument):
             ctx.truncate(10_000)
+
+
+# -- state (item 7) -------------------------------------------------------------------------
+
+def test_state_roundtrip(llama22):
+    kw = dict(exit_mode="free", threshold=0.3, temperature=0.8, seed=5)
+    with llama22.context(**kw) as a, llama22.context(**kw) as b:
+        a.generate("The President shall", max_tokens=10)
+        state = a.save_state()
+        more = a.generate(None, max_tokens=20, reset=False)
+        b.load_state(state)
+        assert b.generate(None, max_tokens=20, reset=False) == more
+        with pytest.raises(libfree.FormatError):
+            b.load_state(state[:-1])
+        with pytest.raises(TypeError):
+            b.load_state("text")

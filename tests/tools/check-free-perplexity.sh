@@ -3,8 +3,8 @@
 # text within 0.5% for every shared file (perplexity/llamacpp-c128.txt); the last stdout
 # line has llama.cpp's form; --exit verify and --exit free at threshold 1 equal none; bad
 # arguments are refused. Args: FREE_PERPLEXITY MODELS_DIR [float|quant]
-# float (the default run): the F16 and F32 files and the option checks; quant (suite slow:
-# quantized prefill costs 15-35 times F16's CPU time today): Q8_0, Q4_0, Q4_K_M, Q5_K_M.
+# float: the F16 and F32 files and the option checks; quant: Q8_0, Q4_0, Q4_K_M, Q5_K_M
+# (two meson tests, so that they run side by side; about 10 s of CPU per file).
 set -u
 ppl=$1 models=$2 which=${3:-float}
 text=$models/perplexity/tinyshakespeare-30k.txt ref=$models/perplexity/llamacpp-c128.txt

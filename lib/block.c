@@ -57,7 +57,27 @@ void fr_workspace_destroy(fr_workspace *ws)
     free(ws->scores);
     free(ws->rope);
     free(ws->fused);
+    free(ws->kbuf);
+    free(ws->vbuf);
+    free(ws->row_kv);
+    free(ws->row_len);
     free(ws);
+}
+
+free_status fr_workspace_add_streams(fr_workspace *ws, const fr_hparams *hp, fr_error *err)
+{
+    const size_t rows = (size_t)ws->max_rows, kvd = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    if (!ws->kbuf)
+        ws->kbuf = malloc(rows * kvd * sizeof(float));
+    if (!ws->vbuf)
+        ws->vbuf = malloc(rows * kvd * sizeof(float));
+    if (!ws->row_kv)
+        ws->row_kv = malloc(rows * sizeof *ws->row_kv);
+    if (!ws->row_len)
+        ws->row_len = malloc(rows * sizeof *ws->row_len);
+    if (!ws->kbuf || !ws->vbuf || !ws->row_kv || !ws->row_len)
+        return fr_fail(err, FREE_ERR_NOMEM, "out of memory for a %d-row batch", ws->max_rows);
+    return FREE_OK;
 }
 
 void fr_embed(const struct free_model *m, int32_t n, const int32_t *tokens, float *x)
@@ -73,6 +93,7 @@ typedef struct attn_job {
     int32_t layer;
     int32_t n;       /* rows in the batch */
     int32_t base;    /* cache rows before the batch */
+    bool streams;    /* rows of several caches: ws->row_kv and ws->row_len say which */
 } attn_job;
 
 /* Attention split across threads by (row, KV head, up to HEADS_PER_TASK of its query
@@ -96,10 +117,12 @@ static void attention_task(void *arg, int ith, int nth)
         const int32_t h0 = kvh * group + skip;
         const int32_t nh = group - skip < HEADS_PER_TASK ? group - skip : HEADS_PER_TASK;
         const size_t first = (size_t)i * (size_t)d + (size_t)h0 * (size_t)hd;
-        const float *K = fr_kv_k(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
-        const float *V = fr_kv_v(job->kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
-        fr_attend_group(job->ws->q + first, nh, K, V, kvd, job->base + i + 1, hd, scale,
-                        scores, job->ws->attn + first);
+        const fr_kv_cache *kv = job->streams ? job->ws->row_kv[i] : job->kv;
+        const int32_t len = job->streams ? job->ws->row_len[i] : job->base + i + 1;
+        const float *K = fr_kv_k(kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
+        const float *V = fr_kv_v(kv, job->layer, 0) + (size_t)kvh * (size_t)hd;
+        fr_attend_group(job->ws->q + first, nh, K, V, kvd, len, hd, scale, scores,
+                        job->ws->attn + first);
     }
 }
 
@@ -188,21 +211,38 @@ static void gate_up_forward(const fr_layer *L, int32_t n, size_t ff, fr_workspac
     fr_silu_mul(ws->gate, ws->up, (int)((size_t)n * ff));
 }
 
-static void block_forward(const struct free_model *m, int32_t il, fr_kv_cache *kv,
-                          int32_t n, int32_t pos0, float *x, fr_workspace *ws, fr_pool *pool)
+static void block_forward(const struct free_model *m, int32_t il, const fr_stream_rows *s,
+                          int32_t ns, int32_t n, float *x, fr_workspace *ws, fr_pool *pool)
 {
     const fr_hparams *hp = &m->hp;
     const fr_layer *L = &m->layers[il];
     const size_t d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;
+    fr_kv_cache *kv = s[0].kv;
     const int32_t base = kv->len[il];
-    assert(pos0 == base && base + n <= kv->n_ctx);
 
-    /* Attention: K and V rows go straight into the cache. */
+    /* Attention: K and V rows go straight into the cache (one stream) or are staged and
+     * copied to each stream's cache. */
     for (int32_t i = 0; i < n; i++)
         fr_rmsnorm(ws->xn + i * d, x + i * d, L->attn_norm, hp->n_embd, hp->norm_eps);
-    qkv_forward(m, L, fr_kv_k(kv, il, base), fr_kv_v(kv, il, base), n, ws, pool);
-    kv->len[il] = base + n;
-    attn_job job = {m, kv, ws, il, n, base};
+    if (ns == 1) {
+        assert(s[0].pos0 == base && base + n <= kv->n_ctx);
+        qkv_forward(m, L, fr_kv_k(kv, il, base), fr_kv_v(kv, il, base), n, ws, pool);
+        kv->len[il] = base + n;
+    } else {
+        qkv_forward(m, L, ws->kbuf, ws->vbuf, n, ws, pool);
+        const size_t kvd = (size_t)s[0].kv->kv_dim;
+        for (int32_t j = 0, row = 0; j < ns; row += s[j].n, j++) {
+            fr_kv_cache *c = s[j].kv;
+            const int32_t b = c->len[il];
+            assert(s[j].pos0 == b && b + s[j].n <= c->n_ctx);
+            memcpy(fr_kv_k(c, il, b), ws->kbuf + (size_t)row * kvd,
+                   (size_t)s[j].n * kvd * sizeof(float));
+            memcpy(fr_kv_v(c, il, b), ws->vbuf + (size_t)row * kvd,
+                   (size_t)s[j].n * kvd * sizeof(float));
+            c->len[il] = b + s[j].n;
+        }
+    }
+    attn_job job = {m, kv, ws, il, n, base, ns > 1};
     if (pool && n * hp->n_head > 1)
         fr_pool_run(pool, attention_task, &job);
     else
@@ -222,16 +262,32 @@ static void block_forward(const struct free_model *m, int32_t il, fr_kv_cache *k
         x[j] += ws->proj[j];
 }
 
+void fr_layers_forward_streams(const struct free_model *m, int32_t l0, int32_t l1,
+                               const fr_stream_rows *s, int32_t ns, float *x, fr_workspace *ws,
+                               fr_pool *pool)
+{
+    int32_t n = 0;
+    /* The rotation angles depend on the position only: once per row, not per layer. */
+    for (int32_t j = 0; j < ns; j++)
+        for (int32_t i = 0; i < s[j].n; i++, n++) {
+            fr_rope_cache_ext(ws->rope + (size_t)n * (size_t)m->hp.rope_dim, m->hp.rope_dim,
+                              s[j].pos0 + i, m->hp.rope_base, m->hp.rope_freq_scale,
+                              m->rope_factors);
+            if (ns > 1) {
+                ws->row_kv[n] = s[j].kv;
+                ws->row_len[n] = s[j].pos0 + i + 1;
+            }
+        }
+    assert(n >= 1 && n <= ws->max_rows && (ns == 1 || ws->kbuf));
+    for (int32_t il = l0; il < l1; il++)
+        block_forward(m, il, s, ns, n, x, ws, pool);
+}
+
 void fr_layers_forward(const struct free_model *m, int32_t l0, int32_t l1, fr_kv_cache *kv,
                        int32_t n, int32_t pos0, float *x, fr_workspace *ws, fr_pool *pool)
 {
-    assert(n >= 1 && n <= ws->max_rows);
-    /* The rotation angles depend on the position only: once per row, not per layer. */
-    for (int32_t i = 0; i < n; i++)
-        fr_rope_cache_ext(ws->rope + (size_t)i * (size_t)m->hp.rope_dim, m->hp.rope_dim,
-                          pos0 + i, m->hp.rope_base, m->hp.rope_freq_scale, m->rope_factors);
-    for (int32_t il = l0; il < l1; il++)
-        block_forward(m, il, kv, n, pos0, x, ws, pool);
+    const fr_stream_rows one = {kv, n, pos0};
+    fr_layers_forward_streams(m, l0, l1, &one, 1, x, ws, pool);
 }
 
 void fr_head_forward(const struct free_model *m, int32_t n, const float *x, float *logits,

@@ -360,6 +360,7 @@ FREE_API void free_ctx_destroy(free_ctx *ctx)
     if (!ctx)
         return;
     fr_pool_destroy(ctx->pool);
+    fr_batch_scratch_destroy(ctx->batch);
     fr_kv_destroy(ctx->kv);
     fr_workspace_destroy(ctx->ws);
     fr_sampler_destroy(ctx->sampler);

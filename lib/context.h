@@ -59,6 +59,7 @@ struct free_ctx {
     float *pen_logits;          /* [n_vocab] penalized copy of a synchronized row */
     fr_stop stop;               /* stop strings (free_decode) */
     int32_t finish;             /* free_finish of the last free_decode */
+    struct fr_batch_scratch *batch; /* batch.c's buffers while this context leads a batch */
     free_stats stats;
     uint64_t layers_total;      /* sum of free_step_info.layers over stats.tokens */
     fr_error err;
@@ -88,6 +89,17 @@ void fr_ctx_check_invariant(const struct free_ctx *ctx);
 int32_t fr_ctx_seen_past(const struct free_ctx *ctx, bool *pending);
 /* Drops those tokens (the last one handed out becomes pending). */
 void fr_ctx_drop_unseen(struct free_ctx *ctx);
+
+/* free_step at full depth in halves, for batched steps (batch.c): begin records the
+ * pending token at n_past; the caller runs it through every layer and the final head into
+ * last_logits; end checks the logits and queues the token; hand_out (t0: when the step
+ * began) hands the next token out as free_step does. */
+void fr_step_full_begin(struct free_ctx *ctx);
+free_status fr_step_full_end(struct free_ctx *ctx, double layers_ms, double head_ms);
+free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
+                             free_step_info *info);
+/* Frees batch.c's buffers (free_ctx_destroy). */
+void fr_batch_scratch_destroy(struct fr_batch_scratch *b);
 
 /* Prompt reuse (reuse.c). Records that the rows every layer holds stay reusable when the
  * context forgets them (reset, truncate). */

@@ -479,19 +479,17 @@ static free_status need_room(struct free_ctx *ctx)
     return FREE_OK;
 }
 
-static free_status step_full(struct free_ctx *ctx)
+void fr_step_full_begin(struct free_ctx *ctx)
 {
-    const struct free_model *m = ctx->model;
-    double t0 = fr_now_ms();
     ctx->cache_tok[ctx->n_past] = ctx->pending_token;
     ctx->n_cached = 0;
-    fr_embed(m, 1, &ctx->pending_token, ctx->x);
-    fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, 1, ctx->n_past, ctx->x, ctx->ws,
-                      ctx->pool);
-    double t1 = fr_now_ms();
-    fr_head_forward(m, 1, ctx->x, ctx->last_logits, ctx->ws, ctx->pool);
-    ctx->stats.deep_ms += t1 - t0;
-    ctx->stats.head_ms += fr_now_ms() - t1;
+}
+
+free_status fr_step_full_end(struct free_ctx *ctx, double layers_ms, double head_ms)
+{
+    const struct free_model *m = ctx->model;
+    ctx->stats.deep_ms += layers_ms;
+    ctx->stats.head_ms += head_ms;
     ctx->stats.shallow_passes++;
     ctx->stats.deep_passes++;
     ctx->stats.sync_rows++;
@@ -502,6 +500,19 @@ static free_status step_full(struct free_ctx *ctx)
     ctx->n_past++;
     emit_from_deep(ctx, 0.0f);
     return FREE_OK;
+}
+
+static free_status step_full(struct free_ctx *ctx)
+{
+    const struct free_model *m = ctx->model;
+    double t0 = fr_now_ms();
+    fr_step_full_begin(ctx);
+    fr_embed(m, 1, &ctx->pending_token, ctx->x);
+    fr_layers_forward(m, 0, m->hp.n_layer, ctx->kv, 1, ctx->n_past, ctx->x, ctx->ws,
+                      ctx->pool);
+    double t1 = fr_now_ms();
+    fr_head_forward(m, 1, ctx->x, ctx->last_logits, ctx->ws, ctx->pool);
+    return fr_step_full_end(ctx, t1 - t0, fr_now_ms() - t1);
 }
 
 /* Runs the pending token through the shallow layers and the exit head into queue slot
@@ -677,6 +688,12 @@ FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *in
         default: FR_TRY(step_full(ctx)); break;
         }
     }
+    return fr_step_hand_out(ctx, t0, token, info);
+}
+
+free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
+                             free_step_info *info)
+{
     fr_ctx_check_invariant(ctx);
     ctx->stats.decode_ms += fr_now_ms() - t0;
     return pop_out(ctx, token, info);

@@ -1,0 +1,257 @@
+/* free_batch_step (issue 18): several contexts of one model stepped together give each
+ * stream exactly the tokens and infos free_step gives it alone - greedy and seeded
+ * sampling, mixed prompt lengths, streams joining and leaving, mixed exit modes - and one
+ * failing stream does not disturb the others. Uses the committed free-llama-22M. */
+#include "test-common.h"
+
+#include <free/free.h>
+
+#include <stdbool.h>
+
+#define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
+#define MAXS 12
+#define MAXT 48
+
+static free_model *load(const char *rel)
+{
+    free_model *m = NULL;
+    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
+                  free_last_error());
+    return m;
+}
+
+/* Stream i's settings: exit mode, sampling, threads. */
+typedef struct spec {
+    int32_t mode;
+    float temperature;
+    uint64_t seed;
+    int32_t n_threads;
+    int32_t n_ctx;
+} spec;
+
+static free_ctx *make(const free_model *m, const spec *s)
+{
+    free_ctx_params p;
+    free_ctx *ctx = NULL;
+    ck_assert_int_eq(free_ctx_params_init(&p, sizeof p), FREE_OK);
+    p.n_threads = s->n_threads ? s->n_threads : 1;
+    p.exit_mode = s->mode;
+    p.threshold = 0.5f;
+    p.temperature = s->temperature;
+    p.top_k = s->temperature > 0 ? 40 : 0;
+    p.seed = s->seed;
+    if (s->n_ctx)
+        p.n_ctx = s->n_ctx;
+    ck_assert_msg(free_ctx_create(m, &p, &ctx) == FREE_OK, "%s", free_last_error());
+    return ctx;
+}
+
+static const char *const prompts[] = {
+    "Once upon a time",
+    "The little dog ran to the park and saw a big red ball. He wanted to play with it, so",
+    "Lily",
+    "One day, a girl named Sue found a shiny box under her bed. She opened it and",
+    "The sun was hot.",
+    "Tom and his mom went to the store to buy some apples and bread for dinner. On the way",
+};
+
+static void prefill(const free_model *m, free_ctx *ctx, int i)
+{
+    int32_t toks[256];
+    size_t n = 0;
+    const char *p = prompts[i % 6];
+    ck_assert_int_eq(free_tokenize(m, p, -1, 1, toks, 256, &n), FREE_OK);
+    ck_assert_msg(free_prefill(ctx, toks, n) == FREE_OK, "%s", free_ctx_last_error(ctx));
+}
+
+typedef struct trace {
+    int32_t tok[MAXT];
+    free_step_info info[MAXT];
+    free_status st[MAXT];
+    int n;
+} trace;
+
+static void same_info(const free_step_info *a, const free_step_info *b, int s, int t)
+{
+    ck_assert_msg(a->position == b->position && a->layers == b->layers &&
+                      a->early_exit == b->early_exit && a->confidence == b->confidence &&
+                      a->threshold == b->threshold && a->is_eos == b->is_eos,
+                  "stream %d step %d: info differs (position %d/%d layers %d/%d)", s, t,
+                  a->position, b->position, a->layers, b->layers);
+}
+
+/* Runs ns streams alone (free_step) for steps[i] steps each, then together with
+ * free_batch_step where stream i joins at step join[i] and leaves after steps[i] steps,
+ * visiting the active streams in an order that changes each step; compares everything. */
+static void compare(const free_model *m, const spec *sp, int ns, const int *join,
+                    const int *steps)
+{
+    static trace alone[MAXS], batch[MAXS];
+    for (int i = 0; i < ns; i++) {
+        free_ctx *c = make(m, &sp[i]);
+        prefill(m, c, i);
+        alone[i].n = steps[i];
+        for (int t = 0; t < steps[i]; t++) {
+            alone[i].info[t].size = sizeof alone[i].info[t];
+            alone[i].st[t] = free_step(c, &alone[i].tok[t], &alone[i].info[t]);
+        }
+        free_ctx_destroy(c);
+    }
+    free_ctx *ctx[MAXS];
+    for (int i = 0; i < ns; i++) {
+        ctx[i] = make(m, &sp[i]);
+        batch[i].n = 0;
+    }
+    for (int step = 0;; step++) {
+        free_ctx *act[MAXS];
+        int who[MAXS], k = 0;
+        bool left = false;
+        for (int j = 0; j < ns; j++) {
+            int i = step % 2 ? ns - 1 - j : (j + step) % ns; /* a changing order */
+            if (step == join[i])
+                prefill(m, ctx[i], i);
+            if (step >= join[i] && batch[i].n < steps[i]) {
+                act[k] = ctx[i];
+                who[k++] = i;
+            }
+            left |= batch[i].n < steps[i];
+        }
+        if (!left)
+            break;
+        if (k == 0)
+            continue;
+        int32_t tok[MAXS];
+        free_status st[MAXS];
+        free_step_info info[MAXS];
+        for (int j = 0; j < k; j++)
+            info[j].size = sizeof info[j];
+        ck_assert_int_eq(free_batch_step(act, k, tok, st, info), FREE_OK);
+        for (int j = 0; j < k; j++) {
+            trace *b = &batch[who[j]];
+            b->tok[b->n] = tok[j];
+            b->st[b->n] = st[j];
+            b->info[b->n++] = info[j];
+        }
+    }
+    for (int i = 0; i < ns; i++) {
+        for (int t = 0; t < steps[i]; t++) {
+            ck_assert_msg(alone[i].st[t] == batch[i].st[t], "stream %d step %d: status %d/%d",
+                          i, t, alone[i].st[t], batch[i].st[t]);
+            if (alone[i].st[t] != FREE_OK)
+                continue;
+            ck_assert_msg(alone[i].tok[t] == batch[i].tok[t],
+                          "stream %d step %d: token %d alone, %d in the batch", i, t,
+                          alone[i].tok[t], batch[i].tok[t]);
+            same_info(&alone[i].info[t], &batch[i].info[t], i, t);
+        }
+        free_ctx_destroy(ctx[i]);
+    }
+}
+
+START_TEST(full_depth_greedy_joins_and_leaves)
+{
+    free_model *m = load(LLAMA22);
+    spec sp[6] = {{0}};
+    int join[6] = {0, 0, 3, 5, 0, 9}, steps[6] = {40, 12, 30, 25, 1, 20};
+    compare(m, sp, 6, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+START_TEST(full_depth_seeded_sampling_two_threads)
+{
+    free_model *m = load(LLAMA22);
+    spec sp[5];
+    for (int i = 0; i < 5; i++)
+        sp[i] = (spec){FREE_EXIT_NONE, 0.8f, 1000u + (uint64_t)i, i == 0 ? 2 : 1, 0};
+    int join[5] = {0, 2, 0, 7, 1}, steps[5] = {30, 30, 10, 20, 35};
+    compare(m, sp, 5, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* FREE and VERIFY streams (stepped alone inside the call for now) beside full-depth ones. */
+START_TEST(mixed_exit_modes)
+{
+    free_model *m = load(LLAMA22);
+    spec sp[6] = {{FREE_EXIT_NONE, 0, 0, 0, 0},  {FREE_EXIT_FREE, 0, 0, 0, 0},
+                  {FREE_EXIT_VERIFY, 0, 0, 0, 0}, {FREE_EXIT_FREE, 0.8f, 7, 0, 0},
+                  {FREE_EXIT_VERIFY, 0.8f, 9, 0, 0}, {FREE_EXIT_NONE, 0.8f, 11, 0, 0}};
+    int join[6] = {0, 0, 2, 0, 4, 1}, steps[6] = {30, 30, 30, 25, 25, 30};
+    compare(m, sp, 6, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* A context that fills up gets FREE_ERR_CONTEXT_FULL (as alone) while the others go on;
+ * more streams than one pass holds run in several passes. */
+START_TEST(full_context_and_many_streams)
+{
+    free_model *m = load(LLAMA22);
+    spec sp[MAXS];
+    int join[MAXS], steps[MAXS];
+    for (int i = 0; i < MAXS; i++) {
+        sp[i] = (spec){FREE_EXIT_NONE, i % 3 ? 0.7f : 0.0f, (uint64_t)i, 0, i == 2 ? 24 : 0};
+        join[i] = i % 4;
+        steps[i] = 20 + i;
+    }
+    compare(m, sp, MAXS, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+START_TEST(bad_arguments_and_failing_streams)
+{
+    free_model *m = load(LLAMA22), *m2 = load(LLAMA22);
+    spec s = {0};
+    free_ctx *a = make(m, &s), *b = make(m, &s), *c = make(m2, &s);
+    int32_t tok[3];
+    free_status st[3];
+    free_ctx *two[2] = {a, c};
+    ck_assert_int_eq(free_batch_step(two, 2, tok, st, NULL), FREE_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(free_last_error(), "another model"));
+    free_ctx *dup[2] = {a, a};
+    ck_assert_int_eq(free_batch_step(dup, 2, tok, st, NULL), FREE_ERR_INVALID_ARG);
+    ck_assert_int_eq(free_batch_step(NULL, 1, tok, st, NULL), FREE_ERR_INVALID_ARG);
+    ck_assert_int_eq(free_batch_step(two, 0, tok, st, NULL), FREE_ERR_INVALID_ARG);
+    ck_assert_int_eq(free_batch_step(two, 1, NULL, st, NULL), FREE_ERR_INVALID_ARG);
+    free_ctx *nul[2] = {a, NULL};
+    ck_assert_int_eq(free_batch_step(nul, 2, tok, st, NULL), FREE_ERR_INVALID_ARG);
+    free_step_info info[2] = {{0}};
+    free_ctx *ab[2] = {a, b};
+    ck_assert_int_eq(free_batch_step(ab, 2, tok, st, info), FREE_ERR_INVALID_ARG);
+    info[0].size = sizeof info[0];
+    ck_assert_int_eq(free_batch_step(ab, 2, tok, st, info), FREE_ERR_INVALID_ARG);
+    /* b was never prefilled: FREE_ERR_STATE for it, a token for a. */
+    prefill(m, a, 0);
+    info[1].size = sizeof info[1];
+    ck_assert_int_eq(free_batch_step(ab, 2, tok, st, info), FREE_OK);
+    ck_assert_int_eq(st[0], FREE_OK);
+    ck_assert_int_eq(st[1], FREE_ERR_STATE);
+    int32_t pt[64];
+    size_t np = 0;
+    ck_assert_int_eq(free_tokenize(m, prompts[0], -1, 1, pt, 64, &np), FREE_OK);
+    ck_assert_int_eq(info[0].position, (int32_t)np); /* the token after the prompt */
+    free_ctx_destroy(a);
+    free_ctx_destroy(b);
+    free_ctx_destroy(c);
+    free_model_destroy(m);
+    free_model_destroy(m2);
+}
+END_TEST
+
+static Suite *batch_suite(void)
+{
+    Suite *s = suite_create("batch");
+    TCase *tc = tcase_create("batch");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, full_depth_greedy_joins_and_leaves);
+    tcase_add_test(tc, full_depth_seeded_sampling_two_threads);
+    tcase_add_test(tc, mixed_exit_modes);
+    tcase_add_test(tc, full_context_and_many_streams);
+    tcase_add_test(tc, bad_arguments_and_failing_streams);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+FR_TEST_MAIN(batch_suite)

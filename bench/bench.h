@@ -145,6 +145,7 @@ int fb_write_json(const char *path, const fb_report *r);
 typedef struct fb_options {
     const char *model, *prompts, *json, *svg, *modes;
     int n_tokens, threads, reps, max_prompts, warmup, exit_layer, check;
+    int parallel;    /* --parallel N: N streams through free_batch_step (parallel.c) */
     double probe_mb; /* < 0: automatic */
 } fb_options;
 
@@ -168,5 +169,16 @@ int fb_parse_args(int argc, char **argv, fb_options *o);
 int fb_read_prompts(const char *path, int max, fb_prompt **out, int *n_out);
 /* Parses "none,free:0.5,adaptive,verify:0.5"; NONE is always out[0]. */
 int fb_parse_modes(const char *list, fb_config **out, int *n_out);
+
+/* A context for c (free-bench.c). */
+int fb_make_ctx(const free_model *m, const fb_options *o, fb_config *c);
+
+/* ---- parallel.c: --parallel N ------------------------------------------------------------ */
+
+/* Runs the configs with o->parallel streams at once and alone; prints the table and writes
+ * o->json. Returns 0, 3 when --check finds a stream that differs from the lone one, -1 on
+ * failure. */
+int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, int n_pr,
+                fb_config *cfg, int n_cfg, const fb_report *rep);
 
 #endif

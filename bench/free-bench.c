@@ -37,7 +37,7 @@ typedef struct collector {
 
 /* ---- contexts ------------------------------------------------------------------------- */
 
-static int make_ctx(const free_model *m, const fb_options *o, fb_config *c)
+int fb_make_ctx(const free_model *m, const fb_options *o, fb_config *c)
 {
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
@@ -406,11 +406,11 @@ int main(int argc, char **argv)
     rep.n_vocab = free_model_n_vocab(model);
     rep.n_params = free_model_n_params(model);
     for (int c = 0; c < n_cfg; c++)
-        if (make_ctx(model, &o, &cfg[c]))
+        if (fb_make_ctx(model, &o, &cfg[c]))
             goto done;
     fb_config ev_cfg = {.kind = FB_NONE};
     snprintf(ev_cfg.name, sizeof ev_cfg.name, "scoring");
-    if (make_ctx(model, &o, &ev_cfg))
+    if (fb_make_ctx(model, &o, &ev_cfg))
         goto done;
     ev = ev_cfg.ctx;
     free_stats st0 = {.size = sizeof st0};
@@ -442,6 +442,11 @@ int main(int argc, char **argv)
         }
     }
 
+    if (o.parallel > 0) {
+        int pr_rc = fb_parallel(&o, model, pr, n_pr, cfg, n_cfg, &rep);
+        rc = pr_rc < 0 ? 1 : pr_rc;
+        goto done;
+    }
     const int n_runs = o.reps * n_pr;
     runs = calloc((size_t)n_runs * n_cfg, sizeof *runs);
     res = calloc((size_t)n_cfg, sizeof *res);

@@ -21,6 +21,9 @@ static void usage(FILE *f)
         "                       none,free:0.3,free:0.5,free:0.7,free:0.9,adaptive,verify:0.5);\n"
         "                       none is always run first as the baseline\n"
         "  -r, --reps N         repetitions (default 3)\n"
+        "  --parallel N         N prompts at once through free_batch_step (each exactly -n\n"
+        "                       tokens), against one stream through the same call:\n"
+        "                       aggregate and per-stream tokens/s, step latency\n"
         "  --exit-layer N       exit layer for every config (default: the file's)\n"
         "  --warmup N           untimed warm-up generations per config (default 1)\n"
         "  --probe-mb M         bandwidth-probe buffer in MiB (default 4 x LLC, 256..2048;\n"
@@ -68,6 +71,7 @@ int fb_parse_args(int argc, char **argv, fb_options *o)
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) num = &o->threads, hi = 256;
         else if (!strcmp(a, "-r") || !strcmp(a, "--reps")) num = &o->reps, lo = 1;
         else if (!strcmp(a, "--prompts")) num = &o->max_prompts, lo = 1;
+        else if (!strcmp(a, "--parallel")) num = &o->parallel, lo = 1, hi = 1024;
         else if (!strcmp(a, "--warmup")) num = &o->warmup;
         else if (!strcmp(a, "--exit-layer")) num = &o->exit_layer, lo = 1;
         else if (!strcmp(a, "--probe-mb")) {

@@ -56,6 +56,10 @@ static void usage(FILE *f)
         "  --frequency-penalty F minus F per occurrence in that window (default 0)\n"
         "  --presence-penalty F  minus F once for a token in that window (default 0)\n"
         "  --stop STR            stop before STR is printed (repeatable, at most 64)\n"
+        "  --context-shift       when the context is full, drop half of it (after --keep)\n"
+        "                        and go on, as llama-cli does\n"
+        "  --keep N              tokens a context shift keeps at the start (default 0;\n"
+        "                        the BOS is always kept)\n"
         "  --exit MODE           none | free | verify (default none)\n"
         "  --threshold X         confidence threshold (default 0.9); selects --exit free\n"
         "                        unless --exit is given\n"
@@ -276,6 +280,10 @@ static int parse_args(int argc, char **argv, cli *c)
             REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.frequency_penalty = (float)x;
         } else if (!strcmp(a, "--presence-penalty")) {
             REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.presence_penalty = (float)x;
+        } else if (!strcmp(a, "--context-shift")) {
+            c->p.context_shift = 1;
+        } else if (!strcmp(a, "--keep")) {
+            INT(0, 1 << 20, "in [0, 1048576]"); c->p.n_keep = (int32_t)k;
         } else if (!strcmp(a, "--stop")) {
             NEEDS_VALUE();
             if (c->n_stops == (int)(sizeof c->stops / sizeof c->stops[0]))
@@ -638,8 +646,13 @@ int main(int argc, char **argv)
     s = free_decode(ctx, prompt, -1, c.n_predict, on_token, &c);
     fputc('\n', stdout);
     fflush(stdout);
-    if (s != FREE_OK)
+    if (s == FREE_ERR_CONTEXT_FULL && free_ctx_n_past(ctx) >= free_ctx_n_ctx(ctx)) {
+        /* Generating to the end of the context is a clean stop, not a failure. */
+        fprintf(stderr, "free-cli: the context of %d tokens is full: stopped (-c N for a "
+                "larger one, or --context-shift to go on)\n", free_ctx_n_ctx(ctx));
+    } else if (s != FREE_OK) {
         rc = ctx_error(ctx, s);
+    }
     if (c.stats)
         print_stats(ctx);
 done:

@@ -70,10 +70,14 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
     p->bmm_max_updates = bp.max_updates;
     p->bmm_refit_every = bp.refit_every;
     p->bmm_capacity = bp.capacity;
-    if (size >= sizeof *p) { /* an older caller's struct ends before these */
+    /* Each later field only when the caller's struct has it (an older header's ends
+     * before). */
+#define FR_HAS(field) (size >= offsetof(free_ctx_params, field) + sizeof p->field)
+    if (FR_HAS(repeat_penalty))
         p->repeat_penalty = 1.0f;
+    if (FR_HAS(repeat_last_n))
         p->repeat_last_n = 64;
-    }
+#undef FR_HAS
     return FREE_OK;
 }
 
@@ -162,6 +166,9 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "repeat_last_n %d must be >= -1 (0 = off, -1 = the whole context)",
                        out->repeat_last_n);
+    if (out->n_keep < 0 || out->n_keep > (1 << 20))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "n_keep %d must be in [0, 1048576]",
+                       out->n_keep);
     if (!isfinite(out->frequency_penalty) || !isfinite(out->presence_penalty))
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "frequency_penalty %g and presence_penalty %g must be finite",

@@ -108,4 +108,8 @@ void fr_ctx_keep_cached(struct free_ctx *ctx);
  * last token is always left to run, for its logits); returns how many were skipped. */
 int32_t fr_ctx_reuse_prefix(struct free_ctx *ctx, const int32_t *buf, int32_t n);
 
+/* Context shift (shift.c): synchronizes the queue, keeps the first n_keep rows, drops half
+ * of the rest and moves the others down with their keys rotated back. */
+free_status fr_ctx_shift(struct free_ctx *ctx);
+
 #endif

@@ -681,6 +681,8 @@ FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *in
     if (ctx->has_logits) {
         emit_from_deep(ctx, 0.0f);
     } else {
+        if (ctx->n_past >= ctx->n_ctx && ctx->params.context_shift)
+            FR_TRY(fr_ctx_shift(ctx));
         FR_TRY(need_room(ctx));
         switch (ctx->params.exit_mode) {
         case FREE_EXIT_FREE: FR_TRY(step_free(ctx)); break;

@@ -503,6 +503,15 @@ START_TEST(first_release_struct_size)
     for (size_t i = v1; i < sizeof u.bytes; i++)
         ck_assert_int_eq(u.bytes[i], 0xAB);
     free_ctx_destroy(ctx);
+    /* A struct that ends inside the later fields gets the defaults of the fields it has. */
+    const size_t mid = offsetof(free_ctx_params, context_shift);
+    memset(u.bytes, 0xAB, sizeof u.bytes);
+    ck_assert_int_eq(free_ctx_params_init(&u.p, mid), FREE_OK);
+    ck_assert(u.p.repeat_penalty == 1.0f && u.p.repeat_last_n == 64);
+    for (size_t i = mid; i < sizeof u.bytes; i++)
+        ck_assert_int_eq(u.bytes[i], 0xAB);
+    ck_assert_msg(free_ctx_create(m, &u.p, &ctx) == FREE_OK, "%s", free_last_error());
+    free_ctx_destroy(ctx);
     free_model_destroy(m);
 }
 END_TEST

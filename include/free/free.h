@@ -319,6 +319,13 @@ typedef struct free_ctx_params {
                                   stop string or anything after it: text that may begin one
                                   is held back until it is known not to */
     int32_t n_stop;
+    /* context shift (0.2; llama.cpp's --context-shift and --keep) */
+    int32_t context_shift;     /* non-zero: when free_step finds the context full, keep the
+                                  first n_keep tokens, drop half of the rest, move the
+                                  others down and rotate their keys back (RoPE), and go on;
+                                  0 (default): FREE_ERR_CONTEXT_FULL */
+    int32_t n_keep;            /* tokens a shift keeps at the start (a leading BOS is always
+                                  kept); default 0, >= 0 */
 } free_ctx_params;
 
 /* Fills p with defaults (see the field comments). A size from an older header (down to

@@ -50,4 +50,11 @@ grep -q "exit map: \[bracketed\]" "$tmp/legend" || fail "no legend: $(cat "$tmp/
 grep -q '\[' "$tmp/map" || fail "nothing marked at threshold 0"
 awk '{ o = gsub(/\[/, "["); c = gsub(/\]/, "]"); if (o != c) bad = 1 } END { exit bad }' \
   "$tmp/map" || fail "a mark spans a line break: $(cat "$tmp/map")"
+# The end of the context: a clean stop (status 0, a message), or a context shift.
+"$cli" -m "$model" -p 'Once upon a time' -n -1 -c 64 >/dev/null 2>"$tmp/full" ||
+  fail "a full context is an error: $(cat "$tmp/full")"
+grep -q "is full: stopped" "$tmp/full" || fail "no message at the end: $(cat "$tmp/full")"
+"$cli" -m "$model" -p 'Once upon a time' -n 300 -c 64 --context-shift --keep 5 --stats \
+  >/dev/null 2>"$tmp/shift" || fail "--context-shift: $(cat "$tmp/shift")"
+[ "$(stat_of tokens "$tmp/shift")" = 300 ] || fail "--context-shift: $(tail -1 "$tmp/shift")"
 echo "ok: free-cli habits"

@@ -121,6 +121,8 @@ class free_ctx_params(Structure):
         ("presence_penalty", c_float),
         ("stop", POINTER(c_char_p)),
         ("n_stop", c_int32),
+        ("context_shift", c_int32),
+        ("n_keep", c_int32),
     ]
 
 

@@ -396,7 +396,8 @@ static free_status prefill(struct free_ctx *ctx, const int32_t *tokens, size_t n
     int32_t *buf = ctx->tokens;
     if (extra)
         buf[0] = ctx->pending_token;
-    memmove(buf + extra, tokens, n * sizeof *tokens);
+    if (n > 0) /* tokens may be NULL when n is 0 */
+        memmove(buf + extra, tokens, n * sizeof *tokens);
     const bool was_empty = ctx->n_past == 0;
     /* The rows a previous prompt left that this one begins with are not run again (not
      * when every row's logits are wanted). */

@@ -17,7 +17,8 @@
  *
  * PCRE2 does both the matching and the classes: the class table is built once per
  * pre-tokenizer by matching \s, \p{N}, \p{L}, \p{P}, \p{M} and \p{S} (UTF + UCP) over
- * every code point, so the Unicode data is PCRE2's. */
+ * every code point, so the Unicode data is PCRE2's (Debian 12: Unicode 14.0; llama.cpp's
+ * tables are newer, so code points assigned since are classed differently: see README). */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "pretokenize.h"
 

@@ -6,7 +6,12 @@
  * tokens/s.
  *
  *     game-host [-m MODEL] [-c CHARACTERS] [--fps F] [--budget-ms B] [--max-tokens N]
- *               [--exit none|free|verify] [--threshold X] [--temp T] [--seed S] [--json]
+ *               [--exit none|free|verify] [--threshold X] [--max-queue K] [--temp T]
+ *               [--seed S] [--json]
+ *
+ * The main loop never waits for generation: it starts each frame, reads what the
+ * characters have finished, and keeps its frame rate; the report gives the percentiles of
+ * its frame times.
  *
  * Rules of the library this program follows: the model is shared read-only by all
  * threads; a context is used by one thread at a time (created by the main thread, handed
@@ -70,10 +75,13 @@ typedef struct game {
     int n_chars;
     pthread_mutex_t mu;
     pthread_cond_t go;       /* the main thread started a frame (or quits) */
-    pthread_cond_t finished; /* the last character finished its frame's work */
-    long frame;              /* the frame being worked on */
-    int working;             /* characters still busy in this frame */
+    pthread_cond_t finished; /* unused: the main loop never waits for the characters */
+    long frame;              /* the newest frame */
+    int working;             /* unused */
     int quit;
+    int done[MAX_CHARACTERS]; /* published under mu when a character finishes its line */
+    double *frame_ms;        /* the main thread's time per frame (its own work, no sleep) */
+    long frame_cap;
 } game;
 
 static double now_ms(void)
@@ -169,14 +177,13 @@ static void *character_thread(void *arg)
             pthread_mutex_unlock(&g->mu);
             return NULL;
         }
-        seen = g->frame;
+        seen = g->frame; /* frames that went by while it worked are skipped */
         pthread_mutex_unlock(&g->mu);
 
         work_frame(c, seen);
 
         pthread_mutex_lock(&g->mu);
-        if (--g->working == 0)
-            pthread_cond_signal(&g->finished);
+        g->done[c - g->chars] = c->done;
         pthread_mutex_unlock(&g->mu);
     }
 }
@@ -223,7 +230,10 @@ static void sleep_ms(double ms)
     }
 }
 
-/* Runs frames until every character has its line; returns the number of frames. */
+/* Runs frames until every character has its line; returns the number of frames. The main
+ * loop never waits for generation: it starts a frame, looks at what the characters have
+ * published (a short critical section), and holds its frame rate; a character still busy
+ * with an earlier frame simply picks up the newest one when it is done. */
 static long run_frames(game *g, double *wall_ms)
 {
     const double frame_ms = 1e3 / g->opt->fps;
@@ -231,19 +241,20 @@ static long run_frames(game *g, double *wall_ms)
     double deadline = start;
     long frame = 0;
     for (;;) {
+        const double f0 = now_ms();
         int active = 0;
+        pthread_mutex_lock(&g->mu);
         for (int i = 0; i < g->n_chars; i++)
-            active += !g->chars[i].done;
+            active += !g->done[i];
+        if (active)
+            g->frame = ++frame;
+        pthread_cond_broadcast(&g->go);
+        pthread_mutex_unlock(&g->mu);
+        /* Here a game would simulate and render while the characters think. */
+        if (frame > 0 && frame <= g->frame_cap)
+            g->frame_ms[frame - 1] = now_ms() - f0;
         if (!active)
             break;
-        pthread_mutex_lock(&g->mu);
-        g->frame = ++frame;
-        g->working = g->n_chars;
-        pthread_cond_broadcast(&g->go);
-        /* Here a game would simulate and render while the characters think. */
-        while (g->working > 0)
-            pthread_cond_wait(&g->finished, &g->mu);
-        pthread_mutex_unlock(&g->mu);
 
         /* Hold the frame rate: sleep to the next deadline, or start at once when late. */
         deadline += frame_ms;
@@ -293,16 +304,47 @@ static double per_s(double count, double ms)
     return ms > 0.0 ? count * 1e3 / ms : 0.0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Percentiles (nearest rank) of the main thread's frame times: p[0..3] = 50, 90, 99, 100. */
+static void frame_percentiles(const game *g, long frames, double p[4])
+{
+    long n = frames < g->frame_cap ? frames : g->frame_cap;
+    memset(p, 0, 4 * sizeof *p);
+    if (n <= 0)
+        return;
+    double *v = malloc((size_t)n * sizeof *v);
+    if (!v)
+        return;
+    memcpy(v, g->frame_ms, (size_t)n * sizeof *v);
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    const double q[4] = {0.50, 0.90, 0.99, 1.0};
+    for (int i = 0; i < 4; i++) {
+        long k = (long)(q[i] * (double)n + 0.999999) - 1;
+        p[i] = v[k < 0 ? 0 : k >= n ? n - 1 : k];
+    }
+    free(v);
+}
+
 static void report(const game *g, long frames, double wall_ms)
 {
+    double pct[4];
+    frame_percentiles(g, frames, pct);
     const options *o = g->opt;
     long total = 0;
     for (int i = 0; i < g->n_chars; i++)
         total += g->chars[i].steps;
     if (o->json) {
         printf("{\"frames\": %ld, \"wall_ms\": %.3f, \"tokens\": %ld, \"tokens_per_s\": %.3f, "
-               "\"fps\": %.3f, \"budget_ms\": %.3f, \"characters\": [",
-               frames, wall_ms, total, per_s((double)total, wall_ms), o->fps, o->budget_ms);
+               "\"fps\": %.3f, \"budget_ms\": %.3f, \"max_queue\": %d, "
+               "\"main_frame_ms\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f, "
+               "\"max\": %.4f}, \"characters\": [",
+               frames, wall_ms, total, per_s((double)total, wall_ms), o->fps, o->budget_ms,
+               o->params.max_queue, pct[0], pct[1], pct[2], pct[3]);
         for (int i = 0; i < g->n_chars; i++) {
             const character *c = &g->chars[i];
             free_stats st;
@@ -345,6 +387,8 @@ static void report(const game *g, long frames, double wall_ms)
     printf("total: %ld tokens in %ld frames, %.1f ms of wall clock: %.1f tokens/s "
            "(%g fps target, %g ms budget per character per frame)\n",
            total, frames, wall_ms, per_s((double)total, wall_ms), o->fps, o->budget_ms);
+    printf("main loop frame time (it never waits for generation): p50 %.3f ms, p90 %.3f ms, "
+           "p99 %.3f ms, max %.3f ms\n", pct[0], pct[1], pct[2], pct[3]);
 }
 
 static void usage(FILE *f)
@@ -359,6 +403,8 @@ static void usage(FILE *f)
         "  --max-tokens N       longest line in tokens (default 32, at most %d)\n"
         "  --exit MODE          none | free | verify (default free)\n"
         "  --threshold X        early-exit confidence threshold (default 0.5)\n"
+        "  --max-queue K        early-exit queue bound: caps the cost of one deep pass\n"
+        "                       (default 0 = up to the context)\n"
         "  --temp T             sampling temperature (default 0 = greedy)\n"
         "  --seed S             sampling seed; character i uses S + i (default 0)\n"
         "  --json               print one JSON object instead of the table\n",
@@ -427,6 +473,10 @@ static int parse_args(int argc, char **argv, options *o)
                 return -1;
             o->params.threshold = (float)x;
             threshold_given = 1;
+        } else if (!strcmp(a, "--max-queue")) {
+            if (number(a, v, 0, 1 << 20, &x))
+                return -1;
+            o->params.max_queue = (int32_t)x;
         } else if (!strcmp(a, "--temp")) {
             if (number(a, v, 0, 10, &x))
                 return -1;
@@ -466,6 +516,10 @@ int main(int argc, char **argv)
     pthread_mutex_init(&g.mu, NULL);
     pthread_cond_init(&g.go, NULL);
     pthread_cond_init(&g.finished, NULL);
+    g.frame_cap = 1 << 16;
+    g.frame_ms = calloc((size_t)g.frame_cap, sizeof *g.frame_ms);
+    if (!g.frame_ms)
+        return fail("calloc", FREE_ERR_NOMEM, "frame times");
 
     free_model *model = NULL;
     free_status s = free_model_load(o.model, NULL, &model);
@@ -512,6 +566,7 @@ int main(int argc, char **argv)
         free(g.chars[i].text);
         free_ctx_destroy(g.chars[i].ctx);
     }
+    free(g.frame_ms);
     free_model_destroy(model);
     pthread_cond_destroy(&g.finished);
     pthread_cond_destroy(&g.go);

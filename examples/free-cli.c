@@ -27,6 +27,7 @@ typedef struct cli {
     int stats, exit_map, color, check_tensors;
     int exit_given; /* --exit was on the command line */
     int seed_given, threshold_given;
+    int min_agreement_given;
     int tokenize, add_special, parse_special; /* --tokenize and its options */
     const char *stops[64];                    /* --stop, in order */
     int n_stops;
@@ -60,9 +61,15 @@ static void usage(FILE *f)
         "                        and go on, as llama-cli does\n"
         "  --keep N              tokens a context shift keeps at the start (default 0;\n"
         "                        the BOS is always kept)\n"
-        "  --exit MODE           none | free | verify (default none)\n"
+        "  --exit MODE           none | free | verify | auto (default auto: verify at the\n"
+        "                        calibrated threshold for a model with a trained exit,\n"
+        "                        with a guard that falls back to full depth when drafting\n"
+        "                        does not pay; none without one)\n"
         "  --threshold X         confidence threshold (default 0.9); selects --exit free\n"
         "                        unless --exit is given\n"
+        "  --min-agreement A     free/verify: the lowest calibrated threshold whose token\n"
+        "                        agreement is >= A (95%% lower bound); --exit free without\n"
+        "                        --threshold uses 0.99\n"
         "  --exit-layer N        exit after N layers (default: the file's, else L/4)\n"
         "  --max-queue K         early-exit queue bound (default: the context)\n"
         "  --adaptive            learn the threshold (Beta mixture)\n"
@@ -297,10 +304,14 @@ static int parse_args(int argc, char **argv, cli *c)
             if (!strcmp(v, "none")) c->p.exit_mode = FREE_EXIT_NONE;
             else if (!strcmp(v, "free")) c->p.exit_mode = FREE_EXIT_FREE;
             else if (!strcmp(v, "verify")) c->p.exit_mode = FREE_EXIT_VERIFY;
-            else return fail("invalid --exit '%s' (none, free or verify)%s", v, "");
+            else if (!strcmp(v, "auto")) c->p.exit_mode = FREE_EXIT_AUTO;
+            else return fail("invalid --exit '%s' (none, free, verify or auto)%s", v, "");
         } else if (!strcmp(a, "--threshold")) {
             REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.threshold = (float)x;
             c->threshold_given = 1;
+        } else if (!strcmp(a, "--min-agreement")) {
+            REAL(x > 0 && x <= 1, "in (0, 1]"); c->p.min_agreement = (float)x;
+            c->min_agreement_given = 1;
         } else if (!strcmp(a, "--exit-layer")) {
             INT(1, 1 << 16, "in [1, 65536] (and below the model's layers)");
             c->p.exit_layer = (int32_t)k;
@@ -425,7 +436,10 @@ static void exit_map_legend(const cli *c, const free_ctx *ctx)
 
 static const char *mode_name(int32_t m)
 {
-    return m == FREE_EXIT_FREE ? "free" : m == FREE_EXIT_VERIFY ? "verify" : "none";
+    return m == FREE_EXIT_FREE     ? "free"
+           : m == FREE_EXIT_VERIFY ? "verify"
+           : m == FREE_EXIT_AUTO   ? "auto"
+                                   : "none";
 }
 
 static const char *finish_name(int32_t f)
@@ -461,6 +475,8 @@ static void print_stats(const free_ctx *ctx)
             "\"adaptive\": %s, \"bmm_fits\": %d, \"bmm_frozen\": %s, "
             "\"bmm_samples_agree\": %llu, \"bmm_samples_disagree\": %llu, "
             "\"bmm_agree\": [%.6g, %.6g], \"bmm_disagree\": [%.6g, %.6g], "
+            "\"exit_auto\": %s, \"verify_fallbacks\": %llu, \"verify_full_tokens\": %llu, "
+            "\"verify_speedup\": %.4f, \"verify_full_depth\": %s, "
             "\"finish\": \"%s\"}\n",
             (unsigned long long)s.prompt_tokens, (unsigned long long)s.tokens, s.prefill_ms,
             s.decode_ms, s.decode_ms > 0 ? s.tokens * 1e3 / s.decode_ms : 0.0,
@@ -475,7 +491,10 @@ static void print_stats(const free_ctx *ctx)
             s.shallow_ms, s.deep_ms, s.head_ms, s.adaptive ? "true" : "false", s.bmm_fits,
             s.bmm_frozen ? "true" : "false", (unsigned long long)s.bmm_samples_agree,
             (unsigned long long)s.bmm_samples_disagree, s.bmm_alpha_agree, s.bmm_beta_agree,
-            s.bmm_alpha_disagree, s.bmm_beta_disagree, finish_name(free_ctx_finish_reason(ctx)));
+            s.bmm_alpha_disagree, s.bmm_beta_disagree, s.exit_auto ? "true" : "false",
+            (unsigned long long)s.verify_fallbacks, (unsigned long long)s.verify_full_tokens,
+            s.verify_speedup, s.verify_full_depth ? "true" : "false",
+            finish_name(free_ctx_finish_reason(ctx)));
 }
 
 /* --tokenize: the prompt's ids, decimal, separated by single spaces, on one line. */
@@ -608,8 +627,17 @@ int main(int argc, char **argv)
     }
     if (c.calibrate)
         c.p.adaptive = 1;
-    if (c.p.adaptive && c.p.exit_mode == FREE_EXIT_NONE)
+    if (c.p.adaptive && c.p.exit_mode == FREE_EXIT_AUTO)
         c.p.exit_mode = FREE_EXIT_FREE;
+    /* --min-agreement, like --threshold, selects --exit free unless --exit is given. */
+    if (c.min_agreement_given && c.p.exit_mode == FREE_EXIT_AUTO)
+        c.p.exit_mode = FREE_EXIT_FREE;
+    /* Lossy FREE states its quality: a target agreement of 0.99 unless told otherwise
+     * (dropped, with a note, for a model without a calibration curve). */
+    const int implicit_agreement = c.p.exit_mode == FREE_EXIT_FREE && !c.threshold_given &&
+                                   !c.min_agreement_given && !c.p.adaptive;
+    if (implicit_agreement)
+        c.p.min_agreement = 0.99f;
 
     free_model *model = NULL;
     free_ctx *ctx = NULL;
@@ -623,7 +651,15 @@ int main(int argc, char **argv)
         rc = 1;
         goto done;
     }
-    if ((s = free_ctx_create(model, &c.p, &ctx)) != FREE_OK) {
+    s = free_ctx_create(model, &c.p, &ctx);
+    if (s == FREE_ERR_INVALID_ARG && implicit_agreement && strstr(free_last_error(), "free.calib")) {
+        fprintf(stderr, "free-cli: the model has no calibration curve: --exit free at threshold "
+                        "%g (give --threshold or --min-agreement to choose)\n",
+                (double)c.p.threshold);
+        c.p.min_agreement = 0.0f;
+        s = free_ctx_create(model, &c.p, &ctx);
+    }
+    if (s != FREE_OK) {
         fprintf(stderr, "free-cli: %s: %s\n", free_strerror(s), free_last_error());
         rc = 1;
         goto done;

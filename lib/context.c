@@ -60,7 +60,7 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
     memset(p, 0, size);
     p->size = size;
     p->top_p = 1.0f;
-    p->exit_mode = FREE_EXIT_NONE;
+    p->exit_mode = FREE_EXIT_AUTO;
     p->threshold = bp.initial;
     p->zeta = bp.zeta;
     p->threshold_min = bp.min_threshold;
@@ -131,11 +131,13 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
     if (!(out->top_p > 0.0f && out->top_p <= 1.0f))
         return fr_fail(err, FREE_ERR_INVALID_ARG, "top_p %g must be in (0, 1]",
                        (double)out->top_p);
-    if (out->exit_mode < FREE_EXIT_NONE || out->exit_mode > FREE_EXIT_VERIFY)
+    if (out->exit_mode < FREE_EXIT_NONE || out->exit_mode > FREE_EXIT_AUTO)
         return fr_fail(err, FREE_ERR_INVALID_ARG, "exit_mode %d is not a free_exit_mode",
                        out->exit_mode);
     if (out->exit_layer < 0 || out->exit_layer >= hp->n_layer ||
-        (out->exit_layer == 0 && out->exit_mode != FREE_EXIT_NONE && hp->n_layer < 2))
+        (out->exit_layer == 0 &&
+         (out->exit_mode == FREE_EXIT_FREE || out->exit_mode == FREE_EXIT_VERIFY) &&
+         hp->n_layer < 2))
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "exit_layer %d must be in [1, %d) (0 = the model's default)",
                        out->exit_layer, hp->n_layer);
@@ -169,6 +171,9 @@ static free_status normalise_params(const struct free_model *m, const free_ctx_p
     if (out->n_keep < 0 || out->n_keep > (1 << 20))
         return fr_fail(err, FREE_ERR_INVALID_ARG, "n_keep %d must be in [0, 1048576]",
                        out->n_keep);
+    if (!(out->min_agreement >= 0.0f && out->min_agreement <= 1.0f))
+        return fr_fail(err, FREE_ERR_INVALID_ARG, "min_agreement %g must be in [0, 1] (0 = off)",
+                       (double)out->min_agreement);
     if (!isfinite(out->frequency_penalty) || !isfinite(out->presence_penalty))
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "frequency_penalty %g and presence_penalty %g must be finite",
@@ -201,18 +206,72 @@ static void bmm_params_from(const free_ctx_params *p, fr_bmm_params *bp)
  * keep_learned, an existing estimator keeps what it learned (unless a calibration is
  * given) and only takes the new settings. Every step that can fail runs before anything
  * changes, so a failure leaves the context as it was. */
-static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
+/* Resolves FREE_EXIT_AUTO and min_agreement into a mode and a threshold (in *p). */
+static free_status resolve_exit(struct free_ctx *ctx, free_ctx_params *p, int32_t ls,
+                                bool *is_auto, fr_error *err)
+{
+    const struct free_model *m = ctx->model;
+    fr_calib calib;
+    fr_calib_from_model(m, &calib);
+    *is_auto = p->exit_mode == FREE_EXIT_AUTO;
+    if (*is_auto) {
+        p->exit_mode = FREE_EXIT_NONE;
+        if (m->hp.exit_layer > 0 && ls < m->hp.n_layer) {
+            const int32_t k = p->max_queue > 0 && p->max_queue < FR_VERIFY_MAX_DRAFTS
+                                  ? p->max_queue
+                                  : p->max_queue > 0 ? FR_VERIFY_MAX_DRAFTS
+                                                     : FR_VERIFY_DEFAULT_DRAFTS;
+            const float t = fr_calib_verify_threshold(&calib, m, ls, k);
+            if (calib.n == 0 || !isnan(t))
+                p->exit_mode = FREE_EXIT_VERIFY;
+            if (!isnan(t))
+                p->threshold = t;
+        }
+    }
+    if (p->min_agreement > 0.0f) {
+        if (p->exit_mode != FREE_EXIT_FREE && p->exit_mode != FREE_EXIT_VERIFY)
+            return fr_fail(err, FREE_ERR_INVALID_ARG,
+                           "min_agreement %g needs exit_mode FREE_EXIT_FREE or "
+                           "FREE_EXIT_VERIFY", (double)p->min_agreement);
+        if (calib.n == 0)
+            return fr_fail(err, FREE_ERR_INVALID_ARG,
+                           "min_agreement %g needs a calibration curve, and the model has no "
+                           "free.calib.* keys (free-convert --calibrate writes them)",
+                           (double)p->min_agreement);
+        float t = fr_calib_min_agreement(&calib, p->min_agreement);
+        if (isnan(t)) {
+            fr_log(FREE_LOG_WARN, "no calibrated threshold reaches token agreement %g: "
+                                  "threshold 1 (no early exits)", (double)p->min_agreement);
+            t = 1.0f;
+        }
+        p->threshold = t;
+        if (p->adaptive) { /* the estimator starts from it, within its bounds */
+            if (p->threshold_min > t)
+                p->threshold_min = t;
+            if (p->threshold_max < t)
+                p->threshold_max = t;
+        }
+    }
+    return FREE_OK;
+}
+
+static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *params,
                                 bool keep_learned, fr_error *err)
 {
     const fr_hparams *hp = &ctx->model->hp;
+    free_ctx_params resolved = *params;
+    free_ctx_params *p = &resolved;
     int32_t ls = p->exit_layer;
     if (ls == 0)
         ls = hp->exit_layer > 0 ? hp->exit_layer : hp->n_layer / 4;
     if (ls < 1)
         ls = 1;
-    if (p->exit_mode != FREE_EXIT_NONE && ls >= hp->n_layer)
+    if ((p->exit_mode == FREE_EXIT_FREE || p->exit_mode == FREE_EXIT_VERIFY) &&
+        ls >= hp->n_layer)
         return fr_fail(err, FREE_ERR_INVALID_ARG,
                        "early exit needs at least 2 layers; this model has %d", hp->n_layer);
+    bool is_auto = false;
+    FR_TRY(resolve_exit(ctx, p, ls, &is_auto, err));
 
     /* Stop strings are copied first (into a fresh set, swapped in at the end). */
     fr_stop stop;
@@ -288,6 +347,7 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *p,
         ctx->params.bmm_rule = in_force->rule;
     }
     ctx->params.stop = (const char *const *)ctx->stop.str; /* the context's copies */
+    fr_guard_reset(ctx, is_auto && p->exit_mode == FREE_EXIT_VERIFY);
     return FREE_OK;
 }
 
@@ -483,6 +543,11 @@ FREE_API free_status free_ctx_stats(const free_ctx *ctx, free_stats *stats)
                             s.deep_passes * (uint64_t)(L - ctx->exit_layer)) /
                        (double)s.tokens
                  : 0.0;
+    s.exit_auto = ctx->guard.on;
+    s.verify_full_depth = ctx->guard.full;
+    s.verify_fallbacks = ctx->guard.fallbacks;
+    s.verify_full_tokens = ctx->guard.full_tokens;
+    s.verify_speedup = ctx->guard.speedup;
     s.adaptive = ctx->bmm != NULL;
     if (ctx->bmm) {
         fr_bmm_state b;
@@ -509,6 +574,9 @@ FREE_API free_status free_ctx_reset_stats(free_ctx *ctx)
     memset(&ctx->stats, 0, sizeof ctx->stats);
     ctx->layers_total = 0;
     ctx->stats.n_threads = ctx->n_threads;
+    ctx->guard.fallbacks = ctx->guard.full_tokens = 0;
+    ctx->guard.speedup = 0.0;
+    ctx->guard.tok0 = ctx->guard.shallow0 = ctx->guard.deep0 = 0;
     return FREE_OK;
 }
 

@@ -6,6 +6,7 @@
 #include "block.h"
 #include "bmm.h"
 #include "exit_queue.h"
+#include "exit_policy.h"
 #include "penalty.h"
 #include "sampler.h"
 #include "stop.h"
@@ -18,6 +19,17 @@ typedef struct fr_out_token {
     int32_t deep;               /* the final head's greedy choice here, -1 when unknown */
     free_step_info info;
 } fr_out_token;
+
+/* The guard of an automatic VERIFY (verify_guard.c). */
+typedef struct fr_verify_guard {
+    bool on;                    /* the mode came from FREE_EXIT_AUTO: it may fall back */
+    bool full;                  /* decoding at full depth now */
+    int32_t full_left;          /* full-depth tokens before the next probe */
+    int32_t backoff;            /* length of the next full-depth run */
+    uint64_t tok0, shallow0, deep0; /* produced tokens and passes at the window's start */
+    uint64_t fallbacks, full_tokens;
+    double speedup;             /* the last window's prediction, 0 before one */
+} fr_verify_guard;
 
 struct free_ctx {
     const struct free_model *model;
@@ -62,6 +74,7 @@ struct free_ctx {
     struct fr_batch_scratch *batch; /* batch.c's buffers while this context leads a batch */
     free_stats stats;
     uint64_t layers_total;      /* sum of free_step_info.layers over stats.tokens */
+    fr_verify_guard guard;      /* automatic VERIFY (FREE_EXIT_AUTO) */
     fr_error err;
 };
 
@@ -100,6 +113,12 @@ free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
                              free_step_info *info);
 /* Frees batch.c's buffers (free_ctx_destroy). */
 void fr_batch_scratch_destroy(struct fr_batch_scratch *b);
+/* The guard of an automatic VERIFY (verify_guard.c): resets it (on: the mode came from
+ * FREE_EXIT_AUTO and resolved to VERIFY); whether the next step runs at full depth; and
+ * the bookkeeping after a step. */
+void fr_guard_reset(struct free_ctx *ctx, bool on);
+bool fr_guard_full_depth(const struct free_ctx *ctx);
+void fr_guard_after_step(struct free_ctx *ctx);
 
 /* Prompt reuse (reuse.c). Records that the rows every layer holds stay reusable when the
  * context forgets them (reset, truncate). */

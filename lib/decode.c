@@ -687,7 +687,11 @@ FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *in
         FR_TRY(need_room(ctx));
         switch (ctx->params.exit_mode) {
         case FREE_EXIT_FREE: FR_TRY(step_free(ctx)); break;
-        case FREE_EXIT_VERIFY: FR_TRY(step_verify(ctx)); break;
+        case FREE_EXIT_VERIFY:
+            /* An automatic VERIFY may be held at full depth by its guard. */
+            FR_TRY(fr_guard_full_depth(ctx) ? step_full(ctx) : step_verify(ctx));
+            fr_guard_after_step(ctx);
+            break;
         default: FR_TRY(step_full(ctx)); break;
         }
     }

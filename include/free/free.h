@@ -255,7 +255,18 @@ typedef struct free_ctx free_ctx;
 typedef enum free_exit_mode {
     FREE_EXIT_NONE = 0,   /* every token through all layers (the baseline) */
     FREE_EXIT_FREE = 1,   /* FREE early exit with synchronized parallel decoding */
-    FREE_EXIT_VERIFY = 2  /* lossless: shallow drafts checked by the deep pass */
+    FREE_EXIT_VERIFY = 2, /* lossless: shallow drafts checked by the deep pass */
+    /* The default (0.2): resolved when the context is created (and by free_ctx_set_params)
+     * from the model. A model with a trained exit (free.exit_layer) gets FREE_EXIT_VERIFY
+     * with the draft threshold of its calibration curve (free.calib.*) whose predicted
+     * speed-up under the byte model (weights read per token) is the largest; a curve on
+     * which no threshold predicts a gain gives FREE_EXIT_NONE; a model with an exit but no
+     * curve drafts at free_ctx_params.threshold. A model without free.exit_layer gets
+     * FREE_EXIT_NONE. An automatic VERIFY watches its acceptance while decoding and runs at
+     * full depth while the measured acceptance predicts no gain, probing back periodically
+     * (free_stats.verify_*); an explicit FREE_EXIT_VERIFY always drafts at its threshold.
+     * free_ctx_get_params and free_stats report the resolved mode and threshold. */
+    FREE_EXIT_AUTO = 3
 } free_exit_mode;
 
 typedef enum free_bmm_rule {
@@ -279,7 +290,7 @@ typedef struct free_ctx_params {
     float top_p;               /* 1 = off */
     uint64_t seed;             /* the same seed gives the same text */
     /* early exit */
-    int32_t exit_mode;         /* free_exit_mode; default FREE_EXIT_NONE */
+    int32_t exit_mode;         /* free_exit_mode; default FREE_EXIT_AUTO (0.1: NONE) */
     int32_t exit_layer;        /* Ls; 0 = the file's free.exit_layer, else n_layers / 4 */
     float threshold;           /* confidence threshold lambda; default 0.9 */
     int32_t max_queue;         /* early-exit queue bound; 0 = up to the context (FREE),
@@ -326,6 +337,15 @@ typedef struct free_ctx_params {
                                   0 (default): FREE_ERR_CONTEXT_FULL */
     int32_t n_keep;            /* tokens a shift keeps at the start (a leading BOS is always
                                   kept); default 0, >= 0 */
+    /* Lossy early exit with a stated quality (0.2). In (0, 1]: the threshold becomes the
+     * lowest point of the model's calibration curve (free.calib.thresholds) whose token
+     * agreement with the final head, as a one-sided 95% Wilson lower bound on the curve's
+     * sample counts (free.calib.samples; without counts the measured agreement itself), is
+     * at least min_agreement; when no point reaches it, threshold 1 (no early exits) and a
+     * warning. Needs FREE_EXIT_FREE or FREE_EXIT_VERIFY and a curve (else
+     * FREE_ERR_INVALID_ARG); it replaces `threshold` (and the adaptive estimator's start).
+     * 0 = off (default). */
+    float min_agreement;
 } free_ctx_params;
 
 /* Fills p with defaults (see the field comments). A size from an older header (down to
@@ -540,6 +560,15 @@ typedef struct free_stats {
                                     read Ls layers, deep passes L - Ls (full depth: L) */
     uint64_t reused_tokens;      /* prompt tokens (counted in prompt_tokens) taken from the
                                     cache instead of being run: prompt reuse (0.2) */
+    /* The guard of an automatic VERIFY (FREE_EXIT_AUTO, 0.2). Every 32 tokens drafted it
+     * predicts VERIFY's speed-up from the weights read (shallow and deep passes, heads)
+     * per token produced; below 1 it decodes at full depth for 128 tokens (doubling while
+     * probes keep failing, up to 1024) and then probes VERIFY again. */
+    int32_t exit_auto;           /* non-zero: exit_mode was resolved from FREE_EXIT_AUTO */
+    int32_t verify_full_depth;   /* non-zero while the guard holds decoding at full depth */
+    uint64_t verify_fallbacks;   /* times the guard switched to full depth */
+    uint64_t verify_full_tokens; /* tokens the guard decoded at full depth */
+    double verify_speedup;       /* the last window's predicted speed-up, 0 before one */
 } free_stats;
 
 /* Fills *stats (set stats->size first) with totals since the context was created or its

@@ -154,6 +154,8 @@ typedef struct fb_config {
     char name[40];
     fb_kind kind;
     double threshold, zeta;
+    double min_agreement; /* free@A: free_ctx_params.min_agreement */
+    int auto_mode;        /* auto: FREE_EXIT_AUTO (reported as verify) */
     free_ctx *ctx;
 } fb_config;
 

@@ -52,7 +52,17 @@ int fb_make_ctx(const free_model *m, const fb_options *o, fb_config *c)
         p.zeta = (float)c->zeta;
         c->threshold = p.threshold;
     }
+    if (c->auto_mode)
+        p.exit_mode = FREE_EXIT_AUTO;
+    if (c->min_agreement > 0)
+        p.min_agreement = (float)c->min_agreement;
     free_status s = free_ctx_create(m, &p, &c->ctx);
+    if (s == FREE_OK && (c->auto_mode || c->min_agreement > 0)) {
+        free_stats st; /* the threshold the library chose */
+        st.size = sizeof st;
+        if (free_ctx_stats(c->ctx, &st) == FREE_OK)
+            c->threshold = st.threshold;
+    }
     if (s != FREE_OK)
         fprintf(stderr, "free-bench: %s: cannot create a context: %s: %s\n", c->name,
                 free_strerror(s), free_last_error());

@@ -19,6 +19,8 @@ static void usage(FILE *f)
         "  --modes LIST         comma-separated: none, free:X (threshold X), adaptive or\n"
         "                       adaptive:Z (posterior level zeta), verify:X (default\n"
         "                       none,free:0.3,free:0.5,free:0.7,free:0.9,adaptive,verify:0.5);\n"
+        "                       also auto (the library's default mode) and agree:A (FREE\n"
+        "                       at min_agreement A)\n"
         "                       none is always run first as the baseline\n"
         "  -r, --reps N         repetitions (default 3)\n"
         "  --parallel N         N prompts at once through free_batch_step (each exactly -n\n"
@@ -191,6 +193,18 @@ int fb_parse_modes(const char *list, fb_config **out, int *n_out)
             k.kind = tok[0] == 'f' ? FB_FREE : FB_VERIFY;
             k.threshold = colon ? x : 0.9;
             snprintf(k.name, sizeof k.name, "%s:%g", tok, k.threshold);
+        } else if (!strcmp(tok, "auto") && !colon) {
+            k.kind = FB_VERIFY;
+            k.auto_mode = 1;
+            snprintf(k.name, sizeof k.name, "auto");
+        } else if (!strcmp(tok, "agree") && colon) {
+            if (!(x > 0 && x <= 1)) {
+                fprintf(stderr, "free-bench: agreement must be in (0, 1]: '%g'\n", x);
+                goto bad;
+            }
+            k.kind = FB_FREE;
+            k.min_agreement = x;
+            snprintf(k.name, sizeof k.name, "free@%g", x);
         } else if (!strcmp(tok, "adaptive")) {
             k.kind = FB_ADAPTIVE;
             k.threshold = 0.9;

@@ -510,7 +510,12 @@ FREE_API const char *free_ctx_last_error(const free_ctx *ctx)
 
 FREE_API int32_t free_ctx_n_past(const free_ctx *ctx)
 {
-    return ctx ? ctx->n_past + (ctx->has_pending ? 1 : 0) : 0;
+    if (!ctx)
+        return 0;
+    /* What the host has seen: VERIFY's verified tokens not taken yet are not counted. */
+    bool pending;
+    const int32_t past = fr_ctx_seen_past(ctx, &pending);
+    return past + (pending ? 1 : 0);
 }
 
 FREE_API int32_t free_ctx_n_ctx(const free_ctx *ctx)

@@ -523,7 +523,10 @@ START_TEST(ctx_params_values)
     BAD(p.top_k = -1, "top_k");
     BAD(p.top_p = 0.0f, "top_p");
     BAD(p.top_p = 1.5f, "top_p");
-    BAD(p.exit_mode = 3, "exit_mode");
+    BAD(p.exit_mode = 4, "exit_mode");
+    BAD(p.min_agreement = -0.1f, "min_agreement");
+    BAD(p.min_agreement = 1.5f, "min_agreement");
+    BAD(p.min_agreement = 0.0f / 0.0f, "min_agreement");
     BAD(p.exit_mode = -1, "exit_mode");
     BAD(p.exit_layer = 5, "exit_layer");
     BAD(p.exit_layer = -2, "exit_layer");

@@ -264,7 +264,7 @@ typedef enum free_exit_mode {
      * curve drafts at free_ctx_params.threshold. A model without free.exit_layer gets
      * FREE_EXIT_NONE. An automatic VERIFY watches its acceptance while decoding and runs at
      * full depth while the measured acceptance predicts no gain, probing back periodically
-     * (free_stats.verify_*); an explicit FREE_EXIT_VERIFY always drafts at its threshold.
+     * (free_stats.verify_fallbacks ...); an explicit FREE_EXIT_VERIFY always drafts at its threshold.
      * free_ctx_get_params and free_stats report the resolved mode and threshold. */
     FREE_EXIT_AUTO = 3
 } free_exit_mode;

@@ -176,6 +176,11 @@ class Stats:
     shallow_passes: int
     layers_read_per_token: float
     reused_tokens: int
+    exit_auto: int
+    verify_full_depth: int
+    verify_fallbacks: int
+    verify_full_tokens: int
+    verify_speedup: float
 
     @property
     def exit_rate(self):
@@ -423,7 +428,7 @@ _PARAM_NAMES = tuple(name for name, _ in _ffi.free_ctx_params._fields_
                      if name not in ("size", "abort_user", "n_stop"))
 _FIXED_AT_CREATION = ("n_ctx", "n_threads", "n_batch")
 # Parameters that mean something only with early exit (exit_mode 'free' or 'verify').
-_EXIT_ONLY = ("threshold", "adaptive")
+_EXIT_ONLY = ("threshold", "adaptive", "min_agreement")
 
 
 def _enum_value(enum_cls, value, what):
@@ -459,14 +464,19 @@ class Context(_Handle):
     """A decoding stream on a Model (free_ctx): its settings and its cached tokens.
 
     Keyword parameters are the fields of free_ctx_params: n_ctx, n_threads, n_batch,
-    temperature, top_k, top_p, seed, exit_mode ('none' | 'free' | 'verify'), exit_layer,
+    temperature, top_k, top_p, seed, exit_mode ('auto' (default) | 'none' | 'free' |
+    'verify'), exit_layer,
     threshold, max_queue, adaptive, zeta, threshold_min, threshold_max, bmm_rule
     ('grid' | 'continuous'), bmm_min_per_class, bmm_max_updates, bmm_refit_every,
     bmm_capacity, calibration (the text of export_calibration), abort_fn (a callable
     returning True to abort), and the sampling controls min_p, repeat_penalty,
     repeat_last_n, frequency_penalty, presence_penalty and stop (a str or a list of
-    str). threshold and adaptive apply only to early exit: given without an exit mode
-    they select 'free'; with exit_mode='none' they are a ValueError.
+    str), and min_agreement (free/verify: the lowest calibrated threshold whose token
+    agreement is at least this, 95% lower bound). The default exit_mode 'auto' decodes a
+    model with a trained exit in VERIFY at its calibrated threshold (falling back to full
+    depth when drafting does not pay) and one without at full depth. threshold,
+    min_agreement and adaptive apply only to early exit: given without an exit mode they
+    select 'free'; with exit_mode='none' they are a ValueError.
 
     generate() and stream() take the same keywords for one call; those left out (None)
     keep the context's settings."""
@@ -568,11 +578,12 @@ class Context(_Handle):
         # Options of early exit select exit_mode 'free' when no exit mode is given with
         # them; with exit_mode 'none' they are a contradiction (as in free-cli).
         given = [n for n in _EXIT_ONLY if params.get(n) not in (None, False)]
-        if given and p.exit_mode == ExitMode.NONE:
-            if params.get("exit_mode") is not None:
+        if given and p.exit_mode in (ExitMode.NONE, ExitMode.AUTO):
+            if params.get("exit_mode") is not None and p.exit_mode == ExitMode.NONE:
                 raise ValueError(f"exit_mode 'none' contradicts {' and '.join(given)} (they "
                                  f"apply to early exit: 'free' or 'verify')")
-            p.exit_mode = int(ExitMode.FREE)
+            if params.get("exit_mode") is None:
+                p.exit_mode = int(ExitMode.FREE)
         return p, keep
 
     def _commit(self, p, keep):

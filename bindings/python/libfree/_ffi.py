@@ -51,6 +51,7 @@ class ExitMode(enum.IntEnum):
     NONE = 0
     FREE = 1
     VERIFY = 2
+    AUTO = 3
 
 
 class BmmRule(enum.IntEnum):
@@ -123,6 +124,7 @@ class free_ctx_params(Structure):
         ("n_stop", c_int32),
         ("context_shift", c_int32),
         ("n_keep", c_int32),
+        ("min_agreement", c_float),
     ]
 
 
@@ -173,6 +175,11 @@ class free_stats(Structure):
         ("shallow_passes", c_uint64),
         ("layers_read_per_token", c_double),
         ("reused_tokens", c_uint64),
+        ("exit_auto", c_int32),
+        ("verify_full_depth", c_int32),
+        ("verify_fallbacks", c_uint64),
+        ("verify_full_tokens", c_uint64),
+        ("verify_speedup", c_double),
     ]
 
 

@@ -26,9 +26,29 @@ def test_call_keywords_apply_to_the_call_only(llama22):
                      temperature=0.7, seed=3)
         assert ctx.stats().shallow_exits > 0
         p = ctx.params()
-        assert p["exit_mode"] is libfree.ExitMode.NONE
+        # The default: auto, which a model with a trained exit resolves to VERIFY.
+        assert p["exit_mode"] is libfree.ExitMode.AUTO
         assert p["temperature"] == 0.0 and p["seed"] == 0
-        assert ctx.stats().exit_mode is libfree.ExitMode.NONE
+        assert ctx.stats().exit_mode is libfree.ExitMode.VERIFY
+        assert ctx.stats().exit_auto == 1
+
+
+def test_auto_threshold_and_min_agreement(llama22):
+    with llama22.context() as ctx:
+        s = ctx.stats()
+        assert s.exit_mode is libfree.ExitMode.VERIFY and s.exit_auto == 1
+    with llama22.context(exit_mode="verify", threshold=0.5) as ctx:   # no guard
+        s = ctx.stats()
+        assert s.exit_mode is libfree.ExitMode.VERIFY and s.exit_auto == 0
+        assert s.threshold == pytest.approx(0.5)
+    with llama22.context(min_agreement=0.99) as ctx:  # selects 'free'
+        assert ctx.stats().exit_mode is libfree.ExitMode.FREE
+    with llama22.context(exit_mode="free", min_agreement=0.99) as ctx:
+        s = ctx.stats()
+        assert s.exit_mode is libfree.ExitMode.FREE
+        assert s.threshold == pytest.approx(0.8)      # the file's curve: 0.9912 at 0.8
+    with pytest.raises(ValueError, match="contradicts"):
+        llama22.context(exit_mode="none", min_agreement=0.99)
 
 
 def test_each_call_stands_alone(stories):
@@ -129,7 +149,7 @@ def test_exit_only_keywords_select_early_exit(stories):
     with stories.context() as ctx:
         ctx.generate("Once", max_tokens=2, threshold=0.5)
         assert ctx.stats().exit_mode is libfree.ExitMode.NONE   # for that call only
-        assert ctx.params()["exit_mode"] is libfree.ExitMode.NONE
+        assert ctx.params()["exit_mode"] is libfree.ExitMode.AUTO
 
 
 def test_error_classes_carry_the_status(lib):

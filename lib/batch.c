@@ -67,11 +67,13 @@ static free_status scratch_for(struct free_ctx *lead, int32_t rows, int32_t n_ct
     return FREE_OK;
 }
 
-/* True when free_step on ctx would run its pending token through every layer. */
-static bool needs_full_pass(const struct free_ctx *ctx)
+/* True when free_step on ctx would run its pending token through the layers in mode
+ * `mode` (for FREE: with exit layer ls). */
+static bool needs_pass(const struct free_ctx *ctx, int32_t mode, int32_t ls)
 {
-    return ctx->params.exit_mode == FREE_EXIT_NONE && ctx->out_len == 0 && !ctx->has_logits &&
-           ctx->has_pending && ctx->n_past < ctx->n_ctx;
+    return ctx->params.exit_mode == mode && ctx->out_len == 0 && !ctx->has_logits &&
+           ctx->has_pending && ctx->n_past < ctx->n_ctx &&
+           (mode != FREE_EXIT_FREE || ctx->exit_layer == ls);
 }
 
 static free_step_info *info_at(free_step_info *infos, int32_t i)
@@ -79,9 +81,27 @@ static free_step_info *info_at(free_step_info *infos, int32_t i)
     return infos ? (free_step_info *)((char *)infos + (size_t)i * infos[0].size) : NULL;
 }
 
+/* Where each stream's results go. */
+typedef struct outputs {
+    int32_t *tokens;
+    free_status *statuses;
+    free_step_info *infos;
+} outputs;
+
+static void hand_out(struct free_ctx *c, double t0, int32_t i, free_status s,
+                     const outputs *out)
+{
+    if (s == FREE_OK)
+        s = fr_step_hand_out(c, t0, &out->tokens[i], info_at(out->infos, i));
+    out->statuses[i] = s;
+}
+
+/* statuses[i] until stream i has stepped (no status is positive). */
+#define NOT_STEPPED ((free_status)1)
+
 /* One pass at full depth over the streams run[0 .. k). */
-static void full_pass(struct free_ctx *lead, int32_t k, int32_t *tokens, free_status *statuses,
-                      free_step_info *infos, const int32_t *index)
+static void full_pass(struct free_ctx *lead, int32_t k, const int32_t *index,
+                      const outputs *out)
 {
     fr_batch_scratch *b = lead->batch;
     const struct free_model *m = lead->model;
@@ -100,13 +120,100 @@ static void full_pass(struct free_ctx *lead, int32_t k, int32_t *tokens, free_st
     double t2 = fr_now_ms();
     for (int32_t j = 0; j < k; j++) {
         struct free_ctx *c = b->run[j];
-        const int32_t i = index[j];
         memcpy(c->last_logits, b->logits + (size_t)j * nv, nv * sizeof(float));
-        free_status s = fr_step_full_end(c, t1 - t0, t2 - t1);
-        if (s == FREE_OK)
-            s = fr_step_hand_out(c, b->t0[j], &tokens[i], info_at(infos, i));
-        statuses[i] = s;
+        hand_out(c, b->t0[j], index[j], fr_step_full_end(c, t1 - t0, t2 - t1), out);
     }
+}
+
+/* The deep layers and the head over the queues of the streams sync[0 .. k) (each with
+ * its current row last) in one pass; each stream then finishes its step. */
+static void deep_pass(struct free_ctx *lead, int32_t ls, int32_t k, struct free_ctx **sync,
+                      const int32_t *index, const double *t0s, const float *conf,
+                      const outputs *out)
+{
+    fr_batch_scratch *b = lead->batch;
+    const struct free_model *m = lead->model;
+    const size_t d = (size_t)m->hp.n_embd, nv = (size_t)m->hp.n_vocab;
+    int32_t n = 0;
+    for (int32_t j = 0; j < k; j++) {
+        const fr_exit_queue *q = sync[j]->queue;
+        memcpy(b->x + (size_t)n * d, q->h, (size_t)q->len * d * sizeof(float));
+        b->rows[j] = (fr_stream_rows){sync[j]->kv, q->len, sync[j]->n_past - q->len};
+        n += q->len;
+    }
+    double t0 = fr_now_ms();
+    fr_layers_forward_streams(m, ls, m->hp.n_layer, b->rows, k, b->x, b->ws, lead->pool);
+    double t1 = fr_now_ms();
+    fr_head_forward(m, n, b->x, b->logits, b->ws, lead->pool);
+    double t2 = fr_now_ms();
+    n = 0;
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t rows = sync[j]->queue->len;
+        free_status s = fr_free_sync_end(sync[j], b->logits + (size_t)n * nv, t1 - t0,
+                                         t2 - t1, conf[j]);
+        hand_out(sync[j], t0s[j], index[j], s, out);
+        n += rows;
+    }
+}
+
+/* A FREE step for the streams run[0 .. k) (exit layer ls): the shallow layers and the
+ * exit head for all in one pass; the early exits are handed out; the streams that
+ * synchronize run their queues through the deep layers together (a queue longer than a
+ * pass or than the stream's own n_batch synchronizes alone, in its chunks). */
+static void free_pass(struct free_ctx *lead, int32_t ls, int32_t k, const int32_t *index,
+                      const outputs *out)
+{
+    fr_batch_scratch *b = lead->batch;
+    const struct free_model *m = lead->model;
+    const size_t d = (size_t)m->hp.n_embd, nv = (size_t)m->hp.n_vocab;
+    float *h[FR_BATCH_MAX_ROWS];
+    for (int32_t j = 0; j < k; j++) {
+        struct free_ctx *c = b->run[j];
+        b->t0[j] = fr_now_ms();
+        h[j] = fr_free_shallow_begin(c);
+        fr_embed(m, 1, &c->pending_token, b->x + (size_t)j * d);
+        b->rows[j] = (fr_stream_rows){c->kv, 1, c->n_past};
+    }
+    double t0 = fr_now_ms();
+    fr_layers_forward_streams(m, 0, ls, b->rows, k, b->x, b->ws, lead->pool);
+    double t1 = fr_now_ms();
+    fr_head_forward(m, k, b->x, b->logits, b->ws, lead->pool);
+    double t2 = fr_now_ms();
+    struct free_ctx *sync[FR_BATCH_MAX_ROWS];
+    int32_t sync_index[FR_BATCH_MAX_ROWS], ns = 0, rows = 0;
+    double sync_t0[FR_BATCH_MAX_ROWS];
+    float conf[FR_BATCH_MAX_ROWS];
+    for (int32_t j = 0; j < k; j++) {
+        memcpy(h[j], b->x + (size_t)j * d, d * sizeof(float));
+        memcpy(b->run[j]->logits, b->logits + (size_t)j * nv, nv * sizeof(float));
+    }
+    /* b->rows, b->x and b->logits are free again from here: the deep passes reuse them. */
+    for (int32_t j = 0; j < k; j++) {
+        struct free_ctx *c = b->run[j];
+        bool need_sync = false;
+        float cf = 0.0f;
+        free_status s = fr_free_shallow_end(c, t1 - t0, t2 - t1, &need_sync, &cf);
+        if (s != FREE_OK || !need_sync) {
+            hand_out(c, b->t0[j], index[j], s, out);
+            continue;
+        }
+        const int32_t len = c->queue->len;
+        if (len > c->n_batch || len > b->ws->max_rows) {
+            hand_out(c, b->t0[j], index[j], fr_free_sync_alone(c, cf), out);
+            continue;
+        }
+        if (rows + len > b->ws->max_rows) {
+            deep_pass(lead, ls, ns, sync, sync_index, sync_t0, conf, out);
+            ns = rows = 0;
+        }
+        sync[ns] = c;
+        sync_index[ns] = index[j];
+        sync_t0[ns] = b->t0[j];
+        conf[ns++] = cf;
+        rows += len;
+    }
+    if (ns > 0)
+        deep_pass(lead, ls, ns, sync, sync_index, sync_t0, conf, out);
 }
 
 static free_status check_args(free_ctx *const *ctxs, int32_t n, const int32_t *tokens,
@@ -149,30 +256,56 @@ FREE_API free_status free_batch_step(free_ctx *const *ctxs, int32_t n, int32_t *
 {
     FR_TRY(check_args(ctxs, n, tokens, statuses, infos));
     struct free_ctx *lead = ctxs[0];
-    int32_t want = 0, n_ctx = 0;
-    for (int32_t i = 0; i < n; i++)
-        if (needs_full_pass(ctxs[i])) {
-            want++;
-            n_ctx = ctxs[i]->n_ctx > n_ctx ? ctxs[i]->n_ctx : n_ctx;
-        }
-    const int32_t cap = want < FR_BATCH_MAX_ROWS ? want : FR_BATCH_MAX_ROWS;
-    /* Without scratch every stream still steps, alone. */
-    const bool batched = want > 1 && scratch_for(lead, cap, n_ctx) == FREE_OK;
-    int32_t index[FR_BATCH_MAX_ROWS];
-    int32_t k = 0;
+    const outputs out = {tokens, statuses, infos};
+    /* FREE streams batch with those of the first one's exit layer. */
+    int32_t ls = -1, want_full = 0, want_free = 0, n_ctx = 0;
+    for (int32_t i = 0; i < n && ls < 0; i++)
+        if (needs_pass(ctxs[i], FREE_EXIT_FREE, ctxs[i]->exit_layer))
+            ls = ctxs[i]->exit_layer;
     for (int32_t i = 0; i < n; i++) {
-        if (!batched || !needs_full_pass(ctxs[i])) {
-            statuses[i] = free_step(ctxs[i], &tokens[i], info_at(infos, i));
-            continue;
-        }
-        lead->batch->run[k] = ctxs[i];
-        index[k++] = i;
-        if (k == cap) {
-            full_pass(lead, k, tokens, statuses, infos, index);
-            k = 0;
-        }
+        bool full = needs_pass(ctxs[i], FREE_EXIT_NONE, ls);
+        bool early = needs_pass(ctxs[i], FREE_EXIT_FREE, ls);
+        want_full += full;
+        want_free += early;
+        if ((full || early) && ctxs[i]->n_ctx > n_ctx)
+            n_ctx = ctxs[i]->n_ctx;
     }
-    if (k > 0)
-        full_pass(lead, k, tokens, statuses, infos, index);
+    int32_t rows = want_full > want_free ? want_full : want_free;
+    rows = rows < FR_BATCH_MAX_ROWS ? rows : FR_BATCH_MAX_ROWS;
+    if (want_free > 0 && rows < FR_BATCH_MAX_DEEP_ROWS)
+        rows = FR_BATCH_MAX_DEEP_ROWS; /* the synchronizations' queued rows */
+    /* Without scratch every stream still steps, alone. */
+    const bool batched = (want_full > 1 || want_free > 1) &&
+                         scratch_for(lead, rows, n_ctx) == FREE_OK;
+    for (int pass = 0; pass < 2; pass++) {
+        const int32_t mode = pass == 0 ? FREE_EXIT_NONE : FREE_EXIT_FREE;
+        int32_t index[FR_BATCH_MAX_ROWS], k = 0;
+        for (int32_t i = 0; i < n; i++) {
+            struct free_ctx *c = ctxs[i];
+            if (pass == 0)
+                statuses[i] = NOT_STEPPED;
+            else if (statuses[i] != NOT_STEPPED)
+                continue; /* stepped in the first round */
+            if (!batched || !needs_pass(c, mode, ls)) {
+                /* Everything else, in the second round. */
+                if (pass == 1)
+                    statuses[i] = free_step(c, &tokens[i], info_at(infos, i));
+                continue;
+            }
+            lead->batch->run[k] = c;
+            index[k++] = i;
+            if (k == FR_BATCH_MAX_ROWS) {
+                if (pass == 0)
+                    full_pass(lead, k, index, &out);
+                else
+                    free_pass(lead, ls, k, index, &out);
+                k = 0;
+            }
+        }
+        if (k > 0 && pass == 0)
+            full_pass(lead, k, index, &out);
+        else if (k > 0)
+            free_pass(lead, ls, k, index, &out);
+    }
     return FREE_OK;
 }

@@ -17,5 +17,7 @@ typedef struct fr_batch_scratch {
 
 /* Rows of one batched pass at most: more streams run in several passes. */
 enum { FR_BATCH_MAX_ROWS = 64 };
+/* Queued rows of one batched synchronization at most. */
+enum { FR_BATCH_MAX_DEEP_ROWS = 128 };
 
 #endif

@@ -111,6 +111,20 @@ void fr_step_full_begin(struct free_ctx *ctx);
 free_status fr_step_full_end(struct free_ctx *ctx, double layers_ms, double head_ms);
 free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
                              free_step_info *info);
+/* A FREE step in pieces, for batched steps (batch.c). shallow_begin records the pending
+ * token and returns the queue slot its layer-Ls residual goes to; the caller runs layers
+ * [0, Ls) into it and the exit head into ctx->logits. shallow_end checks the row and
+ * decides: an early exit (*sync false: hand_out next) or a synchronization (*sync true;
+ * *conf is the row's confidence). Then either sync_alone (the lone pass, with its chunks
+ * and abort checks) or, when the caller ran all ctx->queue->len queued rows at their
+ * positions through layers [Ls, L) and the head in one pass, sync_end with their logits
+ * [rows][n_vocab]. Both emit the token or undo the row, as free_step does. */
+float *fr_free_shallow_begin(struct free_ctx *ctx);
+free_status fr_free_shallow_end(struct free_ctx *ctx, double layers_ms, double head_ms,
+                                bool *sync, float *conf);
+free_status fr_free_sync_alone(struct free_ctx *ctx, float conf);
+free_status fr_free_sync_end(struct free_ctx *ctx, const float *logits, double deep_ms,
+                             double head_ms, float conf);
 /* Frees batch.c's buffers (free_ctx_destroy). */
 void fr_batch_scratch_destroy(struct fr_batch_scratch *b);
 /* The guard of an automatic VERIFY (verify_guard.c): resets it (on: the mode came from

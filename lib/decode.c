@@ -174,30 +174,42 @@ static bool sync_stop(void *user)
  * Returns the rows run: all of them unless the pass stopped early (a rejected draft, an
  * abort, non-finite logits). In FREE mode (not verify) the rows not run stay queued, so
  * the caches stay consistent; in VERIFY the queue is always emptied. */
-static int32_t synchronize(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
+static void sync_init(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
 {
-    fr_exit_queue *q = ctx->queue;
-    const int32_t rows = q->len;
     job->ctx = ctx;
-    job->rows = rows;
+    job->rows = ctx->queue->len;
     job->has_current = has_current;
     job->verify = verify;
     job->abortable = !verify;
     job->aborted = false;
     job->rejected_at = -1;
     job->numeric_at = -1;
+}
+
+/* The statistics and the queue after a synchronizing pass that ran `done` rows. */
+static void sync_account(struct free_ctx *ctx, const sync_job *job, int32_t done,
+                         double deep_ms, double head_ms)
+{
+    ctx->stats.deep_ms += deep_ms;
+    ctx->stats.head_ms += head_ms;
+    ctx->stats.deep_passes++;
+    ctx->stats.sync_rows += (uint64_t)done;
+    if (job->verify)
+        fr_exit_queue_clear(ctx->queue);
+    else
+        fr_exit_queue_drop_front(ctx->queue, done);
+}
+
+static int32_t synchronize(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
+{
+    fr_exit_queue *q = ctx->queue;
+    const int32_t rows = q->len;
+    sync_init(ctx, has_current, verify, job);
     double t0 = fr_now_ms(), head_ms = 0.0;
     int32_t done = fr_deep_forward(ctx->model, ctx->exit_layer, ctx->kv, rows,
                                    ctx->n_past - rows, q->h, 0, sync_row, sync_stop, job,
                                    ctx->logits, ctx->ws, ctx->pool, &head_ms);
-    ctx->stats.deep_ms += fr_now_ms() - t0 - head_ms;
-    ctx->stats.head_ms += head_ms;
-    ctx->stats.deep_passes++;
-    ctx->stats.sync_rows += (uint64_t)done;
-    if (verify)
-        fr_exit_queue_clear(q);
-    else
-        fr_exit_queue_drop_front(q, done);
+    sync_account(ctx, job, done, fr_now_ms() - t0 - head_ms, head_ms);
     return done;
 }
 
@@ -516,22 +528,13 @@ static free_status step_full(struct free_ctx *ctx)
     return fr_step_full_end(ctx, t1 - t0, fr_now_ms() - t1);
 }
 
-/* Runs the pending token through the shallow layers and the exit head into queue slot
- * q->len; the shallow logits are left in ctx->logits. When the exit head's logits or
- * confidence are not finite, the row is undone and FREE_ERR_NUMERIC returned. */
-static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
+/* The end of a shallow pass: the exit head's logits are in ctx->logits and r holds their
+ * confidence; the row is undone and FREE_ERR_NUMERIC returned when they are not finite. */
+static free_status shallow_end(struct free_ctx *ctx, fr_shallow_result r, double layers_ms,
+                               double head_ms, fr_shallow_result *out)
 {
-    fr_exit_queue *q = ctx->queue;
-    float *h = fr_exit_queue_row(q, q->len);
-    double t0 = fr_now_ms();
-    ctx->cache_tok[ctx->n_past] = ctx->pending_token;
-    ctx->n_cached = 0;
-    fr_shallow_layers(ctx->model, ctx->exit_layer, ctx->kv, ctx->pending_token, ctx->n_past, h,
-                      ctx->ws, ctx->pool);
-    double t1 = fr_now_ms();
-    fr_shallow_result r = fr_shallow_head(ctx->model, h, ctx->logits, ctx->ws, ctx->pool);
-    ctx->stats.shallow_ms += t1 - t0;
-    ctx->stats.head_ms += fr_now_ms() - t1;
+    ctx->stats.shallow_ms += layers_ms;
+    ctx->stats.head_ms += head_ms;
     ctx->stats.shallow_passes++;
     if (!isfinite(r.confidence) || first_nonfinite(ctx->logits, FR_NV(ctx)) >= 0) {
         fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, ctx->n_past);
@@ -548,29 +551,106 @@ static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
     return FREE_OK;
 }
 
-static free_status step_free(struct free_ctx *ctx)
+/* Runs the pending token through the shallow layers and the exit head into queue slot
+ * q->len; the shallow logits are left in ctx->logits. When the exit head's logits or
+ * confidence are not finite, the row is undone and FREE_ERR_NUMERIC returned. */
+static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
 {
     fr_exit_queue *q = ctx->queue;
-    fr_shallow_result r;
-    FR_TRY(step_shallow(ctx, &r));
-    if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q)) {
-        int32_t tok = fr_sampler_is_greedy(ctx->sampler) ? r.argmax
+    float *h = fr_exit_queue_row(q, q->len);
+    double t0 = fr_now_ms();
+    ctx->cache_tok[ctx->n_past] = ctx->pending_token;
+    ctx->n_cached = 0;
+    fr_shallow_layers(ctx->model, ctx->exit_layer, ctx->kv, ctx->pending_token, ctx->n_past, h,
+                      ctx->ws, ctx->pool);
+    double t1 = fr_now_ms();
+    fr_shallow_result r = fr_shallow_head(ctx->model, h, ctx->logits, ctx->ws, ctx->pool);
+    return shallow_end(ctx, r, t1 - t0, fr_now_ms() - t1, out);
+}
+
+/* The exit decision of a FREE step once the shallow row is in queue slot q->len: an early
+ * exit queues the token for free_step; otherwise the row joins the queue as the current
+ * row and *sync says that the queue must be synchronized now. */
+static void free_decide(struct free_ctx *ctx, const fr_shallow_result *r, bool *sync)
+{
+    fr_exit_queue *q = ctx->queue;
+    *sync = !(r->confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q));
+    if (!*sync) {
+        int32_t tok = fr_sampler_is_greedy(ctx->sampler) ? r->argmax
                                                          : fr_sample(ctx->sampler, ctx->logits);
-        fr_exit_queue_push(q, r.confidence, tok, r.argmax);
-        push_out(ctx, tok, ctx->n_past, true, ctx->exit_layer, r.confidence, -1);
-        return FREE_OK;
+        fr_exit_queue_push(q, r->confidence, tok, r->argmax);
+        push_out(ctx, tok, ctx->n_past, true, ctx->exit_layer, r->confidence, -1);
+        return;
     }
-    sync_job job;
-    fr_exit_queue_push(q, r.confidence, -1, r.argmax);
-    const int32_t rows = q->len;
-    int32_t done = synchronize(ctx, true, false, &job);
-    if (job.aborted || job.numeric_at >= 0) {
-        free_status s = sync_failure(ctx, &job, done, rows);
+    fr_exit_queue_push(q, r->confidence, -1, r->argmax);
+}
+
+/* The end of a FREE step's synchronization: emits the token, or undoes the row and
+ * reports what stopped the pass. */
+static free_status free_sync_done(struct free_ctx *ctx, const sync_job *job, int32_t done,
+                                  int32_t rows, float conf)
+{
+    if (job->aborted || job->numeric_at >= 0) {
+        free_status s = sync_failure(ctx, job, done, rows);
         undo_current(ctx, done, rows);
         return s;
     }
-    emit_from_deep(ctx, r.confidence);
+    emit_from_deep(ctx, conf);
     return FREE_OK;
+}
+
+static free_status step_free(struct free_ctx *ctx)
+{
+    fr_shallow_result r;
+    bool sync;
+    FR_TRY(step_shallow(ctx, &r));
+    free_decide(ctx, &r, &sync);
+    if (!sync)
+        return FREE_OK;
+    sync_job job;
+    const int32_t rows = ctx->queue->len;
+    int32_t done = synchronize(ctx, true, false, &job);
+    return free_sync_done(ctx, &job, done, rows, r.confidence);
+}
+
+/* ---- FREE steps in halves, for batched steps (batch.c; context.h) ------------------ */
+
+float *fr_free_shallow_begin(struct free_ctx *ctx)
+{
+    ctx->cache_tok[ctx->n_past] = ctx->pending_token;
+    ctx->n_cached = 0;
+    return fr_exit_queue_row(ctx->queue, ctx->queue->len);
+}
+
+free_status fr_free_shallow_end(struct free_ctx *ctx, double layers_ms, double head_ms,
+                                bool *sync, float *conf)
+{
+    fr_shallow_result r;
+    r.confidence = fr_confidence_top2(ctx->logits, ctx->model->hp.n_vocab, &r.argmax);
+    FR_TRY(shallow_end(ctx, r, layers_ms, head_ms, &r));
+    free_decide(ctx, &r, sync);
+    *conf = r.confidence;
+    return FREE_OK;
+}
+
+free_status fr_free_sync_alone(struct free_ctx *ctx, float conf)
+{
+    sync_job job;
+    const int32_t rows = ctx->queue->len;
+    int32_t done = synchronize(ctx, true, false, &job);
+    return free_sync_done(ctx, &job, done, rows, conf);
+}
+
+free_status fr_free_sync_end(struct free_ctx *ctx, const float *logits, double deep_ms,
+                             double head_ms, float conf)
+{
+    sync_job job;
+    const int32_t rows = ctx->queue->len;
+    sync_init(ctx, true, false, &job);
+    for (int32_t r = 0; r < rows; r++)
+        sync_row(&job, r, logits + (size_t)r * FR_NV(ctx));
+    sync_account(ctx, &job, rows, deep_ms, head_ms);
+    return free_sync_done(ctx, &job, rows, rows, conf);
 }
 
 /* Drafts while the shallow head is confident (at most the queue bound, which VERIFY caps),

@@ -27,6 +27,8 @@ typedef struct spec {
     uint64_t seed;
     int32_t n_threads;
     int32_t n_ctx;
+    float threshold;   /* 0: 0.5 */
+    int32_t exit_layer, max_queue, n_batch, adaptive;
 } spec;
 
 static free_ctx *make(const free_model *m, const spec *s)
@@ -36,7 +38,11 @@ static free_ctx *make(const free_model *m, const spec *s)
     ck_assert_int_eq(free_ctx_params_init(&p, sizeof p), FREE_OK);
     p.n_threads = s->n_threads ? s->n_threads : 1;
     p.exit_mode = s->mode;
-    p.threshold = 0.5f;
+    p.threshold = s->threshold > 0 ? s->threshold : 0.5f;
+    p.exit_layer = s->exit_layer;
+    p.max_queue = s->max_queue;
+    p.n_batch = s->n_batch;
+    p.adaptive = s->adaptive;
     p.temperature = s->temperature;
     p.top_k = s->temperature > 0 ? 40 : 0;
     p.seed = s->seed;
@@ -163,7 +169,8 @@ START_TEST(full_depth_seeded_sampling_two_threads)
     free_model *m = load(LLAMA22);
     spec sp[5];
     for (int i = 0; i < 5; i++)
-        sp[i] = (spec){FREE_EXIT_NONE, 0.8f, 1000u + (uint64_t)i, i == 0 ? 2 : 1, 0};
+        sp[i] = (spec){.mode = FREE_EXIT_NONE, .temperature = 0.8f, .seed = 1000u + (uint64_t)i,
+                       .n_threads = i == 0 ? 2 : 1};
     int join[5] = {0, 2, 0, 7, 1}, steps[5] = {30, 30, 10, 20, 35};
     compare(m, sp, 5, join, steps);
     free_model_destroy(m);
@@ -174,11 +181,40 @@ END_TEST
 START_TEST(mixed_exit_modes)
 {
     free_model *m = load(LLAMA22);
-    spec sp[6] = {{FREE_EXIT_NONE, 0, 0, 0, 0},  {FREE_EXIT_FREE, 0, 0, 0, 0},
-                  {FREE_EXIT_VERIFY, 0, 0, 0, 0}, {FREE_EXIT_FREE, 0.8f, 7, 0, 0},
-                  {FREE_EXIT_VERIFY, 0.8f, 9, 0, 0}, {FREE_EXIT_NONE, 0.8f, 11, 0, 0}};
+    spec sp[6] = {{.mode = FREE_EXIT_NONE},
+                  {.mode = FREE_EXIT_FREE},
+                  {.mode = FREE_EXIT_VERIFY},
+                  {.mode = FREE_EXIT_FREE, .temperature = 0.8f, .seed = 7},
+                  {.mode = FREE_EXIT_VERIFY, .temperature = 0.8f, .seed = 9},
+                  {.mode = FREE_EXIT_NONE, .temperature = 0.8f, .seed = 11}};
     int join[6] = {0, 0, 2, 0, 4, 1}, steps[6] = {30, 30, 30, 25, 25, 30};
     compare(m, sp, 6, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* FREE streams: shallow layers in one pass, synchronizations together; thresholds,
+ * sampling, the adaptive threshold, a queue bound, a small n_batch (its long queues
+ * synchronize alone, in chunks) and another exit layer (stepped alone) side by side. */
+START_TEST(free_mode_batched)
+{
+    free_model *m = load(LLAMA22);
+    const int32_t F = FREE_EXIT_FREE;
+    spec sp[10] = {
+        {.mode = F, .threshold = 0.3f},
+        {.mode = F, .threshold = 0.5f, .n_threads = 2},
+        {.mode = F, .threshold = 0.7f},
+        {.mode = F, .threshold = 0.9f},
+        {.mode = F, .threshold = 0.5f, .temperature = 0.8f, .seed = 21},
+        {.mode = F, .threshold = 0.5f, .adaptive = 1},
+        {.mode = F, .threshold = 0.2f, .max_queue = 3},
+        {.mode = F, .threshold = 0.2f, .n_batch = 2},
+        {.mode = F, .threshold = 0.5f, .exit_layer = 6},
+        {.mode = FREE_EXIT_NONE},
+    };
+    int join[10] = {0, 0, 1, 3, 0, 2, 0, 5, 0, 4}, steps[10] = {40, 40, 35, 30, 40, 40, 40,
+                                                               30, 40, 20};
+    compare(m, sp, 10, join, steps);
     free_model_destroy(m);
 }
 END_TEST
@@ -191,7 +227,8 @@ START_TEST(full_context_and_many_streams)
     spec sp[MAXS];
     int join[MAXS], steps[MAXS];
     for (int i = 0; i < MAXS; i++) {
-        sp[i] = (spec){FREE_EXIT_NONE, i % 3 ? 0.7f : 0.0f, (uint64_t)i, 0, i == 2 ? 24 : 0};
+        sp[i] = (spec){.mode = FREE_EXIT_NONE, .temperature = i % 3 ? 0.7f : 0.0f,
+                       .seed = (uint64_t)i, .n_ctx = i == 2 ? 24 : 0};
         join[i] = i % 4;
         steps[i] = 20 + i;
     }
@@ -248,6 +285,7 @@ static Suite *batch_suite(void)
     tcase_add_test(tc, full_depth_greedy_joins_and_leaves);
     tcase_add_test(tc, full_depth_seeded_sampling_two_threads);
     tcase_add_test(tc, mixed_exit_modes);
+    tcase_add_test(tc, free_mode_batched);
     tcase_add_test(tc, full_context_and_many_streams);
     tcase_add_test(tc, bad_arguments_and_failing_streams);
     suite_add_tcase(s, tc);

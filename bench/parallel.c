@@ -12,6 +12,7 @@ typedef struct prun {
     double decode_s;   /* wall time of the stepping loop */
     double *step_ms;   /* [n_tokens] wall time of each free_batch_step call */
     int32_t *tok0;     /* [n_tokens] stream 0's tokens */
+    int32_t *early;    /* [n_tokens] streams whose token was an early exit at each step */
     free_stats st0;    /* stream 0's statistics */
 } prun;
 
@@ -21,9 +22,12 @@ static int run_streams(free_ctx **ctx, int n, const fb_prompt *pr, int n_pr, int
 {
     int32_t *tok = malloc((size_t)n * sizeof *tok);
     free_status *st = malloc((size_t)n * sizeof *st);
+    free_step_info *info = malloc((size_t)n * sizeof *info);
     int rc = -1;
-    if (!tok || !st)
+    if (!tok || !st || !info)
         goto done;
+    for (int i = 0; i < n; i++)
+        info[i].size = sizeof info[i];
     for (int i = 0; i < n; i++) {
         free_ctx_reset(ctx[i]);
         free_ctx_reset_stats(ctx[i]);
@@ -38,7 +42,7 @@ static int run_streams(free_ctx **ctx, int n, const fb_prompt *pr, int n_pr, int
     double t0 = fb_now();
     for (int t = 0; t < n_tokens; t++) {
         double ts = fb_now();
-        free_status s = free_batch_step(ctx, n, tok, st, NULL);
+        free_status s = free_batch_step(ctx, n, tok, st, info);
         out->step_ms[t] = (fb_now() - ts) * 1e3;
         for (int i = 0; s == FREE_OK && i < n; i++)
             if (st[i] != FREE_OK) {
@@ -52,6 +56,9 @@ static int run_streams(free_ctx **ctx, int n, const fb_prompt *pr, int n_pr, int
             goto done;
         }
         out->tok0[t] = tok[0];
+        out->early[t] = 0;
+        for (int i = 0; i < n; i++)
+            out->early[t] += info[i].early_exit != 0;
     }
     out->decode_s = fb_now() - t0;
     out->st0.size = sizeof out->st0;
@@ -60,6 +67,7 @@ static int run_streams(free_ctx **ctx, int n, const fb_prompt *pr, int n_pr, int
 done:
     free(tok);
     free(st);
+    free(info);
     return rc;
 }
 
@@ -69,6 +77,12 @@ typedef struct pres {
     int identical;           /* stream 0 of N gave the lone stream's tokens in every rep */
     double weight_gbps;      /* NONE: weight bytes read per step x steps/s (one read for
                                 all rows); 0 for the exit modes */
+    /* N streams, steps after the first (which samples the prefill's logits): */
+    double sync_steps;       /* share of steps in which some stream synchronized */
+    double waiting;          /* share of stream-steps that exited early in such a step,
+                                so waited for the others' deep pass */
+    double step_ms_all_early;/* median latency of steps in which every stream exited */
+    double step_ms_sync;     /* ... and of steps with a synchronization */
 } pres;
 
 int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, int n_pr,
@@ -85,7 +99,8 @@ int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, i
     for (int k = 0; k < reps * n_cfg * 2; k++) {
         runs[k].step_ms = malloc((size_t)nt * sizeof(double));
         runs[k].tok0 = malloc((size_t)nt * sizeof(int32_t));
-        if (!runs[k].step_ms || !runs[k].tok0)
+        runs[k].early = malloc((size_t)nt * sizeof(int32_t));
+        if (!runs[k].step_ms || !runs[k].tok0 || !runs[k].early)
             goto done;
     }
     for (int c = 0; c < n_cfg; c++)
@@ -129,6 +144,28 @@ int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, i
             const prun *one = &runs[((size_t)r * n_cfg + c) * 2];
             p->identical &= !memcmp(one->tok0, one[1].tok0, (size_t)nt * sizeof(int32_t));
         }
+        /* Waiting: early exits in steps where another stream synchronized. */
+        long steps = 0, syncs = 0, waits = 0;
+        int n_early = 0, n_sync = 0;
+        double *ms_sync = malloc((size_t)reps * nt * sizeof *ms_sync);
+        for (int r = 0; ms_sync && r < reps; r++) {
+            const prun *u = &runs[((size_t)r * n_cfg + c) * 2 + 1];
+            for (int t = 1; t < nt; t++) {
+                steps++;
+                if (u->early[t] < n) {
+                    syncs++;
+                    waits += u->early[t];
+                    ms_sync[n_sync++] = u->step_ms[t];
+                } else {
+                    x[n_early++] = u->step_ms[t];
+                }
+            }
+        }
+        p->sync_steps = steps ? (double)syncs / (double)steps : 0;
+        p->waiting = steps ? (double)waits / ((double)steps * n) : 0;
+        p->step_ms_all_early = fb_summarize(x, n_early).median;
+        p->step_ms_sync = ms_sync ? fb_summarize(ms_sync, n_sync).median : 0;
+        free(ms_sync);
         p->speedup = p->one_tps.median > 0 ? p->agg_tps.median / p->one_tps.median : 0;
         /* nt steps, the first of which samples the prefill's logits without a pass. */
         if (cfg[c].kind == FB_NONE)
@@ -160,6 +197,14 @@ int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, i
                 p->agg_tps.median / n, b, p->speedup, p->step_ms.median, p->one_step_ms.median,
                 g, p->identical ? "yes" : "NO");
     }
+    fprintf(f, "\n%-14s %12s %12s %16s %14s\n", "config", "steps with", "streams",
+            "step ms, all", "step ms, with");
+    fprintf(f, "%-14s %12s %12s %16s %14s\n", "", "a sync %", "waiting %", "exited early",
+            "a sync");
+    for (int c = 0; c < n_cfg; c++)
+        fprintf(f, "%-14s %12.1f %12.1f %16.2f %14.2f\n", cfg[c].name,
+                100.0 * res[c].sync_steps, 100.0 * res[c].waiting, res[c].step_ms_all_early,
+                res[c].step_ms_sync);
     if (rep->probe.ok)
         fprintf(f, "\n  bandwidth probe: %.1f GB/s streaming (%d threads); weight GB/s is the "
                    "bytes of one full-depth read per step x steps/s\n", rep->probe.stream_gbps_t,
@@ -191,10 +236,13 @@ int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, i
                    "\"one_stream_tokens_per_s\": %.4g, \"speedup_vs_one_stream\": %.4g, "
                    "\"step_ms_median\": %.4g, \"step_ms_p25\": %.4g, \"step_ms_p75\": %.4g, "
                    "\"one_stream_step_ms_median\": %.4g, \"weight_gbps\": %.4g, "
+                   "\"sync_steps\": %.4g, \"waiting_stream_steps\": %.4g, "
+                   "\"step_ms_all_early\": %.4g, \"step_ms_with_sync\": %.4g, "
                    "\"identical_to_one_stream\": %s}%s\n",
                 p->agg_tps.median, p->agg_tps.p25, p->agg_tps.p75, p->agg_tps.median / n,
                 p->one_tps.median, p->speedup, p->step_ms.median, p->step_ms.p25,
-                p->step_ms.p75, p->one_step_ms.median, p->weight_gbps,
+                p->step_ms.p75, p->one_step_ms.median, p->weight_gbps, p->sync_steps,
+                p->waiting, p->step_ms_all_early, p->step_ms_sync,
                 p->identical ? "true" : "false", c + 1 < n_cfg ? "," : "");
     }
     fputs("  ]\n}\n", j);
@@ -215,6 +263,7 @@ done:
         for (int k = 0; k < reps * n_cfg * 2; k++) {
             free(runs[k].step_ms);
             free(runs[k].tok0);
+            free(runs[k].early);
         }
     free(ctx);
     free(runs);

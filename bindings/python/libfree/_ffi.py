@@ -268,6 +268,8 @@ FUNCTIONS = {
     "free_decode": (_status, [_ctx_p, c_char_p, c_ssize_t, c_int32, free_token_fn,
                               c_void_p]),
     "free_ctx_finish_reason": (c_int32, [_ctx_p]),
+    "free_batch_step": (_status, [POINTER(_ctx_p), c_int32, POINTER(c_int32), POINTER(c_int),
+                                  POINTER(free_step_info)]),
     "free_ctx_stats": (_status, [_ctx_p, POINTER(free_stats)]),
     "free_ctx_reset_stats": (_status, [_ctx_p]),
     "free_ctx_export_calibration": (_status, [_ctx_p, POINTER(c_char), c_size_t,

@@ -67,6 +67,8 @@ static void usage(FILE *f)
         "                        does not pay; none without one)\n"
         "  --threshold X         confidence threshold (default 0.9); selects --exit free\n"
         "                        unless --exit is given\n"
+        "  --agreement-stats     free: run the final head on every synchronized row so\n"
+        "                        that --stats' token_agreement covers early exits\n"
         "  --min-agreement A     free/verify: the lowest calibrated threshold whose token\n"
         "                        agreement is >= A (95%% lower bound); --exit free without\n"
         "                        --threshold uses 0.99\n"
@@ -309,6 +311,8 @@ static int parse_args(int argc, char **argv, cli *c)
         } else if (!strcmp(a, "--threshold")) {
             REAL(x >= -1e9 && x <= 1e9, "in [-1e9, 1e9]"); c->p.threshold = (float)x;
             c->threshold_given = 1;
+        } else if (!strcmp(a, "--agreement-stats")) {
+            c->p.agreement_stats = 1;
         } else if (!strcmp(a, "--min-agreement")) {
             REAL(x > 0 && x <= 1, "in (0, 1]"); c->p.min_agreement = (float)x;
             c->min_agreement_given = 1;

@@ -205,9 +205,14 @@ static int32_t synchronize(struct free_ctx *ctx, bool has_current, bool verify, 
     fr_exit_queue *q = ctx->queue;
     const int32_t rows = q->len;
     sync_init(ctx, has_current, verify, job);
+    /* FREE needs the final head only on the row deciding the next token (none when
+     * flushing), unless the earlier rows feed the estimator or the agreement counters. */
+    int32_t head_from = 0;
+    if (!verify && !ctx->bmm && !ctx->params.agreement_stats)
+        head_from = has_current ? rows - 1 : rows;
     double t0 = fr_now_ms(), head_ms = 0.0;
     int32_t done = fr_deep_forward(ctx->model, ctx->exit_layer, ctx->kv, rows,
-                                   ctx->n_past - rows, q->h, 0, sync_row, sync_stop, job,
+                                   ctx->n_past - rows, q->h, head_from, sync_row, sync_stop, job,
                                    ctx->logits, ctx->ws, ctx->pool, &head_ms);
     sync_account(ctx, job, done, fr_now_ms() - t0 - head_ms, head_ms);
     return done;

@@ -285,6 +285,45 @@ START_TEST(min_agreement_picks)
 }
 END_TEST
 
+/* FREE runs the final head on the last synchronized row only, unless agreement_stats (or
+ * the estimator) wants every row: same tokens either way; the agreement counters cover
+ * the early exits only with it. */
+START_TEST(head_last_row_only)
+{
+    FR_TEST_NEED(CODE22);
+    free_model *m = load(CODE22);
+    enum { N = 96 };
+    int32_t a[N], b[N];
+    free_ctx *lean = make(m, FREE_EXIT_FREE, 0.5f, 0);
+    free_ctx_params p;
+    free_ctx_params_init(&p, sizeof p);
+    p.n_threads = 1;
+    p.exit_mode = FREE_EXIT_FREE;
+    p.threshold = 0.5f;
+    p.agreement_stats = 1;
+    free_ctx *full = NULL;
+    ck_assert_int_eq(free_ctx_create(m, &p, &full), FREE_OK);
+    const char *prompt = "class Stack:\n    def __init__(self):";
+    run(lean, m, prompt, N, a);
+    run(full, m, prompt, N, b);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(a[i] == b[i], "token %d: %d vs %d", i, a[i], b[i]);
+    /* Flush the queues so every early exit's row has run. */
+    ck_assert_int_eq(free_ctx_reset(lean), FREE_OK);
+    ck_assert_int_eq(free_ctx_reset(full), FREE_OK);
+    free_stats sl = stats_of(lean), sf = stats_of(full);
+    ck_assert_uint_gt(sl.shallow_exits, 0);
+    ck_assert_uint_eq(sl.shallow_exits, sf.shallow_exits);
+    /* Lean: only final-head tokens are checked (and all agree by construction). */
+    ck_assert_uint_eq(sl.agreement_checked, sl.tokens - sl.shallow_exits);
+    ck_assert_uint_eq(sl.agreement_matched, sl.agreement_checked);
+    ck_assert_uint_gt(sf.agreement_checked, sl.agreement_checked);
+    free_ctx_destroy(lean);
+    free_ctx_destroy(full);
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *quality_suite(void)
 {
     Suite *s = suite_create("quality");
@@ -298,6 +337,7 @@ static Suite *quality_suite(void)
     tcase_add_test(tc, guard_falls_back_and_probes);
     tcase_add_test(tc, wilson_bound);
     tcase_add_test(tc, min_agreement_picks);
+    tcase_add_test(tc, head_last_row_only);
     suite_add_tcase(s, tc);
     return s;
 }

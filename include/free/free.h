@@ -346,6 +346,13 @@ typedef struct free_ctx_params {
      * FREE_ERR_INVALID_ARG); it replaces `threshold` (and the adaptive estimator's start).
      * 0 = off (default). */
     float min_agreement;
+    /* FREE mode runs the final head only on the last row of a synchronizing pass (the
+     * row the next token comes from; 0.2), so free_stats.agreement_* then count only the
+     * tokens the final head chose. Non-zero: run it on every synchronized row, so that
+     * early exits are checked against the final head's greedy choice at their position
+     * too (what free-bench's agreement column needs); the adaptive estimator does this
+     * whatever the value. Costs one head row per early exit. Default 0. */
+    int32_t agreement_stats;
 } free_ctx_params;
 
 /* Fills p with defaults (see the field comments). A size from an older header (down to
@@ -546,8 +553,9 @@ typedef struct free_stats {
                                     head chose or, in VERIFY, confirmed) */
     uint64_t agreement_checked;  /* tokens handed out by free_step (counted in `tokens`)
                                     whose final-head greedy choice at the same position is
-                                    known: chosen or verified by the final head, or (FREE)
-                                    early exits whose row the deep pass has since run */
+                                    known: chosen or verified by the final head, or (FREE,
+                                    with agreement_stats or adaptive) early exits whose
+                                    row the deep pass has since run */
     uint64_t agreement_matched;  /* ... and equal to that greedy choice */
     double prefill_ms, decode_ms, shallow_ms, deep_ms, head_ms;
     /* adaptive threshold */

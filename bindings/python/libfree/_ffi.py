@@ -125,6 +125,7 @@ class free_ctx_params(Structure):
         ("context_shift", c_int32),
         ("n_keep", c_int32),
         ("min_agreement", c_float),
+        ("agreement_stats", c_int32),
     ]
 
 

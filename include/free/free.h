@@ -347,7 +347,7 @@ typedef struct free_ctx_params {
      * 0 = off (default). */
     float min_agreement;
     /* FREE mode runs the final head only on the last row of a synchronizing pass (the
-     * row the next token comes from; 0.2), so free_stats.agreement_* then count only the
+     * row the next token comes from; 0.2), so the agreement_* stats then count only the
      * tokens the final head chose. Non-zero: run it on every synchronized row, so that
      * early exits are checked against the final head's greedy choice at their position
      * too (what free-bench's agreement column needs); the adaptive estimator does this

@@ -125,8 +125,9 @@ static void full_pass(struct free_ctx *lead, int32_t k, const int32_t *index,
     }
 }
 
-/* The deep layers and the head over the queues of the streams sync[0 .. k) (each with
- * its current row last) in one pass; each stream then finishes its step. */
+/* The deep layers over the queues of the streams sync[0 .. k) (each with its current row
+ * last) in one pass, then the head on the rows each stream's lone pass runs it on; each
+ * stream then finishes its step. */
 static void deep_pass(struct free_ctx *lead, int32_t ls, int32_t k, struct free_ctx **sync,
                       const int32_t *index, const double *t0s, const float *conf,
                       const outputs *out)
@@ -144,15 +145,26 @@ static void deep_pass(struct free_ctx *lead, int32_t ls, int32_t k, struct free_
     double t0 = fr_now_ms();
     fr_layers_forward_streams(m, ls, m->hp.n_layer, b->rows, k, b->x, b->ws, lead->pool);
     double t1 = fr_now_ms();
-    fr_head_forward(m, n, b->x, b->logits, b->ws, lead->pool);
-    double t2 = fr_now_ms();
+    /* The head's rows, moved together (a row only ever moves to a lower index). */
+    int32_t h = 0;
     n = 0;
     for (int32_t j = 0; j < k; j++) {
-        const int32_t rows = sync[j]->queue->len;
-        free_status s = fr_free_sync_end(sync[j], b->logits + (size_t)n * nv, t1 - t0,
+        const int32_t rows = sync[j]->queue->len, first = fr_free_sync_head_from(sync[j]);
+        memmove(b->x + (size_t)h * d, b->x + (size_t)(n + first) * d,
+                (size_t)(rows - first) * d * sizeof(float));
+        h += rows - first;
+        n += rows;
+    }
+    if (h > 0)
+        fr_head_forward(m, h, b->x, b->logits, b->ws, lead->pool);
+    double t2 = fr_now_ms();
+    h = 0;
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t heads = sync[j]->queue->len - fr_free_sync_head_from(sync[j]);
+        free_status s = fr_free_sync_end(sync[j], b->logits + (size_t)h * nv, t1 - t0,
                                          t2 - t1, conf[j]);
         hand_out(sync[j], t0s[j], index[j], s, out);
-        n += rows;
+        h += heads;
     }
 }
 

@@ -117,12 +117,14 @@ free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
  * decides: an early exit (*sync false: hand_out next) or a synchronization (*sync true;
  * *conf is the row's confidence). Then either sync_alone (the lone pass, with its chunks
  * and abort checks) or, when the caller ran all ctx->queue->len queued rows at their
- * positions through layers [Ls, L) and the head in one pass, sync_end with their logits
- * [rows][n_vocab]. Both emit the token or undo the row, as free_step does. */
+ * positions through layers [Ls, L) and the head in one pass, sync_end with the logits of
+ * rows [sync_head_from, rows) ([rows - head_from][n_vocab]: the rows the lone pass runs the
+ * head on). Both emit the token or undo the row, as free_step does. */
 float *fr_free_shallow_begin(struct free_ctx *ctx);
 free_status fr_free_shallow_end(struct free_ctx *ctx, double layers_ms, double head_ms,
                                 bool *sync, float *conf);
 free_status fr_free_sync_alone(struct free_ctx *ctx, float conf);
+int32_t fr_free_sync_head_from(const struct free_ctx *ctx);
 free_status fr_free_sync_end(struct free_ctx *ctx, const float *logits, double deep_ms,
                              double head_ms, float conf);
 /* Frees batch.c's buffers (free_ctx_destroy). */

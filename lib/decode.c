@@ -200,16 +200,28 @@ static void sync_account(struct free_ctx *ctx, const sync_job *job, int32_t done
         fr_exit_queue_drop_front(ctx->queue, done);
 }
 
+/* The first queued row the final head runs on. FREE needs it only on the row deciding the
+ * next token (none when flushing), unless the earlier rows feed the estimator or the
+ * agreement counters. */
+static int32_t sync_head_from(const struct free_ctx *ctx, bool has_current, bool verify)
+{
+    const int32_t rows = ctx->queue->len;
+    if (!verify && !ctx->bmm && !ctx->params.agreement_stats)
+        return has_current ? rows - 1 : rows;
+    return 0;
+}
+
+int32_t fr_free_sync_head_from(const struct free_ctx *ctx)
+{
+    return sync_head_from(ctx, true, false);
+}
+
 static int32_t synchronize(struct free_ctx *ctx, bool has_current, bool verify, sync_job *job)
 {
     fr_exit_queue *q = ctx->queue;
     const int32_t rows = q->len;
     sync_init(ctx, has_current, verify, job);
-    /* FREE needs the final head only on the row deciding the next token (none when
-     * flushing), unless the earlier rows feed the estimator or the agreement counters. */
-    int32_t head_from = 0;
-    if (!verify && !ctx->bmm && !ctx->params.agreement_stats)
-        head_from = has_current ? rows - 1 : rows;
+    const int32_t head_from = sync_head_from(ctx, has_current, verify);
     double t0 = fr_now_ms(), head_ms = 0.0;
     int32_t done = fr_deep_forward(ctx->model, ctx->exit_layer, ctx->kv, rows,
                                    ctx->n_past - rows, q->h, head_from, sync_row, sync_stop, job,
@@ -651,9 +663,10 @@ free_status fr_free_sync_end(struct free_ctx *ctx, const float *logits, double d
 {
     sync_job job;
     const int32_t rows = ctx->queue->len;
+    const int32_t first = sync_head_from(ctx, true, false);
     sync_init(ctx, true, false, &job);
-    for (int32_t r = 0; r < rows; r++)
-        sync_row(&job, r, logits + (size_t)r * FR_NV(ctx));
+    for (int32_t r = first; r < rows; r++)
+        sync_row(&job, r, logits + (size_t)(r - first) * FR_NV(ctx));
     sync_account(ctx, &job, rows, deep_ms, head_ms);
     return free_sync_done(ctx, &job, rows, rows, conf);
 }

@@ -71,6 +71,7 @@ static void prefill(const free_model *m, free_ctx *ctx, int i)
 }
 
 typedef struct trace {
+    free_stats stats;
     int32_t tok[MAXT];
     free_step_info info[MAXT];
     free_status st[MAXT];
@@ -101,6 +102,8 @@ static void compare(const free_model *m, const spec *sp, int ns, const int *join
             alone[i].info[t].size = sizeof alone[i].info[t];
             alone[i].st[t] = free_step(c, &alone[i].tok[t], &alone[i].info[t]);
         }
+        alone[i].stats.size = sizeof alone[i].stats;
+        ck_assert_int_eq(free_ctx_stats(c, &alone[i].stats), FREE_OK);
         free_ctx_destroy(c);
     }
     free_ctx *ctx[MAXS];
@@ -150,6 +153,24 @@ static void compare(const free_model *m, const spec *sp, int ns, const int *join
                           alone[i].tok[t], batch[i].tok[t]);
             same_info(&alone[i].info[t], &batch[i].info[t], i, t);
         }
+        /* The counters too (not the times). */
+        free_stats b;
+        b.size = sizeof b;
+        ck_assert_int_eq(free_ctx_stats(ctx[i], &b), FREE_OK);
+        const free_stats *a = &alone[i].stats;
+        ck_assert_msg(a->tokens == b.tokens && a->shallow_exits == b.shallow_exits &&
+                          a->deep_passes == b.deep_passes && a->sync_rows == b.sync_rows &&
+                          a->shallow_passes == b.shallow_passes &&
+                          a->drafts_rejected == b.drafts_rejected &&
+                          a->agreement_checked == b.agreement_checked &&
+                          a->agreement_matched == b.agreement_matched &&
+                          a->bmm_fits == b.bmm_fits && a->threshold == b.threshold &&
+                          a->bmm_samples_agree == b.bmm_samples_agree &&
+                          a->bmm_samples_disagree == b.bmm_samples_disagree,
+                      "stream %d: statistics differ (deep passes %llu/%llu, agreement %llu/%llu)",
+                      i, (unsigned long long)a->deep_passes, (unsigned long long)b.deep_passes,
+                      (unsigned long long)a->agreement_checked,
+                      (unsigned long long)b.agreement_checked);
         free_ctx_destroy(ctx[i]);
     }
 }

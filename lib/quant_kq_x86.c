@@ -192,63 +192,104 @@ FR_AVX2 void fr_qrows_q6_k_avx2(FR_QROWS_ARGS)
     ROWS_LOOP(avx2_q6k)
 }
 
+/* fr_kq_scales in 32-bit words, without a trip through memory: byte j of *sc / *mn is
+ * sc[j] / mn[j]. */
+static FR_INLINE void kq_scales64(const uint8_t s[12], uint64_t *sc, uint64_t *mn)
+{
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    const uint32_t lo6 = 0x3f3f3f3fu, lo4 = 0x0f0f0f0fu, top2 = 0x30303030u;
+    uint32_t sc_lo = u0 & lo6, mn_lo = u1 & lo6;
+    uint32_t sc_hi = (u2 & lo4) | ((u0 >> 2) & top2);
+    uint32_t mn_hi = ((u2 >> 4) & lo4) | ((u1 >> 2) & top2);
+    *sc = (uint64_t)sc_lo | (uint64_t)sc_hi << 32;
+    *mn = (uint64_t)mn_lo | (uint64_t)mn_hi << 32;
+}
+
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
 
-FR_AVX512Q static FR_INLINE float avx512_q45k(const uint8_t *w, int64_t cols, const void *A,
-                                             int j, int five)
+/* NB inputs (rows j0 .. j0 + NB - 1 of the activations, NB <= 4) against one weight row:
+ * the codes and scales of each super-block are unpacked once for all of them, then every
+ * input goes through exactly the operations it would alone (its integer sum is exact, its
+ * float steps and accumulation order per row are the single-row ones). */
+FR_AVX512Q static FR_INLINE void avx512_q45k_nb(const uint8_t *w, int64_t cols, const void *A,
+                                               int j0, int five, int NB, float *out)
 {
-    KQ_ROW_BEGIN
+    kq_row xr[4];
+    float acc[4][8] = {{0}};
+    for (int i = 0; i < NB; i++)
+        xr[i] = act_row(A, j0 + i);
+    const int64_t nsb = cols / FR_QK_K;
     const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t b = 0; b < nsb; b++) {
         const uint8_t *blk = w + (size_t)b * bytes;
         const uint8_t *qs = blk + 16 + (five ? 32 : 0);
-        const int8_t *x = xr.x + b * FR_QK_K;
-        uint8_t sc[16] = {0}, mn[8];
-        fr_kq_scales(blk + 4, sc, mn);
-        __m512i sc32 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)sc));
+        uint64_t sc8, mn8;
+        kq_scales64(blk + 4, &sc8, &mn8);
+        __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc8));
         __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
                           : _mm256_setzero_si256();
-        __m512i accv = _mm512_setzero_si512();
+        __m512i u[4], scv[4];
         FR_UNROLL
         for (int c = 0; c < 4; c++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
-            __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+            u[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                      _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
             if (five) {
                 __mmask32 lo = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c))));
                 __mmask32 hi =
                     _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c + 1))));
                 __mmask64 m = (__mmask64)lo | (__mmask64)hi << 32;
-                u = _mm512_mask_add_epi8(u, m, u, _mm512_set1_epi8(0x10));
+                u[c] = _mm512_mask_add_epi8(u[c], m, u[c], _mm512_set1_epi8(0x10));
             }
-            __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u,
-                                            _mm512_loadu_si512((const void *)(x + 64 * c)));
             __m512i idx = _mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
                                            2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c,
                                            2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c);
-            accv = _mm512_add_epi32(accv,
-                                    _mm512_mullo_epi32(r, _mm512_permutexvar_epi32(idx, sc32)));
+            scv[c] = _mm512_permutexvar_epi32(idx, sc32);
         }
-        int32_t isum = _mm512_reduce_add_epi32(accv), imin = kq_imin(mn, xr.bs + 16 * b);
-        float p = (h2f(blk) * xr.dx[b]) * (float)isum;
-        p = p - (h2f(blk + 2) * xr.dx[b]) * (float)imin;
-        acc[b % 8] = acc[b % 8] + p;
+        const __m256i mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn8));
+        const float dw = h2f(blk), mw = h2f(blk + 2);
+        FR_UNROLL
+        for (int i = 0; i < NB; i++) {
+            const int8_t *x = xr[i].x + b * FR_QK_K;
+            __m512i accv = _mm512_setzero_si512();
+            FR_UNROLL
+            for (int c = 0; c < 4; c++) {
+                __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[c],
+                                                _mm512_loadu_si512((const void *)(x + 64 * c)));
+                accv = _mm512_add_epi32(accv, _mm512_mullo_epi32(r, scv[c]));
+            }
+            int32_t isum = _mm512_reduce_add_epi32(accv);
+            int32_t imin = avx2_hsum_i32(_mm256_mullo_epi32(
+                mn32, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(
+                                            xr[i].bs + 16 * b)),
+                                        _mm256_set1_epi16(1))));
+            float p = (dw * xr[i].dx[b]) * (float)isum;
+            p = p - (mw * xr[i].dx[b]) * (float)imin;
+            acc[i][b % 8] = acc[i][b % 8] + p;
+        }
     }
-    return fr_qsum8(acc);
+    for (int i = 0; i < NB; i++)
+        out[i] = fr_qsum8(acc[i]);
 }
 
-FR_AVX512Q static FR_INLINE float avx512_q6k(const uint8_t *w, int64_t cols, const void *A,
-                                            int j)
+FR_AVX512Q static FR_INLINE void avx512_q6k_nb(const uint8_t *w, int64_t cols, const void *A,
+                                              int j0, int NB, float *out)
 {
-    KQ_ROW_BEGIN
+    kq_row xr[4];
+    float acc[4][8] = {{0}};
+    for (int i = 0; i < NB; i++)
+        xr[i] = act_row(A, j0 + i);
+    const int64_t nsb = cols / FR_QK_K;
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(3);
     for (int64_t b = 0; b < nsb; b++) {
         const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
-        const int8_t *x = xr.x + b * FR_QK_K;
         __m512i sc32 =
             _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
-        __m512i accv = _mm512_setzero_si512();
+        __m512i e[4], scv[4];
         FR_UNROLL
         for (int h = 0; h < 2; h++) {
             __m512i ql = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
@@ -256,56 +297,81 @@ FR_AVX512Q static FR_INLINE float avx512_q6k(const uint8_t *w, int64_t cols, con
             __m512i ha = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
             __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 4)),
                                             _mm256_srli_epi16(qh, 6), 1);
-            __m512i ea = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                         _mm512_slli_epi16(_mm512_and_si512(ha, m2), 4));
-            __m512i eb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                         _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
-            __m512i ra = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ea,
-                                             _mm512_loadu_si512((const void *)(x + 128 * h)));
-            __m512i rb = _mm512_dpbusd_epi32(
-                _mm512_setzero_si512(), eb, _mm512_loadu_si512((const void *)(x + 128 * h + 64)));
-            /* lane i of ra: sub-block 8h + i/4; of rb: 8h + 4 + i/4 */
+            e[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                       _mm512_slli_epi16(_mm512_and_si512(ha, m2), 4));
+            e[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                           _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
+            /* lane i of e[2h]'s sums: sub-block 8h + i/4; of e[2h + 1]'s: 8h + 4 + i/4 */
             const __m512i ia = _mm512_add_epi32(
                 _mm512_set1_epi32(8 * h),
                 _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
             const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(4));
-            accv = _mm512_add_epi32(accv,
-                                    _mm512_mullo_epi32(ra, _mm512_permutexvar_epi32(ia, sc32)));
-            accv = _mm512_add_epi32(accv,
-                                    _mm512_mullo_epi32(rb, _mm512_permutexvar_epi32(ib, sc32)));
+            scv[2 * h] = _mm512_permutexvar_epi32(ia, sc32);
+            scv[2 * h + 1] = _mm512_permutexvar_epi32(ib, sc32);
         }
-        int32_t isum = _mm512_reduce_add_epi32(accv) - q6_offset(blk->scales, xr.bs + 16 * b);
-        float p = (h2f((const uint8_t *)&blk->d) * xr.dx[b]) * (float)isum;
-        acc[b % 8] = acc[b % 8] + p;
+        const float dw = h2f((const uint8_t *)&blk->d);
+        FR_UNROLL
+        for (int i = 0; i < NB; i++) {
+            const int8_t *x = xr[i].x + b * FR_QK_K;
+            __m512i accv = _mm512_setzero_si512();
+            FR_UNROLL
+            for (int c = 0; c < 4; c++) {
+                __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), e[c],
+                                                _mm512_loadu_si512((const void *)(x + 64 * c)));
+                accv = _mm512_add_epi32(accv, _mm512_mullo_epi32(r, scv[c]));
+            }
+            /* Q6_K's offset, 32 * sc_s * bsum_s per lane s, taken off before the sum */
+            __m512i off = _mm512_mullo_epi32(
+                sc32, _mm512_cvtepi16_epi32(_mm256_loadu_si256(
+                          (const __m256i *)(const void *)(xr[i].bs + 16 * b))));
+            accv = _mm512_sub_epi32(accv, _mm512_slli_epi32(off, 5));
+            int32_t isum = _mm512_reduce_add_epi32(accv);
+            float p = (dw * xr[i].dx[b]) * (float)isum;
+            acc[i][b % 8] = acc[i][b % 8] + p;
+        }
     }
-    return fr_qsum8(acc);
+    for (int i = 0; i < NB; i++)
+        out[i] = fr_qsum8(acc[i]);
 }
 
-FR_AVX512Q static FR_INLINE float avx512_q4k(const uint8_t *w, int64_t cols, const void *A,
-                                            int j)
-{
-    return avx512_q45k(w, cols, A, j, 0);
-}
+#define Q4K_NB(wr, j, NB, o) avx512_q45k_nb(wr, cols, A, j, 0, NB, o)
+#define Q5K_NB(wr, j, NB, o) avx512_q45k_nb(wr, cols, A, j, 1, NB, o)
+#define Q6K_NB(wr, j, NB, o) avx512_q6k_nb(wr, cols, A, j, NB, o)
 
-FR_AVX512Q static FR_INLINE float avx512_q5k(const uint8_t *w, int64_t cols, const void *A,
-                                            int j)
-{
-    return avx512_q45k(w, cols, A, j, 1);
-}
+/* Blocks of 16 rows; inputs four at a time through each weight row. */
+#define NB_LOOP(DOT_NB)                                                                  \
+    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
+        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
+        for (int j = 0; j < n; j += 4) {                                                 \
+            const int nbt = n - j < 4 ? n - j : 4;                                       \
+            for (int64_t r = rb; r < re; r++) {                                          \
+                float o[4];                                                              \
+                const uint8_t *wr = W + (size_t)r * row_bytes;                           \
+                switch (nbt) {                                                           \
+                case 4: DOT_NB(wr, j, 4, o); break;                                      \
+                case 3: DOT_NB(wr, j, 3, o); break;                                      \
+                case 2: DOT_NB(wr, j, 2, o); break;                                      \
+                default: DOT_NB(wr, j, 1, o); break;                                     \
+                }                                                                        \
+                for (int i = 0; i < nbt; i++)                                            \
+                    Y[(int64_t)(j + i) * ldy + r] = o[i];                                \
+            }                                                                            \
+        }                                                                                \
+    }
 
 FR_AVX512Q void fr_qrows_q4_k_avx512(FR_QROWS_ARGS)
 {
-    ROWS_LOOP(avx512_q4k)
+    NB_LOOP(Q4K_NB)
 }
 
 FR_AVX512Q void fr_qrows_q5_k_avx512(FR_QROWS_ARGS)
 {
-    ROWS_LOOP(avx512_q5k)
+    NB_LOOP(Q5K_NB)
 }
 
 FR_AVX512Q void fr_qrows_q6_k_avx512(FR_QROWS_ARGS)
 {
-    ROWS_LOOP(avx512_q6k)
+    NB_LOOP(Q6K_NB)
 }
 
 #endif

@@ -227,6 +227,7 @@ int main(int argc, char **argv)
     p.n_batch = (int32_t)o.batch;
     p.exit_layer = (int32_t)o.exit_layer;
     p.threshold = o.threshold;
+    p.exit_mode = o.exit_mode; /* explicit: the library default (auto) would pick its own */
     free_ctx *ctx = NULL;
     if (free_ctx_create(m, &p, &ctx) != FREE_OK) {
         fprintf(stderr, "free-perplexity: %s\n", free_last_error());

@@ -6,7 +6,10 @@
  * maddubs below saturation); the lanes are then added in any order, which cannot change
  * an exact integer. The mins (Q4_K, Q5_K) and Q6_K's offset of 32 come from the
  * activation's sums of 16. The float steps per super-block are quant.h's, in scalars,
- * so every set gives the portable kernels' bits. */
+ * so every set gives the portable kernels' bits. Both sets take up to four inputs per
+ * pass over a weight row: a super-block's codes and scales are unpacked once, then each
+ * input goes through the operations it would alone (the mins' term and Q6_K's offset as
+ * vector products of the scales with the activation's sums of 16). */
 #include "quant.h"
 
 #ifdef FR_QUANT_X86
@@ -72,6 +75,8 @@ FR_AVX2 static FR_INLINE int32_t avx2_hsum_i32(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
+/* One input (decoding): the scalar scales and mins keep this faster than the NB kernels
+ * below with NB = 1 on AVX2. */
 FR_AVX2 static FR_INLINE float avx2_q45k(const uint8_t *w, int64_t cols, const void *A, int j,
                                          int five)
 {
@@ -159,39 +164,6 @@ FR_AVX2 static FR_INLINE float avx2_q6k(const uint8_t *w, int64_t cols, const vo
     return fr_qsum8(acc);
 }
 
-FR_AVX2 static FR_INLINE float avx2_q4k(const uint8_t *w, int64_t cols, const void *A, int j)
-{
-    return avx2_q45k(w, cols, A, j, 0);
-}
-
-FR_AVX2 static FR_INLINE float avx2_q5k(const uint8_t *w, int64_t cols, const void *A, int j)
-{
-    return avx2_q45k(w, cols, A, j, 1);
-}
-
-#define ROWS_LOOP(DOT)                                                                   \
-    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
-        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
-        for (int j = 0; j < n; j++)                                                      \
-            for (int64_t r = rb; r < re; r++)                                            \
-                Y[(int64_t)j * ldy + r] = DOT(W + (size_t)r * row_bytes, cols, A, j);     \
-    }
-
-FR_AVX2 void fr_qrows_q4_k_avx2(FR_QROWS_ARGS)
-{
-    ROWS_LOOP(avx2_q4k)
-}
-
-FR_AVX2 void fr_qrows_q5_k_avx2(FR_QROWS_ARGS)
-{
-    ROWS_LOOP(avx2_q5k)
-}
-
-FR_AVX2 void fr_qrows_q6_k_avx2(FR_QROWS_ARGS)
-{
-    ROWS_LOOP(avx2_q6k)
-}
-
 /* fr_kq_scales in 32-bit words, without a trip through memory: byte j of *sc / *mn is
  * sc[j] / mn[j]. */
 static FR_INLINE void kq_scales64(const uint8_t s[12], uint64_t *sc, uint64_t *mn)
@@ -206,6 +178,172 @@ static FR_INLINE void kq_scales64(const uint8_t s[12], uint64_t *sc, uint64_t *m
     uint32_t mn_hi = ((u2 >> 4) & lo4) | ((u1 >> 2) & top2);
     *sc = (uint64_t)sc_lo | (uint64_t)sc_hi << 32;
     *mn = (uint64_t)mn_lo | (uint64_t)mn_hi << 32;
+}
+
+/* Blocks of 16 rows; inputs four at a time through each weight row. */
+#define NB_LOOP(DOT_NB)                                                                  \
+    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
+        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
+        for (int j = 0; j < n; j += 4) {                                                 \
+            const int nbt = n - j < 4 ? n - j : 4;                                       \
+            for (int64_t r = rb; r < re; r++) {                                          \
+                float o[4];                                                              \
+                const uint8_t *wr = W + (size_t)r * row_bytes;                           \
+                switch (nbt) {                                                           \
+                case 4: DOT_NB(wr, j, 4, o); break;                                      \
+                case 3: DOT_NB(wr, j, 3, o); break;                                      \
+                case 2: DOT_NB(wr, j, 2, o); break;                                      \
+                default: DOT_NB(wr, j, 1, o); break;                                     \
+                }                                                                        \
+                for (int i = 0; i < nbt; i++)                                            \
+                    Y[(int64_t)(j + i) * ldy + r] = o[i];                                \
+            }                                                                            \
+        }                                                                                \
+    }
+
+FR_AVX2 static FR_INLINE void avx2_q45k_nb(const uint8_t *w, int64_t cols, const void *A,
+                                           int j0, int five, int NB, float *out)
+{
+    kq_row xr[4];
+    float acc[4][8] = {{0}};
+    for (int i = 0; i < NB; i++)
+        xr[i] = act_row(A, j0 + i);
+    const int64_t nsb = cols / FR_QK_K;
+    const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *blk = w + (size_t)b * bytes;
+        const uint8_t *qs = blk + 16 + (five ? 32 : 0);
+        uint64_t sc8, mn8;
+        kq_scales64(blk + 4, &sc8, &mn8);
+        const __m256i mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn8));
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
+                          : _mm256_setzero_si256();
+        __m256i u[8];
+        FR_UNROLL
+        for (int c = 0; c < 4; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(v, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (five) {
+                __m256i bl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+                __m256i bh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(bl, 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(bh, 4));
+            }
+            u[2 * c] = lo;
+            u[2 * c + 1] = hi;
+        }
+        const float dw = h2f(blk), mw = h2f(blk + 2);
+        FR_UNROLL
+        for (int i = 0; i < NB; i++) {
+            const int8_t *x = xr[i].x + b * FR_QK_K;
+            __m256i accv = _mm256_setzero_si256();
+            FR_UNROLL
+            for (int k = 0; k < 8; k++) {
+                __m256i p = _mm256_maddubs_epi16(
+                    u[k], _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * k)));
+                __m256i scv = _mm256_set1_epi16((short)((sc8 >> (8 * k)) & 0xff));
+                accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p, scv));
+            }
+            int32_t isum = avx2_hsum_i32(accv);
+            int32_t imin = avx2_hsum_i32(_mm256_mullo_epi32(
+                mn32, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(
+                                            xr[i].bs + 16 * b)),
+                                        _mm256_set1_epi16(1))));
+            float p = (dw * xr[i].dx[b]) * (float)isum;
+            p = p - (mw * xr[i].dx[b]) * (float)imin;
+            acc[i][b % 8] = acc[i][b % 8] + p;
+        }
+    }
+    for (int i = 0; i < NB; i++)
+        out[i] = fr_qsum8(acc[i]);
+}
+
+FR_AVX2 static FR_INLINE void avx2_q6k_nb(const uint8_t *w, int64_t cols, const void *A, int j0,
+                                          int NB, float *out)
+{
+    kq_row xr[4];
+    float acc[4][8] = {{0}};
+    for (int i = 0; i < NB; i++)
+        xr[i] = act_row(A, j0 + i);
+    const int64_t nsb = cols / FR_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+    for (int64_t b = 0; b < nsb; b++) {
+        const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
+        __m256i e[8], scv[8];
+        FR_UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h));
+            __m256i ql1 =
+                _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
+            e[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            e[4 * h + 1] = _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            e[4 * h + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            e[4 * h + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            FR_UNROLL
+            for (int g = 0; g < 4; g++) {
+                const int s = 8 * h + 2 * g;
+                scv[4 * h + g] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_set1_epi16(blk->scales[s])),
+                    _mm_set1_epi16(blk->scales[s + 1]), 1);
+            }
+        }
+        const __m256i sc16 =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
+        const float dw = h2f((const uint8_t *)&blk->d);
+        FR_UNROLL
+        for (int i = 0; i < NB; i++) {
+            const int8_t *x = xr[i].x + b * FR_QK_K;
+            /* Q6_K's offset, 32 * sum_s sc_s * bsum_s, taken off before the sum */
+            __m256i off = _mm256_madd_epi16(
+                sc16, _mm256_loadu_si256((const __m256i *)(const void *)(xr[i].bs + 16 * b)));
+            __m256i accv = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+            FR_UNROLL
+            for (int k = 0; k < 8; k++) {
+                __m256i p = _mm256_maddubs_epi16(
+                    e[k], _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * k)));
+                accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p, scv[k]));
+            }
+            int32_t isum = avx2_hsum_i32(accv);
+            float p = (dw * xr[i].dx[b]) * (float)isum;
+            acc[i][b % 8] = acc[i][b % 8] + p;
+        }
+    }
+    for (int i = 0; i < NB; i++)
+        out[i] = fr_qsum8(acc[i]);
+}
+
+#define Q4K2_NB(wr, j, NB, o)                                                            \
+    ((NB) == 1 ? (void)((o)[0] = avx2_q45k(wr, cols, A, j, 0))                           \
+               : avx2_q45k_nb(wr, cols, A, j, 0, NB, o))
+#define Q5K2_NB(wr, j, NB, o)                                                            \
+    ((NB) == 1 ? (void)((o)[0] = avx2_q45k(wr, cols, A, j, 1))                           \
+               : avx2_q45k_nb(wr, cols, A, j, 1, NB, o))
+#define Q6K2_NB(wr, j, NB, o)                                                            \
+    ((NB) == 1 ? (void)((o)[0] = avx2_q6k(wr, cols, A, j)) : avx2_q6k_nb(wr, cols, A, j, NB, o))
+
+FR_AVX2 void fr_qrows_q4_k_avx2(FR_QROWS_ARGS)
+{
+    NB_LOOP(Q4K2_NB)
+}
+
+FR_AVX2 void fr_qrows_q5_k_avx2(FR_QROWS_ARGS)
+{
+    NB_LOOP(Q5K2_NB)
+}
+
+FR_AVX2 void fr_qrows_q6_k_avx2(FR_QROWS_ARGS)
+{
+    NB_LOOP(Q6K2_NB)
 }
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
@@ -337,27 +475,6 @@ FR_AVX512Q static FR_INLINE void avx512_q6k_nb(const uint8_t *w, int64_t cols, c
 #define Q4K_NB(wr, j, NB, o) avx512_q45k_nb(wr, cols, A, j, 0, NB, o)
 #define Q5K_NB(wr, j, NB, o) avx512_q45k_nb(wr, cols, A, j, 1, NB, o)
 #define Q6K_NB(wr, j, NB, o) avx512_q6k_nb(wr, cols, A, j, NB, o)
-
-/* Blocks of 16 rows; inputs four at a time through each weight row. */
-#define NB_LOOP(DOT_NB)                                                                  \
-    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
-        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
-        for (int j = 0; j < n; j += 4) {                                                 \
-            const int nbt = n - j < 4 ? n - j : 4;                                       \
-            for (int64_t r = rb; r < re; r++) {                                          \
-                float o[4];                                                              \
-                const uint8_t *wr = W + (size_t)r * row_bytes;                           \
-                switch (nbt) {                                                           \
-                case 4: DOT_NB(wr, j, 4, o); break;                                      \
-                case 3: DOT_NB(wr, j, 3, o); break;                                      \
-                case 2: DOT_NB(wr, j, 2, o); break;                                      \
-                default: DOT_NB(wr, j, 1, o); break;                                     \
-                }                                                                        \
-                for (int i = 0; i < nbt; i++)                                            \
-                    Y[(int64_t)(j + i) * ldy + r] = o[i];                                \
-            }                                                                            \
-        }                                                                                \
-    }
 
 FR_AVX512Q void fr_qrows_q4_k_avx512(FR_QROWS_ARGS)
 {

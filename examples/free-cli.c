@@ -412,11 +412,23 @@ static void mark_early(const cli *c, const char *piece, size_t len)
     }
 }
 
+/* The threshold's trajectory for --stats: (token index, threshold) where it changed. */
+#define TRAJECTORY_MAX 256
+static struct { long tok; float thr; } trajectory[TRAJECTORY_MAX];
+static int n_trajectory;
+static long n_streamed;
+
 static int on_token(void *user, int32_t token, const char *piece, size_t len,
                     const free_step_info *info)
 {
     const cli *c = user;
     (void)token;
+    if (n_trajectory < TRAJECTORY_MAX &&
+        (n_trajectory == 0 || trajectory[n_trajectory - 1].thr != info->threshold)) {
+        trajectory[n_trajectory].tok = n_streamed;
+        trajectory[n_trajectory++].thr = info->threshold;
+    }
+    n_streamed++;
     if (c->exit_map && info->early_exit && len > 0)
         mark_early(c, piece, len);
     else
@@ -458,6 +470,14 @@ static void print_stats(const free_ctx *ctx)
     s.size = sizeof s;
     if (free_ctx_stats(ctx, &s) != FREE_OK)
         return;
+    /* [[token index, threshold], ...] where the threshold in force changed. */
+    char traj[TRAJECTORY_MAX * 32 + 8];
+    size_t at = 0;
+    traj[at++] = '[';
+    for (int i = 0; i < n_trajectory; i++)
+        at += (size_t)snprintf(traj + at, sizeof traj - at, "%s[%ld, %.6g]", i ? ", " : "",
+                               trajectory[i].tok, (double)trajectory[i].thr);
+    snprintf(traj + at, sizeof traj - at, "]");
     double agree = s.agreement_checked ? (double)s.agreement_matched / s.agreement_checked
                                        : 1.0;
     /* No threshold is in force at full depth. */
@@ -481,7 +501,7 @@ static void print_stats(const free_ctx *ctx)
             "\"bmm_agree\": [%.6g, %.6g], \"bmm_disagree\": [%.6g, %.6g], "
             "\"exit_auto\": %s, \"verify_fallbacks\": %llu, \"verify_full_tokens\": %llu, "
             "\"verify_speedup\": %.4f, \"verify_full_depth\": %s, "
-            "\"finish\": \"%s\"}\n",
+            "\"threshold_trajectory\": %s, \"finish\": \"%s\"}\n",
             (unsigned long long)s.prompt_tokens, (unsigned long long)s.tokens, s.prefill_ms,
             s.decode_ms, s.decode_ms > 0 ? s.tokens * 1e3 / s.decode_ms : 0.0,
             s.prefill_ms > 0 ? s.prompt_tokens * 1e3 / s.prefill_ms : 0.0, s.n_threads,
@@ -498,7 +518,7 @@ static void print_stats(const free_ctx *ctx)
             s.bmm_alpha_disagree, s.bmm_beta_disagree, s.exit_auto ? "true" : "false",
             (unsigned long long)s.verify_fallbacks, (unsigned long long)s.verify_full_tokens,
             s.verify_speedup, s.verify_full_depth ? "true" : "false",
-            finish_name(free_ctx_finish_reason(ctx)));
+            traj, finish_name(free_ctx_finish_reason(ctx)));
 }
 
 /* --tokenize: the prompt's ids, decimal, separated by single spaces, on one line. */

@@ -68,7 +68,9 @@ FREE_API free_status free_ctx_params_init(free_ctx_params *p, size_t size)
     p->bmm_rule = bp.rule;
     p->bmm_min_per_class = bp.min_per_class;
     p->bmm_max_updates = bp.max_updates;
-    p->bmm_refit_every = bp.refit_every;
+    /* Refit inside a long generation too, once this many new samples arrived (0.2; the
+     * estimator's own default, 0, refits only when a generation starts). */
+    p->bmm_refit_every = 64;
     p->bmm_capacity = bp.capacity;
     /* Each later field only when the caller's struct has it (an older header's ends
      * before). */

@@ -324,6 +324,40 @@ START_TEST(head_last_row_only)
 }
 END_TEST
 
+/* The adaptive threshold refits inside one long generation (bmm_refit_every, default
+ * 64), not only when the next prompt is prefilled. */
+START_TEST(adaptive_refits_within_a_generation)
+{
+    FR_TEST_NEED(LLAMA22);
+    free_model *m = load(LLAMA22);
+    free_ctx_params p;
+    free_ctx_params_init(&p, sizeof p);
+    ck_assert_int_eq(p.bmm_refit_every, 64);
+    p.n_threads = 1;
+    p.exit_mode = FREE_EXIT_FREE;
+    p.adaptive = 1;
+    p.threshold = 0.3f;
+    free_ctx *ctx = NULL;
+    ck_assert_int_eq(free_ctx_create(m, &p, &ctx), FREE_OK);
+    int32_t toks[64];
+    size_t nt = 0;
+    ck_assert_int_eq(free_tokenize(m, "When the committee finally met, the first question on the agenda was whether", -1, 1,
+                                   toks, 64, &nt), FREE_OK);
+    ck_assert_int_eq(free_prefill(ctx, toks, nt), FREE_OK);
+    /* The refit at the prefill had no samples: every fit below is inside the generation. */
+    ck_assert_int_eq(stats_of(ctx).bmm_fits, 0);
+    for (int i = 0; i < 440; i++) {
+        int32_t t;
+        ck_assert_int_eq(free_step(ctx, &t, NULL), FREE_OK);
+    }
+    free_stats s = stats_of(ctx);
+    ck_assert_uint_ge(s.bmm_samples_disagree, 8);
+    ck_assert_int_ge(s.bmm_fits, 2);
+    free_ctx_destroy(ctx);
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *quality_suite(void)
 {
     Suite *s = suite_create("quality");
@@ -338,6 +372,7 @@ static Suite *quality_suite(void)
     tcase_add_test(tc, wilson_bound);
     tcase_add_test(tc, min_agreement_picks);
     tcase_add_test(tc, head_last_row_only);
+    tcase_add_test(tc, adaptive_refits_within_a_generation);
     suite_add_tcase(s, tc);
     return s;
 }

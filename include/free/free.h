@@ -306,7 +306,8 @@ typedef struct free_ctx_params {
     int32_t bmm_rule;          /* free_bmm_rule; default FREE_BMM_RULE_GRID */
     int32_t bmm_min_per_class; /* samples needed in each class before a fit; default 8 */
     int32_t bmm_max_updates;   /* fits before the threshold freezes; default 300 */
-    int32_t bmm_refit_every;   /* also refit every N new samples; 0 = per generation only */
+    int32_t bmm_refit_every;   /* also refit every N new samples, inside a generation;
+                                  default 64 (0.1: 0); 0 = per generation only */
     int32_t bmm_capacity;      /* samples kept (a ring); default 4096 */
     const char *calibration;   /* text from free_ctx_export_calibration, or NULL; read
                                   during the call (adaptive only) */

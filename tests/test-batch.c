@@ -91,9 +91,14 @@ static void same_info(const free_step_info *a, const free_step_info *b, int s, i
  * free_batch_step where stream i joins at step join[i] and leaves after steps[i] steps,
  * visiting the active streams in an order that changes each step; compares everything. */
 static void compare(const free_model *m, const spec *sp, int ns, const int *join,
-                    const int *steps)
+                    const int *steps_in)
 {
     static trace alone[MAXS], batch[MAXS];
+    /* Under the sanitizers and valgrind (scripts/test-asan) a third of the tokens. */
+    const char *light = getenv("FREE_TEST_LIGHT");
+    int steps[MAXS];
+    for (int i = 0; i < ns; i++)
+        steps[i] = light && *light && *light != '0' ? (steps_in[i] + 2) / 3 : steps_in[i];
     for (int i = 0; i < ns; i++) {
         free_ctx *c = make(m, &sp[i]);
         prefill(m, c, i);

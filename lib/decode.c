@@ -494,9 +494,18 @@ FREE_API free_status free_eval_exit(free_ctx *ctx, const int32_t *tokens, size_t
 static void emit_from_deep(struct free_ctx *ctx, float conf)
 {
     penalize(ctx, ctx->last_logits, ctx->n_past);
-    int32_t tok = fr_sample(ctx->sampler, ctx->last_logits);
-    push_out(ctx, tok, ctx->n_past, false, ctx->model->hp.n_layer, conf,
-             fr_argmax(ctx->last_logits, ctx->model->hp.n_vocab));
+    const int32_t nv = ctx->model->hp.n_vocab;
+    /* Greedy sampling is fr_argmax over the same logits: the deep argmax is not computed
+     * a second time. */
+    int32_t deep;
+    int32_t tok;
+    if (fr_sampler_is_greedy(ctx->sampler))
+        tok = deep = fr_argmax(ctx->last_logits, nv);
+    else {
+        tok = fr_sample(ctx->sampler, ctx->last_logits);
+        deep = fr_argmax(ctx->last_logits, nv);
+    }
+    push_out(ctx, tok, ctx->n_past, false, ctx->model->hp.n_layer, conf, deep);
     ctx->has_logits = false;
 }
 

@@ -17,7 +17,8 @@
  * structs are received from the *_default_params functions into a larger buffer and passed
  * back unchanged (in memory in the x86-64 SysV ABI), llama_batch is declared (unchanged for
  * years), and the rest are plain functions on pointers and integers. */
-#include <dirent.h>
+#include "../tests/oracle.h"
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -68,36 +69,13 @@ static void quiet(int level, const char *text, void *user)
     (void)user;
 }
 
-/* The first file in dir named prefix.so or prefix.*.so. */
-static bool find_lib(const char *dir, const char *prefix, char *out, size_t size)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return false;
-    struct dirent *e;
-    bool found = false;
-    const size_t np = strlen(prefix);
-    while (!found && (e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, prefix, np) == 0 && n > np + 2 &&
-            strcmp(e->d_name + n - 3, ".so") == 0 &&
-            (e->d_name[np] == '.' || strcmp(e->d_name + np, ".so") == 0)) {
-            snprintf(out, size, "%s/%s", dir, e->d_name);
-            found = true;
-        }
-    }
-    closedir(d);
-    return found;
-}
-
 static bool sym(void *h, const char *name, void *fn_field)
 {
-    void *p = dlsym(h, name);
-    if (!p) {
-        fprintf(stderr, "llamacpp-bench: %s not found in libllama\n", name);
+    char reason[256];
+    if (!oracle_sym(h, name, fn_field, reason, sizeof reason)) {
+        fprintf(stderr, "llamacpp-bench: %s\n", reason);
         return false;
     }
-    memcpy(fn_field, &p, sizeof p); /* ISO C: no void * to function pointer cast */
     return true;
 }
 
@@ -105,25 +83,21 @@ static bool sym(void *h, const char *name, void *fn_field)
 static int open_llama(llama_api *a)
 {
     memset(a, 0, sizeof *a);
-    const char *dir = getenv("FREE_ORACLE_DIR");
-    char path[4096];
-    if (!dir || !*dir) {
-        fprintf(stderr, "llamacpp-bench: FREE_ORACLE_DIR is not set (scripts/oracle installs "
-                        "llama.cpp): skipped\n");
+    char path[4096], reason[4200];
+    void *llama, *ggml;
+    int rc = oracle_open_llama(&llama, &ggml, path, sizeof path, reason, sizeof reason);
+    if (rc == 77) {
+        fprintf(stderr, "llamacpp-bench: %s%s: skipped\n", reason,
+                getenv("FREE_ORACLE_DIR") && *getenv("FREE_ORACLE_DIR")
+                    ? ""
+                    : " (scripts/oracle installs llama.cpp)");
         return 77;
     }
-    if (!find_lib(dir, "libllama", path, sizeof path)) {
-        fprintf(stderr, "llamacpp-bench: no libllama*.so in %s: skipped\n", dir);
-        return 77;
-    }
-    void *llama = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!llama) {
-        fprintf(stderr, "llamacpp-bench: cannot load %s: %s\n", path, dlerror());
+    if (rc != 0) {
+        fprintf(stderr, "llamacpp-bench: %s\n", reason);
         return 1;
     }
-    void *ggml;
-    if (find_lib(dir, "libggml", path, sizeof path) &&
-        (ggml = dlopen(path, RTLD_NOW | RTLD_LOCAL))) {
+    if (ggml) {
         void *p = dlsym(ggml, "ggml_backend_load_all_from_path");
         if (p)
             memcpy(&a->load_all_from_path, &p, sizeof p);
@@ -148,7 +122,7 @@ static int open_llama(llama_api *a)
     if (!getenv("FREE_ORACLE_VERBOSE"))
         a->log_set(quiet, NULL);
     if (a->load_all_from_path)
-        a->load_all_from_path(dir);
+        a->load_all_from_path(getenv("FREE_ORACLE_DIR"));
     a->backend_init();
     return 0;
 }

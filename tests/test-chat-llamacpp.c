@@ -8,9 +8,9 @@
  * llama_chat_message is { const char *role, *content; }, like free_chat_message. */
 #include "chat.h"
 #include "gguf.h"
+#include "oracle.h"
 #include "test-common.h"
 
-#include <dirent.h>
 #include <dlfcn.h>
 #include <free/free.h>
 #include <stdbool.h>
@@ -23,49 +23,16 @@ static apply_fn oracle_apply;
 static builtin_fn oracle_builtin;
 static char skip_reason[4200];
 
-/* The first file in dir named prefix*.so (libllama.so or libllama.vX.Y.Z.so). */
-static bool find_lib(const char *dir, const char *prefix, char *out, size_t size)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return false;
-    struct dirent *e;
-    bool found = false;
-    size_t np = strlen(prefix);
-    while (!found && (e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, prefix, np) == 0 && n > np + 2 &&
-            strcmp(e->d_name + n - 3, ".so") == 0 &&
-            (e->d_name[np] == '.' || strcmp(e->d_name + np, ".so") == 0)) {
-            snprintf(out, size, "%s/%s", dir, e->d_name);
-            found = true;
-        }
-    }
-    closedir(d);
-    return found;
-}
-
 static bool open_oracle(void)
 {
     static int state; /* 0 unknown, 1 open, -1 absent */
     if (state)
         return state > 0;
     state = -1;
-    const char *dir = getenv("FREE_ORACLE_DIR");
     char path[4096];
-    if (!dir || !*dir) {
-        snprintf(skip_reason, sizeof skip_reason, "FREE_ORACLE_DIR is not set");
+    void *h;
+    if (oracle_open_llama(&h, NULL, path, sizeof path, skip_reason, sizeof skip_reason) != 0)
         return false;
-    }
-    if (!find_lib(dir, "libllama", path, sizeof path)) {
-        snprintf(skip_reason, sizeof skip_reason, "no libllama*.so in %s", dir);
-        return false;
-    }
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        snprintf(skip_reason, sizeof skip_reason, "cannot load %s (%s)", path, dlerror());
-        return false;
-    }
     void *a = dlsym(h, "llama_chat_apply_template");
     void *b = dlsym(h, "llama_chat_builtin_templates");
     if (!a || !b) {

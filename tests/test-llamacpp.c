@@ -15,8 +15,8 @@
 
 #include "gguf_write.h"
 #include "tiny-model.h"
+#include "oracle.h"
 
-#include <dirent.h>
 #include <dlfcn.h>
 #include <free/free.h>
 #include <math.h>
@@ -69,56 +69,18 @@ static void quiet(int level, const char *text, void *user)
 
 #define SYM(h, field, name)                                                              \
     do {                                                                                 \
-        void *p_ = dlsym(h, name);                                                       \
-        if (!p_) {                                                                       \
-            snprintf(skip_reason, sizeof skip_reason, "%s not found in libllama", name);  \
+        if (!oracle_sym(h, name, &o->field, skip_reason, sizeof skip_reason))            \
             return false;                                                                \
-        }                                                                                \
-        memcpy(&o->field, &p_, sizeof p_); /* ISO C: no void * to function cast */      \
     } while (0)
-
-/* The first file in dir named prefix*.so (libllama.so or libllama.vX.Y.Z.so). */
-static bool find_lib(const char *dir, const char *prefix, char *out, size_t size)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return false;
-    struct dirent *e;
-    bool found = false;
-    while (!found && (e = readdir(d))) {
-        size_t n = strlen(e->d_name), np = strlen(prefix);
-        if (strncmp(e->d_name, prefix, np) == 0 && n > np + 2 &&
-            strcmp(e->d_name + n - 3, ".so") == 0 &&
-            (e->d_name[np] == '.' || strcmp(e->d_name + np, ".so") == 0)) {
-            snprintf(out, size, "%s/%s", dir, e->d_name);
-            found = true;
-        }
-    }
-    closedir(d);
-    return found;
-}
 
 static bool open_oracle(oracle *o)
 {
     memset(o, 0, sizeof *o);
-    const char *dir = getenv("FREE_ORACLE_DIR");
-    if (!dir || !*dir) {
-        snprintf(skip_reason, sizeof skip_reason, "FREE_ORACLE_DIR is not set");
-        return false;
-    }
     char path[4096];
-    if (!find_lib(dir, "libllama", path, sizeof path)) {
-        snprintf(skip_reason, sizeof skip_reason, "no libllama*.so in %s", dir);
+    if (oracle_open_llama(&o->llama, &o->ggml, path, sizeof path, skip_reason,
+                          sizeof skip_reason) != 0)
         return false;
-    }
-    o->llama = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!o->llama) {
-        snprintf(skip_reason, sizeof skip_reason, "cannot load %s (%s)", path, dlerror());
-        return false;
-    }
-    /* The CPU backend is a separate library that ggml loads from a directory. */
-    if (find_lib(dir, "libggml", path, sizeof path) &&
-        (o->ggml = dlopen(path, RTLD_NOW | RTLD_LOCAL))) {
+    if (o->ggml) {
         void *p = dlsym(o->ggml, "ggml_backend_load_all_from_path");
         if (p)
             memcpy(&o->load_all_from_path, &p, sizeof p);
@@ -138,7 +100,7 @@ static bool open_oracle(oracle *o)
     if (!getenv("FREE_ORACLE_VERBOSE"))
         o->log_set(quiet, NULL);
     if (o->load_all_from_path)
-        o->load_all_from_path(dir);
+        o->load_all_from_path(getenv("FREE_ORACLE_DIR"));
     o->backend_init();
     return true;
 }

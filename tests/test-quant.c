@@ -8,6 +8,7 @@
 
 #include "gguf.h"
 #include "kernels.h"
+#include "oracle.h"
 #include "quant.h"
 #include "threadpool.h"
 
@@ -104,16 +105,10 @@ typedef void (*ggml_dequant_fn)(const void *x, float *y, int64_t k);
 
 static void *open_oracle(void)
 {
-    const char *dir = getenv("FREE_ORACLE_DIR");
-    if (!dir || !*dir) {
-        printf("quant: FREE_ORACLE_DIR is not set, oracle comparison skipped\n");
-        return NULL;
-    }
-    char path[4096];
-    snprintf(path, sizeof path, "%s/libggml-base.so", dir);
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    char reason[4200];
+    void *h = oracle_open_ggml_base(reason, sizeof reason);
     if (!h)
-        printf("quant: cannot open %s (%s), oracle comparison skipped\n", path, dlerror());
+        printf("quant: %s, oracle comparison skipped\n", reason);
     return h;
 }
 

@@ -9,6 +9,7 @@
 
 #include "gguf.h"
 #include "kernels.h"
+#include "oracle.h"
 #include "quant_blocks.h"
 #include "quantize.h"
 
@@ -78,17 +79,10 @@ typedef void (*bf16_row_fn)(const float *x, uint16_t *y, int64_t n);
 
 static void *open_oracle(void)
 {
-    const char *dir = getenv("FREE_ORACLE_DIR");
-    if (!dir || !*dir) {
-        fprintf(stderr, "test-quantize: FREE_ORACLE_DIR is not set: oracle tests skipped\n");
-        return NULL;
-    }
-    char path[4096];
-    snprintf(path, sizeof path, "%s/libggml-base.so", dir);
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    char reason[4200];
+    void *h = oracle_open_ggml_base(reason, sizeof reason);
     if (!h)
-        fprintf(stderr, "test-quantize: cannot load %s (%s): oracle tests skipped\n", path,
-                dlerror());
+        fprintf(stderr, "test-quantize: %s: oracle tests skipped\n", reason);
     return h;
 }
 

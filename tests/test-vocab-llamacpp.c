@@ -10,11 +10,11 @@
  * received from llama_model_default_params into a buffer; its vocab_only flag is the first
  * of its block of bools (the first 8-byte-aligned block holding a non-aligned byte 1, the
  * default use_mmap-style flags), checked by loading a vocabulary-only file with it set. */
+#include "oracle.h"
 #include "test-common.h"
 
 #include "free/free.h"
 
-#include <dirent.h>
 #include <dlfcn.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,51 +49,17 @@ static void quiet(int level, const char *text, void *user)
 
 #define SYM(field, name)                                                                 \
     do {                                                                                 \
-        void *p_ = dlsym(o->llama, name);                                                \
-        if (!p_) {                                                                       \
-            snprintf(skip_reason, sizeof skip_reason, "%s not found in libllama", name);  \
+        if (!oracle_sym(o->llama, name, &o->field, skip_reason, sizeof skip_reason))     \
             return false;                                                                \
-        }                                                                                \
-        memcpy(&o->field, &p_, sizeof p_); /* ISO C: no void * to function cast */      \
     } while (0)
-
-static bool find_libllama(const char *dir, char *out, size_t size)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return false;
-    struct dirent *e;
-    bool found = false;
-    while (!found && (e = readdir(d))) {
-        size_t n = strlen(e->d_name);
-        if (strncmp(e->d_name, "libllama", 8) == 0 && n > 11 &&
-            strcmp(e->d_name + n - 3, ".so") == 0 &&
-            (e->d_name[8] == '.' || strcmp(e->d_name + 8, ".so") == 0)) {
-            snprintf(out, size, "%s/%s", dir, e->d_name);
-            found = true;
-        }
-    }
-    closedir(d);
-    return found;
-}
 
 static bool open_oracle(oracle *o, const char *probe_file)
 {
     memset(o, 0, sizeof *o);
-    const char *dir = getenv("FREE_ORACLE_DIR");
     char path[4096];
-    if (!dir || !*dir) {
-        snprintf(skip_reason, sizeof skip_reason, "FREE_ORACLE_DIR is not set");
+    if (oracle_open_llama(&o->llama, NULL, path, sizeof path, skip_reason,
+                          sizeof skip_reason) != 0)
         return false;
-    }
-    if (!find_libllama(dir, path, sizeof path)) {
-        snprintf(skip_reason, sizeof skip_reason, "no libllama*.so in %s", dir);
-        return false;
-    }
-    if (!(o->llama = dlopen(path, RTLD_NOW | RTLD_LOCAL))) {
-        snprintf(skip_reason, sizeof skip_reason, "cannot load %s (%s)", path, dlerror());
-        return false;
-    }
     SYM(backend_init, "llama_backend_init");
     SYM(log_set, "llama_log_set");
     SYM(model_defaults, "llama_model_default_params");

@@ -113,7 +113,8 @@ free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
                              free_step_info *info);
 /* A FREE step in pieces, for batched steps (batch.c). shallow_begin records the pending
  * token and returns the queue slot its layer-Ls residual goes to; the caller runs layers
- * [0, Ls) into it and the exit head into ctx->logits. shallow_end checks the row and
+ * [0, Ls) into it and the exit head into logits (scratch the call may change: penalties).
+ * shallow_end checks the row and
  * decides: an early exit (*sync false: hand_out next) or a synchronization (*sync true;
  * *conf is the row's confidence). Then either sync_alone (the lone pass, with its chunks
  * and abort checks) or, when the caller ran all ctx->queue->len queued rows at their
@@ -121,12 +122,31 @@ free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
  * rows [sync_head_from, rows) ([rows - head_from][n_vocab]: the rows the lone pass runs the
  * head on). Both emit the token or undo the row, as free_step does. */
 float *fr_free_shallow_begin(struct free_ctx *ctx);
-free_status fr_free_shallow_end(struct free_ctx *ctx, double layers_ms, double head_ms,
-                                bool *sync, float *conf);
+free_status fr_free_shallow_end(struct free_ctx *ctx, float *logits, double layers_ms,
+                                double head_ms, bool *sync, float *conf);
 free_status fr_free_sync_alone(struct free_ctx *ctx, float conf);
 int32_t fr_free_sync_head_from(const struct free_ctx *ctx);
 free_status fr_free_sync_end(struct free_ctx *ctx, const float *logits, double deep_ms,
                              double head_ms, float conf);
+/* A VERIFY step in pieces, for batched steps (batch.c). begin records where the step
+ * starts. Each draft: may_draft (before every draft after the first: the abort callback;
+ * on FREE_ERR_ABORTED the step is undone), fr_free_shallow_begin (the row's slot), the
+ * caller's pass through layers [0, Ls) and the exit head, then draft_end with the exit
+ * head's logits (scratch the call may change): *more says whether it drafts on (the queued
+ * draft is the new pending token) or the queue is to be verified now. Then either
+ * sync_alone (the lone pass) or, after the caller ran all ctx->queue->len rows through
+ * layers [Ls, L) and the head on every row in one pass, sync_end with their logits. A
+ * failure undoes what free_step undoes. */
+typedef struct fr_verify_start {
+    int32_t past0, queued0, pending0;
+} fr_verify_start;
+void fr_verify_begin(const struct free_ctx *ctx, fr_verify_start *v);
+free_status fr_verify_may_draft(struct free_ctx *ctx, const fr_verify_start *v);
+free_status fr_verify_draft_end(struct free_ctx *ctx, const fr_verify_start *v, float *logits,
+                                double layers_ms, double head_ms, bool *more, float *conf);
+free_status fr_verify_sync_alone(struct free_ctx *ctx, const fr_verify_start *v, float conf);
+free_status fr_verify_sync_end(struct free_ctx *ctx, const fr_verify_start *v,
+                               const float *logits, double deep_ms, double head_ms, float conf);
 /* Frees batch.c's buffers (free_ctx_destroy). */
 void fr_batch_scratch_destroy(struct fr_batch_scratch *b);
 /* The guard of an automatic VERIFY (verify_guard.c): resets it (on: the mode came from

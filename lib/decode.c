@@ -554,25 +554,26 @@ static free_status step_full(struct free_ctx *ctx)
     return fr_step_full_end(ctx, t1 - t0, fr_now_ms() - t1);
 }
 
-/* The end of a shallow pass: the exit head's logits are in ctx->logits and r holds their
- * confidence; the row is undone and FREE_ERR_NUMERIC returned when they are not finite. */
-static free_status shallow_end(struct free_ctx *ctx, fr_shallow_result r, double layers_ms,
-                               double head_ms, fr_shallow_result *out)
+/* The end of a shallow pass: the exit head's logits are in logits[n_vocab] (ctx->logits,
+ * or a batch's row) and r holds their confidence; the row is undone and FREE_ERR_NUMERIC
+ * returned when they are not finite. */
+static free_status shallow_end(struct free_ctx *ctx, float *logits, fr_shallow_result r,
+                               double layers_ms, double head_ms, fr_shallow_result *out)
 {
     ctx->stats.shallow_ms += layers_ms;
     ctx->stats.head_ms += head_ms;
     ctx->stats.shallow_passes++;
-    if (!isfinite(r.confidence) || first_nonfinite(ctx->logits, FR_NV(ctx)) >= 0) {
+    if (!isfinite(r.confidence) || first_nonfinite(logits, FR_NV(ctx)) >= 0) {
         fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, ctx->n_past);
         return numeric_fail(ctx, isfinite(r.confidence) ? "the exit head's logits"
                                                         : "the exit head's confidence",
-                            ctx->n_past, isfinite(r.confidence) ? ctx->logits : NULL);
+                            ctx->n_past, isfinite(r.confidence) ? logits : NULL);
     }
     ctx->n_past++;
     /* With penalties, the exit head's choice and confidence are those of the penalized
      * logits: the token it would emit. */
-    if (penalize(ctx, ctx->logits, ctx->n_past))
-        r.confidence = fr_confidence_top2(ctx->logits, ctx->model->hp.n_vocab, &r.argmax);
+    if (penalize(ctx, logits, ctx->n_past))
+        r.confidence = fr_confidence_top2(logits, ctx->model->hp.n_vocab, &r.argmax);
     *out = r;
     return FREE_OK;
 }
@@ -591,19 +592,20 @@ static free_status step_shallow(struct free_ctx *ctx, fr_shallow_result *out)
                       ctx->ws, ctx->pool);
     double t1 = fr_now_ms();
     fr_shallow_result r = fr_shallow_head(ctx->model, h, ctx->logits, ctx->ws, ctx->pool);
-    return shallow_end(ctx, r, t1 - t0, fr_now_ms() - t1, out);
+    return shallow_end(ctx, ctx->logits, r, t1 - t0, fr_now_ms() - t1, out);
 }
 
 /* The exit decision of a FREE step once the shallow row is in queue slot q->len: an early
  * exit queues the token for free_step; otherwise the row joins the queue as the current
  * row and *sync says that the queue must be synchronized now. */
-static void free_decide(struct free_ctx *ctx, const fr_shallow_result *r, bool *sync)
+static void free_decide(struct free_ctx *ctx, const float *logits, const fr_shallow_result *r,
+                        bool *sync)
 {
     fr_exit_queue *q = ctx->queue;
     *sync = !(r->confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q));
     if (!*sync) {
         int32_t tok = fr_sampler_is_greedy(ctx->sampler) ? r->argmax
-                                                         : fr_sample(ctx->sampler, ctx->logits);
+                                                         : fr_sample(ctx->sampler, logits);
         fr_exit_queue_push(q, r->confidence, tok, r->argmax);
         push_out(ctx, tok, ctx->n_past, true, ctx->exit_layer, r->confidence, -1);
         return;
@@ -630,7 +632,7 @@ static free_status step_free(struct free_ctx *ctx)
     fr_shallow_result r;
     bool sync;
     FR_TRY(step_shallow(ctx, &r));
-    free_decide(ctx, &r, &sync);
+    free_decide(ctx, ctx->logits, &r, &sync);
     if (!sync)
         return FREE_OK;
     sync_job job;
@@ -648,13 +650,13 @@ float *fr_free_shallow_begin(struct free_ctx *ctx)
     return fr_exit_queue_row(ctx->queue, ctx->queue->len);
 }
 
-free_status fr_free_shallow_end(struct free_ctx *ctx, double layers_ms, double head_ms,
-                                bool *sync, float *conf)
+free_status fr_free_shallow_end(struct free_ctx *ctx, float *logits, double layers_ms,
+                                double head_ms, bool *sync, float *conf)
 {
     fr_shallow_result r;
-    r.confidence = fr_confidence_top2(ctx->logits, ctx->model->hp.n_vocab, &r.argmax);
-    FR_TRY(shallow_end(ctx, r, layers_ms, head_ms, &r));
-    free_decide(ctx, &r, sync);
+    r.confidence = fr_confidence_top2(logits, ctx->model->hp.n_vocab, &r.argmax);
+    FR_TRY(shallow_end(ctx, logits, r, layers_ms, head_ms, &r));
+    free_decide(ctx, logits, &r, sync);
     *conf = r.confidence;
     return FREE_OK;
 }
@@ -680,71 +682,140 @@ free_status fr_free_sync_end(struct free_ctx *ctx, const float *logits, double d
     return free_sync_done(ctx, &job, rows, rows, conf);
 }
 
+/* Undoes a VERIFY step stopped while drafting (a row whose logits are not finite: s, or
+ * the abort callback: stop): the shallow caches, the queue and the pending token are as
+ * they were before the step. */
+static free_status verify_undo(struct free_ctx *ctx, const fr_verify_start *v, free_status s,
+                               bool stop)
+{
+    const int32_t drafts = ctx->n_past - v->past0;
+    fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, v->past0);
+    fr_exit_queue_truncate(ctx->queue, v->queued0);
+    ctx->n_past = v->past0;
+    ctx->pending_token = v->pending0;
+    if (!stop)
+        return s;
+    return fr_ctx_fail(ctx, FREE_ERR_ABORTED,
+                       "decoding aborted by the abort callback after %d VERIFY drafts at "
+                       "position %d; the step was undone", drafts, v->past0);
+}
+
+/* The decision after a draft row (its shallow logits in logits): queued as a draft (true:
+ * draft on from it) or as the current row, to be verified now (false). */
+static bool verify_decide(struct free_ctx *ctx, const float *logits, const fr_shallow_result *r)
+{
+    fr_exit_queue *q = ctx->queue;
+    /* A draft needs a slot of its own to be checked at the next synchronization. */
+    if (r->confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q) &&
+        ctx->n_past < ctx->n_ctx) {
+        int32_t draft = r->argmax;
+        if (!fr_sampler_is_greedy(ctx->sampler)) {
+            float *probs = fr_exit_queue_probs(q, q->len);
+            fr_sampler_dist(ctx->sampler, logits, probs);
+            draft = fr_sampler_draw(ctx->sampler, probs);
+        }
+        fr_exit_queue_push(q, r->confidence, draft, r->argmax);
+        ctx->pending_token = draft;
+        return true;
+    }
+    fr_exit_queue_push(q, r->confidence, -1, r->argmax);
+    return false;
+}
+
+/* After the verifying pass over the queue whose first row is at position pos0: the
+ * verified tokens are queued for free_step, the caches cut after a rejected draft. */
+static free_status verify_done(struct free_ctx *ctx, const sync_job *job, int32_t pos0,
+                               const fr_verify_start *v, float conf)
+{
+    if (job->numeric_at >= 0) {
+        /* Tokens verified before the bad row stay queued for the host; the bad row's
+         * input token is run again by the next step. */
+        const int32_t keep = pos0 + job->numeric_at;
+        free_status ns = numeric_fail(ctx, "the final head's logits", keep, ctx->last_logits);
+        fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
+        ctx->n_past = keep;
+        ctx->has_logits = false;
+        if (job->numeric_at == 0)
+            ctx->pending_token = v->pending0;
+        return ns;
+    }
+    if (job->rejected_at >= 0) {
+        int32_t keep = pos0 + job->rejected_at + 1;
+        fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
+        ctx->n_past = keep;
+        ctx->has_logits = false;
+    } else {
+        emit_from_deep(ctx, conf);
+    }
+    return FREE_OK;
+}
+
 /* Drafts while the shallow head is confident (at most the queue bound, which VERIFY caps),
  * then verifies the drafts in one deep pass. The abort callback is asked before each draft
  * after the first; when it stops, the step is undone: the shallow caches, the queue and the
  * pending token are as they were before the call. */
 static free_status step_verify(struct free_ctx *ctx)
 {
-    fr_exit_queue *q = ctx->queue;
-    const bool greedy = fr_sampler_is_greedy(ctx->sampler);
-    const int32_t past0 = ctx->n_past, queued0 = q->len, pending0 = ctx->pending_token;
+    fr_verify_start v;
+    fr_verify_begin(ctx, &v);
     for (;;) {
-        const bool stop = ctx->n_past > past0 && aborted(ctx);
+        const bool stop = ctx->n_past > v.past0 && aborted(ctx);
         fr_shallow_result r;
         free_status s = stop ? FREE_ERR_ABORTED : step_shallow(ctx, &r);
-        if (s != FREE_OK) {
-            const int32_t drafts = ctx->n_past - past0;
-            fr_kv_truncate(ctx->kv, 0, ctx->exit_layer, past0);
-            fr_exit_queue_truncate(q, queued0);
-            ctx->n_past = past0;
-            ctx->pending_token = pending0;
-            if (!stop)
-                return s;
-            return fr_ctx_fail(ctx, FREE_ERR_ABORTED,
-                               "decoding aborted by the abort callback after %d VERIFY drafts "
-                               "at position %d; the step was undone", drafts, past0);
-        }
-        /* A draft needs a slot of its own to be checked at the next synchronization. */
-        if (r.confidence > fr_ctx_threshold(ctx) && fr_exit_queue_has_room(q) &&
-            ctx->n_past < ctx->n_ctx) {
-            int32_t draft = r.argmax;
-            if (!greedy) {
-                float *probs = fr_exit_queue_probs(q, q->len);
-                fr_sampler_dist(ctx->sampler, ctx->logits, probs);
-                draft = fr_sampler_draw(ctx->sampler, probs);
-            }
-            fr_exit_queue_push(q, r.confidence, draft, r.argmax);
-            ctx->pending_token = draft;
-            continue;
-        }
-        sync_job job;
-        fr_exit_queue_push(q, r.confidence, -1, r.argmax);
-        const int32_t pos0 = ctx->n_past - q->len;
-        synchronize(ctx, true, true, &job);
-        if (job.numeric_at >= 0) {
-            /* Tokens verified before the bad row stay queued for the host; the bad row's
-             * input token is run again by the next step. */
-            const int32_t keep = pos0 + job.numeric_at;
-            free_status ns = numeric_fail(ctx, "the final head's logits", keep,
-                                          ctx->last_logits);
-            fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
-            ctx->n_past = keep;
-            ctx->has_logits = false;
-            if (job.numeric_at == 0)
-                ctx->pending_token = pending0;
-            return ns;
-        }
-        if (job.rejected_at >= 0) {
-            int32_t keep = pos0 + job.rejected_at + 1;
-            fr_kv_truncate(ctx->kv, 0, ctx->model->hp.n_layer, keep);
-            ctx->n_past = keep;
-            ctx->has_logits = false;
-        } else {
-            emit_from_deep(ctx, r.confidence);
-        }
-        return FREE_OK;
+        if (s != FREE_OK)
+            return verify_undo(ctx, &v, s, stop);
+        if (!verify_decide(ctx, ctx->logits, &r))
+            return fr_verify_sync_alone(ctx, &v, r.confidence);
     }
+}
+
+/* ---- VERIFY steps in pieces, for batched steps (batch.c; context.h) ---------------- */
+
+void fr_verify_begin(const struct free_ctx *ctx, fr_verify_start *v)
+{
+    v->past0 = ctx->n_past;
+    v->queued0 = ctx->queue->len;
+    v->pending0 = ctx->pending_token;
+}
+
+free_status fr_verify_may_draft(struct free_ctx *ctx, const fr_verify_start *v)
+{
+    if (ctx->n_past > v->past0 && aborted(ctx))
+        return verify_undo(ctx, v, FREE_ERR_ABORTED, true);
+    return FREE_OK;
+}
+
+free_status fr_verify_draft_end(struct free_ctx *ctx, const fr_verify_start *v, float *logits,
+                                double layers_ms, double head_ms, bool *more, float *conf)
+{
+    fr_shallow_result r;
+    r.confidence = fr_confidence_top2(logits, ctx->model->hp.n_vocab, &r.argmax);
+    free_status s = shallow_end(ctx, logits, r, layers_ms, head_ms, &r);
+    if (s != FREE_OK)
+        return verify_undo(ctx, v, s, false);
+    *more = verify_decide(ctx, logits, &r);
+    *conf = r.confidence;
+    return FREE_OK;
+}
+
+free_status fr_verify_sync_alone(struct free_ctx *ctx, const fr_verify_start *v, float conf)
+{
+    sync_job job;
+    const int32_t pos0 = ctx->n_past - ctx->queue->len;
+    synchronize(ctx, true, true, &job);
+    return verify_done(ctx, &job, pos0, v, conf);
+}
+
+free_status fr_verify_sync_end(struct free_ctx *ctx, const fr_verify_start *v,
+                               const float *logits, double deep_ms, double head_ms, float conf)
+{
+    sync_job job;
+    const int32_t rows = ctx->queue->len, pos0 = ctx->n_past - rows;
+    sync_init(ctx, true, true, &job);
+    for (int32_t r = 0; r < rows; r++)
+        sync_row(&job, r, logits + (size_t)r * FR_NV(ctx));
+    sync_account(ctx, &job, rows, deep_ms, head_ms);
+    return verify_done(ctx, &job, pos0, v, conf);
 }
 
 static free_status pop_out(struct free_ctx *ctx, int32_t *token, free_step_info *info)

@@ -9,8 +9,8 @@
 #include <stdbool.h>
 
 #define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
-#define MAXS 12
-#define MAXT 48
+#define MAXS 16
+#define MAXT 96
 
 static free_model *load(const char *rel)
 {
@@ -29,9 +29,21 @@ typedef struct spec {
     int32_t n_ctx;
     float threshold;   /* 0: 0.5 */
     int32_t exit_layer, max_queue, n_batch, adaptive;
+    int abort_every;   /* > 0: the abort callback says stop at every abort_every-th call */
 } spec;
 
-static free_ctx *make(const free_model *m, const spec *s)
+/* The abort callbacks' call counters: [0] the lone runs, [1] the batched ones. */
+static int abort_calls[2][MAXS];
+static int abort_every[MAXS];
+
+static int abort_cb(void *user)
+{
+    int *calls = user;
+    const int i = (int)(calls - (calls >= abort_calls[1] ? abort_calls[1] : abort_calls[0]));
+    return ++*calls % abort_every[i] == 0;
+}
+
+static free_ctx *make_n(const free_model *m, const spec *s, int run, int i)
 {
     free_ctx_params p;
     free_ctx *ctx = NULL;
@@ -48,8 +60,19 @@ static free_ctx *make(const free_model *m, const spec *s)
     p.seed = s->seed;
     if (s->n_ctx)
         p.n_ctx = s->n_ctx;
+    if (s->abort_every > 0) {
+        abort_every[i] = s->abort_every;
+        abort_calls[run][i] = 0;
+        p.abort_fn = abort_cb;
+        p.abort_user = &abort_calls[run][i];
+    }
     ck_assert_msg(free_ctx_create(m, &p, &ctx) == FREE_OK, "%s", free_last_error());
     return ctx;
+}
+
+static free_ctx *make(const free_model *m, const spec *s)
+{
+    return make_n(m, s, 0, 0);
 }
 
 static const char *const prompts[] = {
@@ -100,7 +123,7 @@ static void compare(const free_model *m, const spec *sp, int ns, const int *join
     for (int i = 0; i < ns; i++)
         steps[i] = light && *light && *light != '0' ? (steps_in[i] + 2) / 3 : steps_in[i];
     for (int i = 0; i < ns; i++) {
-        free_ctx *c = make(m, &sp[i]);
+        free_ctx *c = make_n(m, &sp[i], 0, i);
         prefill(m, c, i);
         alone[i].n = steps[i];
         for (int t = 0; t < steps[i]; t++) {
@@ -113,7 +136,7 @@ static void compare(const free_model *m, const spec *sp, int ns, const int *join
     }
     free_ctx *ctx[MAXS];
     for (int i = 0; i < ns; i++) {
-        ctx[i] = make(m, &sp[i]);
+        ctx[i] = make_n(m, &sp[i], 1, i);
         batch[i].n = 0;
     }
     for (int step = 0;; step++) {
@@ -203,7 +226,7 @@ START_TEST(full_depth_seeded_sampling_two_threads)
 }
 END_TEST
 
-/* FREE and VERIFY streams (stepped alone inside the call for now) beside full-depth ones. */
+/* FREE and VERIFY streams beside full-depth ones: one shallow pass, one deep pass. */
 START_TEST(mixed_exit_modes)
 {
     free_model *m = load(LLAMA22);
@@ -221,7 +244,8 @@ END_TEST
 
 /* FREE streams: shallow layers in one pass, synchronizations together; thresholds,
  * sampling, the adaptive threshold, a queue bound, a small n_batch (its long queues
- * synchronize alone, in chunks) and another exit layer (stepped alone) side by side. */
+ * synchronize alone, in chunks) and another exit layer (sharing the layers both run)
+ * side by side. */
 START_TEST(free_mode_batched)
 {
     free_model *m = load(LLAMA22);
@@ -303,6 +327,70 @@ START_TEST(bad_arguments_and_failing_streams)
 }
 END_TEST
 
+/* VERIFY streams draft together (several shallow passes, the streams that stop drafting
+ * leave them) and check their drafts in one deep pass with FREE synchronizations and
+ * full-depth rows: greedy and seeded sampling, thresholds, draft bounds, three exit layers,
+ * a small n_batch, and an abort callback that stops some steps (undone as alone). */
+START_TEST(verify_and_mixed_exit_layers)
+{
+    free_model *m = load(LLAMA22);
+    const int32_t V = FREE_EXIT_VERIFY, F = FREE_EXIT_FREE;
+    spec sp[12] = {
+        {.mode = V, .threshold = 0.5f},
+        {.mode = V, .threshold = 0.2f, .exit_layer = 6},
+        {.mode = V, .threshold = 0.4f, .temperature = 0.8f, .seed = 5},
+        {.mode = V, .threshold = 0.3f, .max_queue = 2, .exit_layer = 3},
+        {.mode = V, .threshold = 0.3f, .temperature = 0.9f, .seed = 77, .exit_layer = 6},
+        {.mode = V, .threshold = 0.3f, .abort_every = 7},
+        {.mode = F, .threshold = 0.3f, .exit_layer = 6},
+        {.mode = F, .threshold = 0.4f, .exit_layer = 3},
+        {.mode = F, .threshold = 0.5f, .temperature = 0.7f, .seed = 3},
+        {.mode = FREE_EXIT_NONE},
+        {.mode = FREE_EXIT_NONE, .temperature = 0.8f, .seed = 12},
+        {.mode = V, .threshold = 0.3f, .n_batch = 2},
+    };
+    int join[12] = {0, 0, 1, 0, 3, 0, 0, 2, 0, 1, 0, 4};
+    int steps[12] = {60, 50, 60, 45, 60, 40, 60, 50, 40, 30, 60, 40};
+    compare(m, sp, 12, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* Many FREE streams with long queues: the synchronizations need more rows than one deep
+ * pass holds and are split over several (the full-depth rows in the first). */
+START_TEST(long_queues_over_several_deep_passes)
+{
+    free_model *m = load(LLAMA22);
+    spec sp[MAXS];
+    int join[MAXS], steps[MAXS];
+    for (int i = 0; i < MAXS; i++) {
+        sp[i] = (spec){.mode = i % 5 == 4 ? FREE_EXIT_NONE : FREE_EXIT_FREE,
+                       .threshold = 0.01f + 0.002f * (float)i,
+                       .exit_layer = i % 3 == 1 ? 6 : 0};
+        join[i] = i % 3;
+        steps[i] = 70 + i;
+    }
+    compare(m, sp, MAXS, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
+/* The automatic mode: VERIFY with its guard on (its threshold is the model's calibrated
+ * one). These 90 tokens do not make the guard hold a stream at full depth; a held stream
+ * runs as a full-depth row. */
+START_TEST(auto_mode_with_its_guard)
+{
+    free_model *m = load(LLAMA22);
+    spec sp[4] = {{.mode = FREE_EXIT_AUTO},
+                  {.mode = FREE_EXIT_AUTO, .exit_layer = 6},
+                  {.mode = FREE_EXIT_AUTO, .temperature = 0.8f, .seed = 4},
+                  {.mode = FREE_EXIT_FREE, .threshold = 0.5f}};
+    int join[4] = {0, 0, 1, 0}, steps[4] = {90, 90, 80, 90};
+    compare(m, sp, 4, join, steps);
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *batch_suite(void)
 {
     Suite *s = suite_create("batch");
@@ -313,6 +401,9 @@ static Suite *batch_suite(void)
     tcase_add_test(tc, mixed_exit_modes);
     tcase_add_test(tc, free_mode_batched);
     tcase_add_test(tc, full_context_and_many_streams);
+    tcase_add_test(tc, verify_and_mixed_exit_layers);
+    tcase_add_test(tc, long_queues_over_several_deep_passes);
+    tcase_add_test(tc, auto_mode_with_its_guard);
     tcase_add_test(tc, bad_arguments_and_failing_streams);
     suite_add_tcase(s, tc);
     return s;

@@ -468,23 +468,25 @@ FREE_API free_status free_eval_exit(free_ctx *ctx, const int32_t *tokens, size_t
  * stay queued; the step is undone). */
 FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *info);
 
-/* One free_step for each of n contexts of the same model, batched: the streams that need
- * a pass at full depth (FREE_EXIT_NONE) run through every layer as one n-row batch (each
- * weight read once for all rows; attention per stream over its own cache), then the head;
- * the FREE streams (those of the first FREE stream's exit layer) run the shallow layers and
- * the exit head as one batch, and those that synchronize run their queued rows through the
- * deep layers together. Each context keeps its own cache, sampler, exit queue and
- * estimator, and gets exactly the token and info free_step would give it alone. VERIFY
- * contexts (and FREE ones of another exit layer) are stepped one after another with
- * free_step. Streams may join and leave between calls (any subset of contexts of the
- * model, in any order). tokens[n] and statuses[n] receive each stream's token and
- * free_step status (one failing stream does not disturb the others; its message is in
- * free_ctx_last_error). infos may be NULL, or n free_step_info laid out with stride
- * infos[0].size (set every element's size). Threads: the batch runs on ctxs[0]'s thread
- * pool and scratch (ctxs[0] must not be used from another thread meanwhile). Returns
- * FREE_OK when the call was valid (see statuses), FREE_ERR_INVALID_ARG (no context
- * stepped) when an argument is NULL, n < 1, a context appears twice, or the contexts are
- * not all of ctxs[0]'s model. Since 0.2. */
+/* One free_step for each of n contexts of the same model, batched, each weight read once
+ * for all streams: a shallow pass runs every stream's pending token (FREE and VERIFY
+ * streams through layers [0, Ls) and the exit head; full-depth streams, FREE_EXIT_NONE,
+ * through the layers up to the lowest exit layer in the batch), further shallow passes
+ * the drafts of the VERIFY streams that draft on, and a deep pass the rows that need the
+ * deep layers (full-depth rows, the queues of the FREE streams that synchronize, the
+ * drafts the VERIFY streams check) through the remaining layers and the final head.
+ * Streams of different exit layers share the layers they both run. Each context keeps its
+ * own cache, sampler, exit queue and estimator, and gets exactly the token, info and
+ * counters free_step would give it alone (attention per stream over its own cache; the
+ * kernels give a row the same bits in any batch). Streams may join and leave between
+ * calls (any subset of contexts of the model, in any order). tokens[n] and statuses[n]
+ * receive each stream's token and free_step status (one failing stream does not disturb
+ * the others; its message is in free_ctx_last_error). infos may be NULL, or n
+ * free_step_info laid out with stride infos[0].size (set every element's size). Threads:
+ * the batch runs on ctxs[0]'s thread pool and scratch (ctxs[0] must not be used from
+ * another thread meanwhile). Returns FREE_OK when the call was valid (see statuses),
+ * FREE_ERR_INVALID_ARG (no context stepped) when an argument is NULL, n < 1, a context
+ * appears twice, or the contexts are not all of ctxs[0]'s model. Since 0.2. */
 FREE_API free_status free_batch_step(free_ctx *const *ctxs, int32_t n, int32_t *tokens,
                                      free_status *statuses, free_step_info *infos);
 

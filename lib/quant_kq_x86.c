@@ -18,7 +18,8 @@
 
 #include <string.h>
 
-#define FR_AVX512Q __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define FR_AVX512Q                                                                        \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")))
 
 typedef struct kq_row {
     const int8_t *x;
@@ -348,128 +349,201 @@ FR_AVX2 void fr_qrows_q6_k_avx2(FR_QROWS_ARGS)
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
 
-/* NB inputs (rows j0 .. j0 + NB - 1 of the activations, NB <= 4) against one weight row:
- * the codes and scales of each super-block are unpacked once for all of them, then every
- * input goes through exactly the operations it would alone (its integer sum is exact, its
- * float steps and accumulation order per row are the single-row ones). */
+/* Lane k of the result: the sum of v[k]'s 8 lanes (exact integers: any order). */
+FR_AVX2 static FR_INLINE __m256i avx2_hsum8_i32(const __m256i v[8])
+{
+    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+/* The float steps of quant.h for the super-blocks g0 .. g0 + 7 of one input, eight lanes
+ * at once: lane k is super-block g0 + k, so lane k of acc is acc[(g0 + k) mod 8] of the
+ * canonical sequence (g0 is a multiple of 8) and each lane sees its blocks in order;
+ * lanes past the row's end (not in mask) are left alone. mw NULL: no mins (Q6_K). Each
+ * operation is rounded once, as the scalar steps are (no FMA). */
+FR_AVX512Q static FR_INLINE __m256 kq_float_steps(__m256 acc, __mmask8 mask, const float *dx,
+                                                  __m256 dw, const __m256 *mw,
+                                                  const __m256i ti[8], const __m256i *tm)
+{
+    __m256 d = _mm256_maskz_loadu_ps(mask, dx);
+    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, d), _mm256_cvtepi32_ps(avx2_hsum8_i32(ti)));
+    if (mw)
+        p = _mm256_sub_ps(p, _mm256_mul_ps(_mm256_mul_ps(*mw, d),
+                                           _mm256_cvtepi32_ps(avx2_hsum8_i32(tm))));
+    return _mm256_mask_add_ps(acc, mask, acc, p);
+}
+
+FR_AVX512Q static FR_INLINE void kq_finish(const __m256 acc[4], int NB, float *out)
+{
+    for (int i = 0; i < NB; i++) {
+        float a[8];
+        _mm256_storeu_ps(a, acc[i]);
+        out[i] = fr_qsum8(a);
+    }
+}
+
+/* NB inputs (rows j0 .. j0 + NB - 1 of the activations, NB <= 4) against one weight row,
+ * super-blocks eight at a time: the codes and scales of each super-block are unpacked
+ * once for all inputs; each input's integer sums (exact: maddubs pairs stay below 2^15,
+ * vpdpwssd adds the scaled pairs in int32) are kept in 8-lane vectors, summed across for
+ * the eight super-blocks at once, and the float steps run eight lanes wide. */
 FR_AVX512Q static FR_INLINE void avx512_q45k_nb(const uint8_t *w, int64_t cols, const void *A,
                                                int j0, int five, int NB, float *out)
 {
     kq_row xr[4];
-    float acc[4][8] = {{0}};
-    for (int i = 0; i < NB; i++)
+    __m256 acc[4];
+    for (int i = 0; i < NB; i++) {
         xr[i] = act_row(A, j0 + i);
+        acc[i] = _mm256_setzero_ps();
+    }
     const int64_t nsb = cols / FR_QK_K;
     const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *blk = w + (size_t)b * bytes;
-        const uint8_t *qs = blk + 16 + (five ? 32 : 0);
-        uint64_t sc8, mn8;
-        kq_scales64(blk + 4, &sc8, &mn8);
-        __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc8));
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
-                          : _mm256_setzero_si256();
-        __m512i u[4], scv[4];
-        FR_UNROLL
-        for (int c = 0; c < 4; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
-            u[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                      _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-            if (five) {
-                __mmask32 lo = _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c))));
-                __mmask32 hi =
-                    _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c + 1))));
-                __mmask64 m = (__mmask64)lo | (__mmask64)hi << 32;
-                u[c] = _mm512_mask_add_epi8(u[c], m, u[c], _mm512_set1_epi8(0x10));
-            }
-            __m512i idx = _mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
-                                           2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c,
-                                           2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c);
-            scv[c] = _mm512_permutexvar_epi32(idx, sc32);
-        }
-        const __m256i mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn8));
-        const float dw = h2f(blk), mw = h2f(blk + 2);
-        FR_UNROLL
-        for (int i = 0; i < NB; i++) {
-            const int8_t *x = xr[i].x + b * FR_QK_K;
-            __m512i accv = _mm512_setzero_si512();
+    for (int64_t g0 = 0; g0 < nsb; g0 += 8) {
+        const int ng = nsb - g0 < 8 ? (int)(nsb - g0) : 8;
+        __m256i ti[4][8], tm[4][8];
+        uint16_t dh[8] = {0}, mh[8] = {0};
+        for (int k = 0; k < ng; k++) {
+            const uint8_t *blk = w + (size_t)(g0 + k) * bytes;
+            const uint8_t *qs = blk + 16 + (five ? 32 : 0);
+            memcpy(&dh[k], blk, 2);
+            memcpy(&mh[k], blk + 2, 2);
+            uint64_t sc8, mn8;
+            kq_scales64(blk + 4, &sc8, &mn8);
+            /* sc16: word c of the low half: sc[c]; scv[c]: 16 words sc[2c], 16 sc[2c+1] */
+            const __m512i sc16 =
+                _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+            const __m128i mnw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+            /* words 2s, 2s + 1: mn[s], against the sums of 16 of sub-block s */
+            const __m256i mn2 = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_unpacklo_epi16(mnw, mnw)), _mm_unpackhi_epi16(mnw, mnw),
+                1);
+            __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
+                              : _mm256_setzero_si256();
+            __m512i u[4], scv[4];
             FR_UNROLL
             for (int c = 0; c < 4; c++) {
-                __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[c],
-                                                _mm512_loadu_si512((const void *)(x + 64 * c)));
-                accv = _mm512_add_epi32(accv, _mm512_mullo_epi32(r, scv[c]));
+                __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+                u[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                          _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+                if (five) {
+                    __mmask32 lo =
+                        _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c))));
+                    __mmask32 hi =
+                        _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * c + 1))));
+                    __mmask64 m = (__mmask64)lo | (__mmask64)hi << 32;
+                    u[c] = _mm512_mask_add_epi8(u[c], m, u[c], _mm512_set1_epi8(0x10));
+                }
+                __m512i idx = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)),
+                                                 _mm256_set1_epi16((short)(2 * c + 1)), 1);
+                scv[c] = _mm512_permutexvar_epi16(idx, sc16);
             }
-            int32_t isum = _mm512_reduce_add_epi32(accv);
-            int32_t imin = avx2_hsum_i32(_mm256_mullo_epi32(
-                mn32, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(
-                                            xr[i].bs + 16 * b)),
-                                        _mm256_set1_epi16(1))));
-            float p = (dw * xr[i].dx[b]) * (float)isum;
-            p = p - (mw * xr[i].dx[b]) * (float)imin;
-            acc[i][b % 8] = acc[i][b % 8] + p;
+            FR_UNROLL
+            for (int i = 0; i < NB; i++) {
+                const int8_t *x = xr[i].x + (g0 + k) * FR_QK_K;
+                __m512i accv = _mm512_setzero_si512();
+                FR_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    __m512i p = _mm512_maddubs_epi16(
+                        u[c], _mm512_loadu_si512((const void *)(x + 64 * c)));
+                    accv = _mm512_dpwssd_epi32(accv, p, scv[c]);
+                }
+                ti[i][k] = _mm256_add_epi32(_mm512_castsi512_si256(accv),
+                                            _mm512_extracti64x4_epi64(accv, 1));
+                tm[i][k] = _mm256_madd_epi16(
+                    _mm256_loadu_si256((const __m256i *)(const void *)(xr[i].bs +
+                                                                      16 * (g0 + k))),
+                    mn2);
+            }
         }
+        for (int k = ng; k < 8; k++)
+            for (int i = 0; i < NB; i++)
+                ti[i][k] = tm[i][k] = _mm256_setzero_si256();
+        const __mmask8 mask = (__mmask8)((1u << ng) - 1);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)dh));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)mh));
+        for (int i = 0; i < NB; i++)
+            acc[i] = kq_float_steps(acc[i], mask, xr[i].dx + g0, dw, &mw, ti[i], tm[i]);
     }
-    for (int i = 0; i < NB; i++)
-        out[i] = fr_qsum8(acc[i]);
+    kq_finish(acc, NB, out);
 }
 
 FR_AVX512Q static FR_INLINE void avx512_q6k_nb(const uint8_t *w, int64_t cols, const void *A,
                                               int j0, int NB, float *out)
 {
     kq_row xr[4];
-    float acc[4][8] = {{0}};
-    for (int i = 0; i < NB; i++)
+    __m256 acc[4];
+    for (int i = 0; i < NB; i++) {
         xr[i] = act_row(A, j0 + i);
+        acc[i] = _mm256_setzero_ps();
+    }
     const int64_t nsb = cols / FR_QK_K;
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(3);
-    for (int64_t b = 0; b < nsb; b++) {
-        const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
-        __m512i sc32 =
-            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
-        __m512i e[4], scv[4];
-        FR_UNROLL
-        for (int h = 0; h < 2; h++) {
-            __m512i ql = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
-            __m512i ha = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
-            __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 4)),
-                                            _mm256_srli_epi16(qh, 6), 1);
-            e[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4),
-                                       _mm512_slli_epi16(_mm512_and_si512(ha, m2), 4));
-            e[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                           _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
-            /* lane i of e[2h]'s sums: sub-block 8h + i/4; of e[2h + 1]'s: 8h + 4 + i/4 */
-            const __m512i ia = _mm512_add_epi32(
-                _mm512_set1_epi32(8 * h),
-                _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
-            const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(4));
-            scv[2 * h] = _mm512_permutexvar_epi32(ia, sc32);
-            scv[2 * h + 1] = _mm512_permutexvar_epi32(ib, sc32);
-        }
-        const float dw = h2f((const uint8_t *)&blk->d);
-        FR_UNROLL
-        for (int i = 0; i < NB; i++) {
-            const int8_t *x = xr[i].x + b * FR_QK_K;
-            __m512i accv = _mm512_setzero_si512();
+    for (int64_t g0 = 0; g0 < nsb; g0 += 8) {
+        const int ng = nsb - g0 < 8 ? (int)(nsb - g0) : 8;
+        __m256i ti[4][8];
+        uint16_t dh[8] = {0};
+        for (int k = 0; k < ng; k++) {
+            const fr_block_q6_K *blk =
+                (const fr_block_q6_K *)(const void *)(w + (size_t)(g0 + k) * 210);
+            memcpy(&dh[k], &blk->d, 2);
+            /* the 16 scales as words; scv[c]: 8 words each of sub-blocks 4c .. 4c + 3 */
+            const __m256i sc16 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
+            __m512i e[4], scv[4];
+            FR_UNROLL
+            for (int h = 0; h < 2; h++) {
+                __m512i ql = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
+                __m512i ha = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+                __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(qh, 4)),
+                                                _mm256_srli_epi16(qh, 6), 1);
+                e[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                           _mm512_slli_epi16(_mm512_and_si512(ha, m2), 4));
+                e[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(hb, m2), 4));
+            }
             FR_UNROLL
             for (int c = 0; c < 4; c++) {
-                __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), e[c],
-                                                _mm512_loadu_si512((const void *)(x + 64 * c)));
-                accv = _mm512_add_epi32(accv, _mm512_mullo_epi32(r, scv[c]));
+                __m512i idx = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_inserti128_si256(
+                        _mm256_set1_epi16((short)(4 * c)), _mm_set1_epi16((short)(4 * c + 1)), 1)),
+                    _mm256_inserti128_si256(_mm256_set1_epi16((short)(4 * c + 2)),
+                                            _mm_set1_epi16((short)(4 * c + 3)), 1),
+                    1);
+                scv[c] = _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(sc16));
             }
-            /* Q6_K's offset, 32 * sc_s * bsum_s per lane s, taken off before the sum */
-            __m512i off = _mm512_mullo_epi32(
-                sc32, _mm512_cvtepi16_epi32(_mm256_loadu_si256(
-                          (const __m256i *)(const void *)(xr[i].bs + 16 * b))));
-            accv = _mm512_sub_epi32(accv, _mm512_slli_epi32(off, 5));
-            int32_t isum = _mm512_reduce_add_epi32(accv);
-            float p = (dw * xr[i].dx[b]) * (float)isum;
-            acc[i][b % 8] = acc[i][b % 8] + p;
+            FR_UNROLL
+            for (int i = 0; i < NB; i++) {
+                const int8_t *x = xr[i].x + (g0 + k) * FR_QK_K;
+                __m512i accv = _mm512_setzero_si512();
+                FR_UNROLL
+                for (int c = 0; c < 4; c++) {
+                    __m512i p = _mm512_maddubs_epi16(
+                        e[c], _mm512_loadu_si512((const void *)(x + 64 * c)));
+                    accv = _mm512_dpwssd_epi32(accv, p, scv[c]);
+                }
+                /* Q6_K's offset, 32 * sum_s sc_s * bsum_s, taken off before the sum */
+                __m256i off = _mm256_madd_epi16(
+                    sc16, _mm256_loadu_si256((const __m256i *)(const void *)(xr[i].bs +
+                                                                            16 * (g0 + k))));
+                ti[i][k] = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(accv),
+                                                             _mm512_extracti64x4_epi64(accv, 1)),
+                                            _mm256_slli_epi32(off, 5));
+            }
         }
+        for (int k = ng; k < 8; k++)
+            for (int i = 0; i < NB; i++)
+                ti[i][k] = _mm256_setzero_si256();
+        const __mmask8 mask = (__mmask8)((1u << ng) - 1);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)dh));
+        for (int i = 0; i < NB; i++)
+            acc[i] = kq_float_steps(acc[i], mask, xr[i].dx + g0, dw, NULL, ti[i], NULL);
     }
-    for (int i = 0; i < NB; i++)
-        out[i] = fr_qsum8(acc[i]);
+    kq_finish(acc, NB, out);
 }
 
 #define Q4K_NB(wr, j, NB, o) avx512_q45k_nb(wr, cols, A, j, 0, NB, o)

@@ -142,10 +142,14 @@ int fb_write_json(const char *path, const fb_report *r);
 
 /* ---- options.c: the command line, the prompts file, the list of modes ------------------ */
 
+enum { FB_MAX_PARALLEL = 8 }; /* counts in --parallel N1,N2,.. */
+
 typedef struct fb_options {
     const char *model, *prompts, *json, *svg, *modes;
     int n_tokens, threads, reps, max_prompts, warmup, exit_layer, check;
     int parallel;    /* --parallel N: N streams through free_batch_step (parallel.c) */
+    int parallel_list[FB_MAX_PARALLEL], n_parallel; /* --parallel N1,N2,..: every count (parallel[0] =
+                                         parallel) */
     double probe_mb; /* < 0: automatic */
 } fb_options;
 
@@ -177,8 +181,8 @@ int fb_make_ctx(const free_model *m, const fb_options *o, fb_config *c);
 
 /* ---- parallel.c: --parallel N ------------------------------------------------------------ */
 
-/* Runs the configs with o->parallel streams at once and alone; prints the table and writes
- * o->json. Returns 0, 3 when --check finds a stream that differs from the lone one, -1 on
+/* Runs the configs with each count of o->parallel_list streams at once and alone; prints
+ * the tables (and a sweep table for several counts) and writes o->json. Returns 0, 3 when --check finds a stream that differs from the lone one, -1 on
  * failure. */
 int fb_parallel(const fb_options *o, const free_model *m, const fb_prompt *pr, int n_pr,
                 fb_config *cfg, int n_cfg, const fb_report *rep);

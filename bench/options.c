@@ -25,7 +25,9 @@ static void usage(FILE *f)
         "  -r, --reps N         repetitions (default 3)\n"
         "  --parallel N         N prompts at once through free_batch_step (each exactly -n\n"
         "                       tokens), against one stream through the same call:\n"
-        "                       aggregate and per-stream tokens/s, step latency\n"
+        "                       aggregate and per-stream tokens/s, step latency, waiting,\n"
+        "                       weight GB/s against the probe; N1,N2,... (e.g. 1,2,4,8,16)\n"
+        "                       runs each count, interleaved, and adds a sweep table\n"
         "  --exit-layer N       exit layer for every config (default: the file's)\n"
         "  --warmup N           untimed warm-up generations per config (default 1)\n"
         "  --probe-mb M         bandwidth-probe buffer in MiB (default 4 x LLC, 256..2048;\n"
@@ -73,7 +75,26 @@ int fb_parse_args(int argc, char **argv, fb_options *o)
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) num = &o->threads, hi = 256;
         else if (!strcmp(a, "-r") || !strcmp(a, "--reps")) num = &o->reps, lo = 1;
         else if (!strcmp(a, "--prompts")) num = &o->max_prompts, lo = 1;
-        else if (!strcmp(a, "--parallel")) num = &o->parallel, lo = 1, hi = 1024;
+        else if (!strcmp(a, "--parallel")) {
+            /* N, or a list N1,N2,... (a sweep). */
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", v);
+            o->n_parallel = 0;
+            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+                if (o->n_parallel == FB_MAX_PARALLEL ||
+                    parse_int(tok, 1, 1024, &o->parallel_list[o->n_parallel])) {
+                    fprintf(stderr, "free-bench: --parallel takes N or up to %d counts N1,N2,.. "
+                                    "in 1..1024, not '%s'\n", FB_MAX_PARALLEL, v);
+                    return -1;
+                }
+                o->n_parallel++;
+            }
+            if (o->n_parallel == 0) {
+                fprintf(stderr, "free-bench: --parallel needs a count\n");
+                return -1;
+            }
+            o->parallel = o->parallel_list[0];
+        }
         else if (!strcmp(a, "--warmup")) num = &o->warmup;
         else if (!strcmp(a, "--exit-layer")) num = &o->exit_layer, lo = 1;
         else if (!strcmp(a, "--probe-mb")) {

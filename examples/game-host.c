@@ -1,13 +1,17 @@
 /* game-host: libfree inside a game loop. Several characters share one loaded model; each
- * has its own context on its own thread. Every frame each character may spend a slice of
- * time (the budget) calling free_step, so a line of dialogue grows a few tokens per frame
- * while the frame rate holds. When every character has finished its line (a newline or
- * the token limit) the host prints the lines and a table of per-context and total
- * tokens/s.
+ * has its own context. A generation thread steps the characters still talking together
+ * with free_batch_step (one token for each per step, the weights read once for all); every
+ * frame it may spend a slice of time (the budget) on such steps, so the lines of dialogue
+ * grow a few tokens per frame while the frame rate holds. When every character has
+ * finished its line (a newline or the token limit) the host prints the lines and a table
+ * of per-context and total tokens/s.
  *
  *     game-host [-m MODEL] [-c CHARACTERS] [--fps F] [--budget-ms B] [--max-tokens N]
  *               [--exit none|free|verify] [--threshold X] [--max-queue K] [--temp T]
- *               [--seed S] [--json]
+ *               [--seed S] [--alone] [--json]
+ *
+ * --alone steps the characters one after another with free_step instead: the same lines
+ * (free_batch_step gives each context exactly the tokens free_step gives it).
  *
  * The main loop never waits for generation: it starts each frame, reads what the
  * characters have finished, and keeps its frame rate; the report gives the percentiles of
@@ -15,13 +19,14 @@
  *
  * Rules of the library this program follows: the model is shared read-only by all
  * threads; a context is used by one thread at a time (created by the main thread, handed
- * to its character thread under a mutex); each context has n_threads = 1 so that N
- * characters use N cores at most. */
+ * to the generation thread under a mutex); a batch runs on the thread pool of its first
+ * context, so every context gets the same n_threads (the cores, at most the characters). */
 #define _POSIX_C_SOURCE 200809L
 #include <free/free.h>
 
 #include <errno.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +50,7 @@ static const struct {
 
 typedef struct options {
     const char *model;
-    int characters, max_tokens, json;
+    int characters, max_tokens, json, alone;
     double fps, budget_ms;
     free_ctx_params params;
 } options;
@@ -53,7 +58,6 @@ typedef struct options {
 typedef struct character {
     const char *name;
     free_ctx *ctx;
-    pthread_t thread;
     struct game *game;
     /* the line, as token ids; turned into text once it is complete */
     int32_t ids[MAX_LINE_TOKENS];
@@ -63,7 +67,7 @@ typedef struct character {
     /* accounting */
     int steps, frames, overruns;
     long finished_frame;
-    double busy_ms, step_ms_estimate, worst_frame_ms, prefill_ms;
+    double busy_ms, worst_frame_ms, prefill_ms;
     free_status status;
     char error[512];
 } character;
@@ -73,6 +77,8 @@ typedef struct game {
     const free_model *model;
     character chars[MAX_CHARACTERS];
     int n_chars;
+    pthread_t thread;        /* the generation thread */
+    double step_ms_estimate; /* of one step of every character still talking */
     pthread_mutex_t mu;
     pthread_cond_t go;       /* the main thread started a frame (or quits) */
     pthread_cond_t finished; /* unused: the main loop never waits for the characters */
@@ -121,53 +127,92 @@ static void take_token(character *c, int32_t token, int max_tokens)
     c->has_text |= text;
 }
 
-/* One frame of work: step until the line is done or the next step would not fit in the
- * budget. The first step of a frame always runs, so every character makes progress even
- * when one step costs more than its slice; such frames count as overruns. */
-static void work_frame(character *c, long frame)
+/* A step's result for character c. */
+static void took(character *c, free_status s, int32_t token, const free_step_info *info)
 {
-    const options *o = c->game->opt;
-    if (c->done)
+    c->steps += s == FREE_OK;
+    if (s != FREE_OK) {
+        c->status = s;
+        snprintf(c->error, sizeof c->error, "%s: %s", free_strerror(s),
+                 free_ctx_last_error(c->ctx));
+        c->done = 1;
+    } else if (info->is_eos) {
+        c->eos = c->done = 1;
+    } else {
+        take_token(c, token, c->game->opt->max_tokens);
+    }
+}
+
+/* One frame of work: steps of every character still talking (one token each) until every
+ * line is done or the next step would not fit in the budget. A step counts against each
+ * character's budget (they all wait for it). The first step of a frame always runs, so
+ * every character makes progress even when one step costs more than the budget; such
+ * frames count as overruns. */
+static void work_frame(game *g, long frame)
+{
+    const options *o = g->opt;
+    character *act[MAX_CHARACTERS], *worked[MAX_CHARACTERS];
+    free_ctx *ctxs[MAX_CHARACTERS];
+    int32_t tokens[MAX_CHARACTERS];
+    free_status st[MAX_CHARACTERS];
+    free_step_info info[MAX_CHARACTERS];
+    int n_worked = 0;
+    for (int i = 0; i < g->n_chars; i++)
+        if (!g->chars[i].done) {
+            worked[n_worked++] = &g->chars[i];
+            g->chars[i].frames++;
+        }
+    if (n_worked == 0)
         return;
     const double t0 = now_ms();
-    c->frames++;
-    for (int first = 1; !c->done; first = 0) {
-        if (!first && now_ms() - t0 + c->step_ms_estimate > o->budget_ms)
+    for (int first = 1;; first = 0) {
+        int n = 0;
+        for (int j = 0; j < n_worked; j++)
+            if (!worked[j]->done) {
+                act[n] = worked[j];
+                ctxs[n] = worked[j]->ctx;
+                info[n++].size = sizeof info[0];
+            }
+        if (n == 0 || (!first && now_ms() - t0 + g->step_ms_estimate > o->budget_ms))
             break;
-        int32_t token;
-        free_step_info info;
-        info.size = sizeof info;
         double s0 = now_ms();
-        free_status s = free_step(c->ctx, &token, &info);
-        double dt = now_ms() - s0;
-        c->busy_ms += dt;
-        /* A running mean weighted to the recent past: step costs vary with the queue. */
-        c->step_ms_estimate = c->steps == 0 ? dt : 0.75 * c->step_ms_estimate + 0.25 * dt;
-        c->steps += s == FREE_OK;
-        if (s != FREE_OK) {
-            c->status = s;
-            snprintf(c->error, sizeof c->error, "%s: %s", free_strerror(s),
-                     free_ctx_last_error(c->ctx));
-            c->done = 1;
-        } else if (info.is_eos) {
-            c->eos = c->done = 1;
+        if (o->alone) {
+            for (int j = 0; j < n; j++) {
+                double a0 = now_ms();
+                st[j] = free_step(ctxs[j], &tokens[j], &info[j]);
+                act[j]->busy_ms += now_ms() - a0;
+            }
         } else {
-            take_token(c, token, o->max_tokens);
+            free_status s = free_batch_step(ctxs, n, tokens, st, info);
+            for (int j = 0; j < n; j++)
+                if (s != FREE_OK) /* a bad call: no context stepped */
+                    st[j] = s;
+        }
+        double dt = now_ms() - s0;
+        /* A running mean weighted to the recent past: step costs vary with the queues. */
+        g->step_ms_estimate = g->step_ms_estimate == 0.0 ? dt
+                                                         : 0.75 * g->step_ms_estimate + 0.25 * dt;
+        for (int j = 0; j < n; j++) {
+            if (!o->alone)
+                act[j]->busy_ms += dt;
+            took(act[j], st[j], tokens[j], &info[j]);
         }
     }
     double spent = now_ms() - t0;
-    if (spent > o->budget_ms)
-        c->overruns++;
-    if (spent > c->worst_frame_ms)
-        c->worst_frame_ms = spent;
-    if (c->done)
-        c->finished_frame = frame;
+    for (int j = 0; j < n_worked; j++) {
+        character *c = worked[j];
+        if (spent > o->budget_ms)
+            c->overruns++;
+        if (spent > c->worst_frame_ms)
+            c->worst_frame_ms = spent;
+        if (c->done)
+            c->finished_frame = frame;
+    }
 }
 
-static void *character_thread(void *arg)
+static void *generation_thread(void *arg)
 {
-    character *c = arg;
-    game *g = c->game;
+    game *g = arg;
     long seen = 0;
     for (;;) {
         pthread_mutex_lock(&g->mu);
@@ -180,10 +225,11 @@ static void *character_thread(void *arg)
         seen = g->frame; /* frames that went by while it worked are skipped */
         pthread_mutex_unlock(&g->mu);
 
-        work_frame(c, seen);
+        work_frame(g, seen);
 
         pthread_mutex_lock(&g->mu);
-        g->done[c - g->chars] = c->done;
+        for (int i = 0; i < g->n_chars; i++)
+            g->done[i] = g->chars[i].done;
         pthread_mutex_unlock(&g->mu);
     }
 }
@@ -205,7 +251,9 @@ static int setup_character(game *g, int i)
     c->name = cast[i].name;
     c->game = g;
     free_ctx_params p = o->params;
-    p.n_threads = 1;
+    /* A batch runs on its first context's threads: all get the same. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p.n_threads = cores < 1 ? 1 : cores < o->characters ? (int32_t)cores : o->characters;
     p.seed = o->params.seed + (uint64_t)i; /* different dice for each character */
     free_status s = free_ctx_create(g->model, &p, &c->ctx);
     if (s != FREE_OK)
@@ -396,8 +444,8 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: game-host [options]\n"
         "  -m, --model FILE     GGUF model (default models/free-llama-22M.gguf)\n"
-        "  -c, --characters N   characters, each with its own context and thread (1-%d,\n"
-        "                       default 3)\n"
+        "  -c, --characters N   characters, each with its own context, stepped together\n"
+        "                       with free_batch_step (1-%d, default 3)\n"
         "  --fps F              frame rate the loop holds (default 60)\n"
         "  --budget-ms B        time each character may spend per frame (default 8)\n"
         "  --max-tokens N       longest line in tokens (default 32, at most %d)\n"
@@ -407,6 +455,8 @@ static void usage(FILE *f)
         "                       (default 0 = up to the context)\n"
         "  --temp T             sampling temperature (default 0 = greedy)\n"
         "  --seed S             sampling seed; character i uses S + i (default 0)\n"
+        "  --alone              step the characters one by one with free_step (the same\n"
+        "                       lines)\n"
         "  --json               print one JSON object instead of the table\n",
         MAX_CHARACTERS, MAX_LINE_TOKENS);
 }
@@ -436,6 +486,9 @@ static int parse_args(int argc, char **argv, options *o)
             exit(0);
         } else if (!strcmp(a, "--json")) {
             o->json = 1;
+            takes_value = 0;
+        } else if (!strcmp(a, "--alone")) {
+            o->alone = 1;
             takes_value = 0;
         } else if (!v) {
             fprintf(stderr, "game-host: %s needs a value (try --help)\n", a);
@@ -503,7 +556,7 @@ static int parse_args(int argc, char **argv, options *o)
 
 int main(int argc, char **argv)
 {
-    options o = {"models/free-llama-22M.gguf", 3, 32, 0, 60.0, 8.0, {0}};
+    options o = {"models/free-llama-22M.gguf", 3, 32, 0, 0, 60.0, 8.0, {0}};
     free_ctx_params_init(&o.params, sizeof o.params);
     o.params.exit_mode = FREE_EXIT_FREE;
     o.params.threshold = 0.5f;
@@ -530,12 +583,13 @@ int main(int argc, char **argv)
     int rc = 0, started = 0;
     for (int i = 0; i < g.n_chars && !rc; i++)
         rc = setup_character(&g, i);
-    for (; started < g.n_chars && !rc; started++)
-        if (pthread_create(&g.chars[started].thread, NULL, character_thread, &g.chars[started])) {
+    if (!rc) {
+        started = pthread_create(&g.thread, NULL, generation_thread, &g) == 0;
+        if (!started) {
             fprintf(stderr, "game-host: cannot start a thread\n");
             rc = 1;
-            break;
         }
+    }
 
     long frames = 0;
     double wall_ms = 0.0;
@@ -545,8 +599,8 @@ int main(int argc, char **argv)
     g.quit = 1;
     pthread_cond_broadcast(&g.go);
     pthread_mutex_unlock(&g.mu);
-    for (int i = 0; i < started; i++)
-        pthread_join(g.chars[i].thread, NULL);
+    if (started)
+        pthread_join(g.thread, NULL);
 
     if (!rc) {
         for (int i = 0; i < g.n_chars; i++) {

@@ -103,6 +103,22 @@ def test_game(exe, models):
     rc, out, err = run([exe, "-m", model, "--exit", "sideways"])
     check(rc == 2 and "--exit" in err, "a bad option should exit 2: %d %r" % (rc, err))
 
+    # The characters are stepped together with free_batch_step; --alone steps them one by
+    # one with free_step: the same lines, token for token, in every exit mode, greedy and
+    # sampled.
+    for extra in (["--exit", "free"], ["--exit", "free", "--temp", "0.8", "--seed", "3"],
+                  ["--exit", "verify", "--threshold", "0.3"],
+                  ["--exit", "verify", "--temp", "0.9"], ["--exit", "none", "--temp", "0.7"]):
+        lines = []
+        for alone in ([], ["--alone"]):
+            rc, out, err = run([exe, "-m", model, "-c", "5", "--max-tokens", "24", "--json"] +
+                               extra + alone)
+            check(rc == 0, "game-host %s exited %d: %s" % (" ".join(extra + alone), rc, err))
+            lines.append([(c["name"], c["line"], c["line_tokens"], c["eos"])
+                          for c in json.loads(out)["characters"]])
+        check(lines[0] == lines[1], "game-host %s: batched lines differ from --alone:\n%r\n%r"
+              % (" ".join(extra), lines[0], lines[1]))
+
 
 class Editor:
     def __init__(self, exe, model, *extra):

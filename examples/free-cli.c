@@ -77,7 +77,9 @@ static void usage(FILE *f)
         "  --adaptive            learn the threshold (Beta mixture)\n"
         "  --zeta Z              posterior level of the adaptive rule (default 0.4)\n"
         "  --bmm-rule R          grid | continuous (default grid)\n"
-        "  --calibration FILE    start from a calibration written by --calibrate\n"
+        "  --calibration FILE    a calibration curve (GGUF, written by free-calibrate -o)\n"
+        "                        for --min-agreement and the default mode, or a text\n"
+        "                        written by --calibrate to start the adaptive estimator\n"
         "  --calibrate PROMPTS   run each line of PROMPTS adaptively, print the threshold,\n"
         "                        write the calibration (see --calibration-out)\n"
         "  --calibration-out F   where --calibrate writes (default free-calibration.txt)\n"
@@ -202,6 +204,18 @@ static int read_text(const char *what, const char *path, size_t max, char **out)
         return -1;
     }
     return 0;
+}
+
+/* Whether path begins with the GGUF magic (a calibration curve file, not an estimator
+ * text). */
+static bool is_gguf(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    bool yes = f && fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
+    if (f)
+        fclose(f);
+    return yes;
 }
 
 /* Options that take a number: name, min, max, where to store it. */
@@ -641,7 +655,10 @@ int main(int argc, char **argv)
         free(prompt_buf);
         return trc;
     }
-    if (c.calibration_in) {
+    if (c.calibration_in && is_gguf(c.calibration_in)) {
+        /* A calibration curve (free-calibrate -o): the library reads it. */
+        c.p.calibration_file = c.calibration_in;
+    } else if (c.calibration_in) {
         if (read_text("calibration", c.calibration_in, CALIBRATION_MAX, &calib_buf)) {
             free(prompt_buf);
             return 1;

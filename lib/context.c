@@ -1,5 +1,6 @@
 /* Context life cycle: parameters, buffers, reset, statistics, calibration export. */
 #include "context.h"
+#include "calib_file.h"
 #include "log.h"
 
 #include <math.h>
@@ -214,7 +215,21 @@ static free_status resolve_exit(struct free_ctx *ctx, free_ctx_params *p, int32_
 {
     const struct free_model *m = ctx->model;
     fr_calib calib;
-    fr_calib_from_model(m, &calib);
+    int32_t calib_layer = 0;
+    if (p->calibration_file) {
+        FR_TRY(fr_calib_load_file(p->calibration_file, &calib, &calib_layer, err));
+        if (calib_layer > 0 && calib_layer != ls)
+            return fr_fail(err, FREE_ERR_INVALID_ARG, "calibration file %s was measured at "
+                           "exit layer %d; this context exits at layer %d",
+                           p->calibration_file, calib_layer, ls);
+    } else {
+        fr_calib_from_model(m, &calib, &calib_layer);
+        if (calib.n > 0 && calib_layer > 0 && calib_layer != ls) {
+            fr_log(FREE_LOG_INFO, "the model's calibration curve is for exit layer %d, not "
+                                  "%d: ignored", calib_layer, ls);
+            calib.n = 0;
+        }
+    }
     *is_auto = p->exit_mode == FREE_EXIT_AUTO;
     if (*is_auto) {
         p->exit_mode = FREE_EXIT_NONE;
@@ -238,7 +253,8 @@ static free_status resolve_exit(struct free_ctx *ctx, free_ctx_params *p, int32_
         if (calib.n == 0)
             return fr_fail(err, FREE_ERR_INVALID_ARG,
                            "min_agreement %g needs a calibration curve, and the model has no "
-                           "free.calib.* keys (free-convert --calibrate writes them)",
+                           "free.calib.* keys (free-calibrate writes them; or give a "
+                           "calibration_file)",
                            (double)p->min_agreement);
         float t = fr_calib_min_agreement(&calib, p->min_agreement);
         if (isnan(t)) {
@@ -342,6 +358,7 @@ static free_status apply_params(struct free_ctx *ctx, const free_ctx_params *par
     ctx->exit_layer = ls;
     ctx->params = *p;
     ctx->params.calibration = NULL;
+    ctx->params.calibration_file = NULL;
     if (ctx->bmm) {
         /* An imported calibration brings its own rule and zeta. */
         const fr_bmm_params *in_force = fr_bmm_get_params(ctx->bmm);

@@ -1,5 +1,6 @@
 /* Exit policy: calibration curve, automatic VERIFY threshold, min_agreement threshold. */
 #include "exit_policy.h"
+#include "calib_file.h"
 #include "gguf.h"
 #include "log.h"
 #include "model.h"
@@ -7,48 +8,16 @@
 #include <math.h>
 #include <string.h>
 
-/* One free.calib.* array into out[]; returns its length, 0 when absent, -1 when unusable. */
-static int read_curve(const struct free_model *m, const char *key, float *out)
-{
-    const gguf_kv *kv = gguf_find_kv(m->gguf, key);
-    if (!kv)
-        return 0;
-    fr_error err;
-    fr_error_clear(&err);
-    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_n == 0 || kv->arr_n > FR_CALIB_MAX ||
-        gguf_array_f32(kv, out, kv->arr_n, &err) != FREE_OK)
-        return -1;
-    return (int)kv->arr_n;
-}
-
-void fr_calib_from_model(const struct free_model *m, fr_calib *c)
+void fr_calib_from_model(const struct free_model *m, fr_calib *c, int32_t *exit_layer)
 {
     memset(c, 0, sizeof *c);
+    *exit_layer = 0;
     if (!m || !m->gguf)
         return;
-    int nt = read_curve(m, "free.calib.thresholds", c->thr);
-    int ne = read_curve(m, "free.calib.exit_rate", c->exit_rate);
-    int na = read_curve(m, "free.calib.agreement", c->agreement);
-    float samples[FR_CALIB_MAX];
-    int ns = read_curve(m, "free.calib.samples", samples);
-    if (nt == 0 && ne == 0 && na == 0)
-        return;
-    if (nt <= 0 || nt != ne || nt != na || (ns != 0 && ns != nt)) {
-        fr_log(FREE_LOG_WARN, "free.calib.* arrays are missing, unreadable or of different "
-                              "lengths: the calibration curve is ignored");
-        return;
-    }
-    for (int i = 0; i < nt; i++) {
-        const float v[3] = {c->thr[i], c->exit_rate[i], c->agreement[i]};
-        for (int j = 0; j < 3; j++)
-            if (!(v[j] >= 0.0f && v[j] <= 1.0f)) {
-                fr_log(FREE_LOG_WARN, "free.calib.* point %d holds a value outside [0, 1]: "
-                                      "the calibration curve is ignored", i);
-                return;
-            }
-        c->samples[i] = ns > 0 && samples[i] > 0.0f ? (double)samples[i] : 0.0;
-    }
-    c->n = nt;
+    fr_error err;
+    fr_error_clear(&err);
+    if (fr_calib_from_gguf(m->gguf, c, exit_layer, &err) != FREE_OK)
+        fr_log(FREE_LOG_WARN, "the model's calibration curve is ignored: %s", err.msg);
 }
 
 double fr_verify_speedup(const struct free_model *m, int32_t ls, int32_t k, double e, double a)

@@ -26,9 +26,10 @@ typedef struct fr_calib {
     double samples[FR_CALIB_MAX];
 } fr_calib;
 
-/* Reads the model's free.calib.* keys. A file without them, or with arrays of different
- * lengths, more than FR_CALIB_MAX points or values outside [0, 1], gives n = 0 (logged). */
-void fr_calib_from_model(const struct free_model *m, fr_calib *c);
+/* Reads the model's free.calib.* keys (calib_file.h), and free.calib.exit_layer into
+ * *exit_layer (0 when absent). A file without them, or with a broken curve, gives n = 0
+ * (a broken one logged). */
+void fr_calib_from_model(const struct free_model *m, fr_calib *c, int32_t *exit_layer);
 
 /* Predicted speed-up of VERIFY over full depth under the byte model (weights read per
  * token) when a share e of positions is confident and a share a of those is accepted,

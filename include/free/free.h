@@ -339,7 +339,8 @@ typedef struct free_ctx_params {
     int32_t n_keep;            /* tokens a shift keeps at the start (a leading BOS is always
                                   kept); default 0, >= 0 */
     /* Lossy early exit with a stated quality (0.2). In (0, 1]: the threshold becomes the
-     * lowest point of the model's calibration curve (free.calib.thresholds) whose token
+     * lowest point of the calibration curve (the model's free.calib.* keys, or those of
+     * calibration_file) whose token
      * agreement with the final head, as a one-sided 95% Wilson lower bound on the curve's
      * sample counts (free.calib.samples; without counts the measured agreement itself), is
      * at least min_agreement; when no point reaches it, threshold 1 (no early exits) and a
@@ -354,6 +355,14 @@ typedef struct free_ctx_params {
      * too (what free-bench's agreement column needs); the adaptive estimator does this
      * whatever the value. Costs one head row per early exit. Default 0. */
     int32_t agreement_stats;
+    /* Path of a calibration file (0.2): a GGUF holding a calibration curve in the model's
+     * keys (free.calib.thresholds, .exit_rate, .agreement, .samples; free-calibrate -o
+     * writes one). Its curve replaces the model's for FREE_EXIT_AUTO and min_agreement.
+     * Read during the call, not kept (free_ctx_get_params gives NULL). FREE_ERR_IO when it
+     * cannot be read, FREE_ERR_FORMAT when it is not a GGUF or holds no or a broken curve,
+     * FREE_ERR_INVALID_ARG when its free.calib.exit_layer is not the context's exit layer.
+     * NULL (default): the model's own curve. */
+    const char *calibration_file;
 } free_ctx_params;
 
 /* Fills p with defaults (see the field comments). A size from an older header (down to

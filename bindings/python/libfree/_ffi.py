@@ -126,6 +126,7 @@ class free_ctx_params(Structure):
         ("n_keep", c_int32),
         ("min_agreement", c_float),
         ("agreement_stats", c_int32),
+        ("calibration_file", c_char_p),
     ]
 
 

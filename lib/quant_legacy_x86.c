@@ -198,99 +198,28 @@ AVX2_ROWS(q5_1, K_Q5_1)
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
 
-/* The weight codes of blocks b and b + 1 (the second absent when !two: codes 0) as
- * unsigned bytes. Nibble types: 128-bit quarters (b low, b + 1 low, b high, b + 1 high);
- * Q8_0: (b, b, b + 1, b + 1) halves in order. */
-FR_AVX512Q static FR_INLINE __m512i avx512_wpair(const uint8_t *b0, leg_kind k, int two)
-{
-    const uint8_t *b1 = b0 + k.bytes;
-    if (k.q8) {
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(const void *)(b0 + k.qs));
-        __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(const void *)(b1 + k.qs))
-                         : _mm256_set1_epi8((char)0x80); /* u = 0 */
-        __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
-        return _mm512_xor_si512(u, _mm512_set1_epi8((char)0x80));
-    }
-    __m128i q0 = _mm_loadu_si128((const __m128i *)(const void *)(b0 + k.qs));
-    __m128i q1 = two ? _mm_loadu_si128((const __m128i *)(const void *)(b1 + k.qs))
-                     : _mm_setzero_si128();
-    __m256i q = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
-    __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
-    u = _mm512_and_si512(u, _mm512_set1_epi8(0x0f));
-    if (k.qh >= 0) {
-        uint64_t h0 = load32(b0 + k.qh), h1 = two ? load32(b1 + k.qh) : 0;
-        __mmask64 m = (h0 & 0xffff) | (h1 & 0xffff) << 16 | (h0 >> 16) << 32 | (h1 >> 16) << 48;
-        u = _mm512_mask_add_epi8(u, m, u, _mm512_set1_epi8(0x10));
-    }
-    return u;
-}
-
-/* The four int32 partial sums of blocks b (low 128 bits) and b + 1 (high). */
-FR_AVX512Q static FR_INLINE __m256i avx512_xpair(__m512i u, const int8_t *x, leg_kind k)
-{
-    __m512i xv = _mm512_loadu_si512((const void *)x);
-    __m512i r;
-    if (k.q8) {
-        r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
-        r = _mm512_shuffle_i64x2(r, r, _MM_SHUFFLE(3, 1, 2, 0));
-    } else {
-        xv = _mm512_shuffle_i64x2(xv, xv, _MM_SHUFFLE(3, 1, 2, 0));
-        r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);
-    }
-    return _mm256_add_epi32(_mm512_castsi512_si256(r), _mm512_extracti64x4_epi64(r, 1));
-}
-
-/* NB inputs (rows j0 .. j0 + NB - 1 of the activations) against one weight row: the
- * weight codes and scales of each group are unpacked once for all of them; every input
- * goes through exactly the operations it would alone. */
-FR_AVX512Q static FR_INLINE void avx512_dot_nb(const uint8_t *w, int64_t cols, const void *A,
-                                              int j0, leg_kind k, int NB, float *out)
-{
-    const fr_qact *a = A;
-    const int64_t nb = cols / 32;
-    __m256 acc[4];
-    for (int i = 0; i < NB; i++)
-        acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 8) {
-        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
-        const uint8_t *wg = w + b * k.bytes;
-        __m512i u[4];
-        FR_UNROLL
-        for (int p = 0; p < 4; p++)
-            u[p] = 2 * p < nblk ? avx512_wpair(wg + 2 * p * k.bytes, k, 2 * p + 1 < nblk)
-                                : _mm512_setzero_si512();
-        __m256 dw, mw = _mm256_setzero_ps();
-        leg_scales(wg, k, nblk, &dw, &mw);
-        FR_UNROLL
-        for (int i = 0; i < NB; i++) {
-            const int64_t j = j0 + i;
-            const int8_t *x = a->qs + j * a->ld_qs + 32 * b;
-            __m256i h[4];
-            FR_UNROLL
-            for (int p = 0; p < 4; p++)
-                h[p] = 2 * p < nblk ? avx512_xpair(u[p], x + 64 * p, k) : _mm256_setzero_si256();
-            /* h[p]: block 2p in the low 128 bits, 2p + 1 in the high */
-            __m256i ha = _mm256_hadd_epi32(h[0], h[1]), hb = _mm256_hadd_epi32(h[2], h[3]);
-            __m256i c = _mm256_hadd_epi32(ha, hb); /* blocks 0 2 4 6 | 1 3 5 7 */
-            __m256i isum =
-                _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + j * a->ld_sum + b));
-            if (k.shift >= 0)
-                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
-            acc[i] = leg_fstep(acc[i], dw, mw, k, isum, sx, a->d + j * a->ld_d + b);
-        }
-    }
-    for (int i = 0; i < NB; i++)
-        out[i] = leg_finish(acc[i]);
-}
-
-/* The nibble types (Q4_0, Q4_1, Q5_0, Q5_1) by windows: four blocks span at most 96 bytes,
- * so two 64-byte loads (masked at the end of the row: nothing past it is read) hold
- * blocks 0-3 of a group, two more blocks 4-7, and vpermt2b picks out of them the 64 code
- * bytes of the four blocks (block k in quarter k) and their scales, mins and fifth bits;
- * no gather, no per-block load. The low nibbles (elements 0-15) and the high ones (16-31)
- * of the four blocks go against the activations regrouped the same way (vpermt2q), both
- * products accumulate in one register whose quarter k is block k's sum. */
+/* Layout. A group of eight blocks is two windows of four (blocks 0-3, 4-7); in each window
+ * one register holds elements 0-15 of the four blocks (block q in 128-bit quarter q) and
+ * another elements 16-31, for the weight codes (unpacked once per row and group) and for
+ * the activation codes alike. The activations are put in that order once per call
+ * (l5_prep), not once per weight row, so one input costs per group of a row four loads,
+ * four vpdpbusd and its share of a transposed reduction done for two inputs (or two rows)
+ * at a time, which leaves the 16 block sums of the pair in one register in the lane order
+ *   lane 4q + 0: block q of the first,  4q + 1: block 4 + q of the first,
+ *   lane 4q + 2: block q of the second, 4q + 3: block 4 + q of the second;
+ * l5_prep stores the activations' scales and block sums in that order, the weights'
+ * scales are permuted to it per group, and the float step is quant.h's on the 16 lanes at
+ * once. Lanes are renamed, never mixed: every output is the canonical sequence, and the
+ * finish puts each input's eight lanes back in block order before the sum tree.
+ * Decoding (one input) pairs two weight rows; a batch pairs its inputs, up to four pairs
+ * (eight inputs) per pass over a weight row.
+ *
+ * Weights of the nibble types (Q4_0, Q4_1, Q5_0, Q5_1): four blocks span at most 96
+ * bytes, so two 64-byte loads (masked at the end of the row: nothing past it is read) hold
+ * a window, and vpermt2b picks out of them the 64 code bytes of the four blocks and their
+ * scales, mins and fifth bits; no gather, no per-block load. Q8_0: one 32-byte load per
+ * block, quarters regrouped by vshufi64x2, codes w as u = w xor 0x80 = w + 128 (the offset
+ * 128 sum(x) removed in integers as the nibble types' 8 or 16 sum(x)). */
 typedef struct nib_idx {
     __m512i qs, meta;
 } nib_idx;
@@ -312,8 +241,8 @@ static void nib_indices(leg_kind k, uint8_t qs[64], uint8_t meta[64])
     }
 }
 
-/* Codes u (low nibbles, high nibbles) and the meta bytes of the four blocks from `have`
- * bytes at p (at most 128 read). */
+/* Codes u (elements 0-15, 16-31) and the meta bytes of the four blocks from `have` bytes
+ * at p (at most 128 read). */
 FR_AVX512Q static FR_INLINE void nib_window(const uint8_t *p, int64_t have, leg_kind k,
                                             const nib_idx *ix, __m512i *lo, __m512i *hi,
                                             __m512i *meta)
@@ -337,174 +266,293 @@ FR_AVX512Q static FR_INLINE void nib_window(const uint8_t *p, int64_t have, leg_
     }
 }
 
-/* The sums of blocks 0-3 (quarters of ra) and 4-7 (rb), in block order. */
-FR_AVX512Q static FR_INLINE __m256i nib_sums(__m512i ra, __m512i rb)
+/* Q8_0: codes u of the four blocks at p (nblk of them in the row; the others u = 128
+ * against zero activations) and their F16 scales d[0..4). */
+FR_AVX512Q static FR_INLINE void q8_window(const uint8_t *p, int nblk, __m512i *lo,
+                                           __m512i *hi, uint16_t d[4])
 {
-    ra = _mm512_add_epi32(ra, _mm512_shuffle_epi32(ra, _MM_PERM_BADC));
-    ra = _mm512_add_epi32(ra, _mm512_shuffle_epi32(ra, _MM_PERM_CDAB));
-    rb = _mm512_add_epi32(rb, _mm512_shuffle_epi32(rb, _MM_PERM_BADC));
-    rb = _mm512_add_epi32(rb, _mm512_shuffle_epi32(rb, _MM_PERM_CDAB));
-    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
-    return _mm512_castsi512_si256(_mm512_permutex2var_epi32(ra, pick, rb));
-}
-
-/* The products of four blocks' codes with activations x (128 bytes, natural order). */
-FR_AVX512Q static FR_INLINE __m512i nib_dot4(__m512i lo, __m512i hi, const int8_t *x)
-{
-    const __m512i plo = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
-    const __m512i phi = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
-    __m512i x0 = _mm512_loadu_si512((const void *)x), x1 = _mm512_loadu_si512((const void *)(x + 64));
-    __m512i r = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_permutex2var_epi64(x0, plo, x1));
-    return _mm512_dpbusd_epi32(r, hi, _mm512_permutex2var_epi64(x0, phi, x1));
-}
-
-FR_AVX512Q static FR_INLINE void nib_dot_nb(const uint8_t *w, int64_t cols, const void *A,
-                                           int j0, leg_kind k, const nib_idx *ix, int NB,
-                                           float *out)
-{
-    const fr_qact *a = A;
-    const int64_t nb = cols / 32, row = nb * k.bytes;
-    __m256 acc[4];
-    for (int i = 0; i < NB; i++)
-        acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 8) {
-        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
-        const uint8_t *wg = w + b * k.bytes;
-        const int64_t left = row - b * k.bytes;
-        __m512i loA, hiA, metaA, loB = _mm512_setzero_si512(), hiB = loB, metaB = loB;
-        nib_window(wg, left, k, ix, &loA, &hiA, &metaA);
-        if (nblk > 4)
-            nib_window(wg + 4 * k.bytes, left - 4 * k.bytes, k, ix, &loB, &hiB, &metaB);
-        /* blocks past the row have zero codes; their scales must be zero too */
-        __m128i ma = _mm512_castsi512_si128(metaA), mb = _mm512_castsi512_si128(metaB);
-        __m128i dd = _mm_unpacklo_epi64(ma, mb), mm = _mm_unpackhi_epi64(ma, mb);
-        if (nblk < 8) {
-            __mmask8 live = (__mmask8)((1u << nblk) - 1);
-            dd = _mm_maskz_mov_epi16(live, dd);
-            mm = _mm_maskz_mov_epi16(live, mm);
-        }
-        __m256 dw = _mm256_cvtph_ps(dd), mw = _mm256_cvtph_ps(mm);
-        FR_UNROLL
-        for (int i = 0; i < NB; i++) {
-            const int64_t j = j0 + i;
-            const int8_t *x = a->qs + j * a->ld_qs + 32 * b;
-            __m512i ra = nib_dot4(loA, hiA, x);
-            __m512i rb = nblk > 4 ? nib_dot4(loB, hiB, x + 128) : _mm512_setzero_si512();
-            __m256i isum = nib_sums(ra, rb);
-            __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + j * a->ld_sum + b));
-            if (k.shift >= 0)
-                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
-            acc[i] = leg_fstep(acc[i], dw, mw, k, isum, sx, a->d + j * a->ld_d + b);
+    __m256i b[4];
+    FR_UNROLL
+    for (int q = 0; q < 4; q++) {
+        b[q] = _mm256_setzero_si256();
+        d[q] = 0;
+        if (q < nblk) {
+            memcpy(&d[q], p + 34 * q, 2);
+            b[q] = _mm256_loadu_si256((const __m256i *)(const void *)(p + 34 * q + 2));
         }
     }
-    for (int i = 0; i < NB; i++)
-        out[i] = leg_finish(acc[i]);
+    __m512i z01 = _mm512_inserti64x4(_mm512_castsi256_si512(b[0]), b[1], 1);
+    __m512i z23 = _mm512_inserti64x4(_mm512_castsi256_si512(b[2]), b[3], 1);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    *lo = _mm512_xor_si512(_mm512_shuffle_i64x2(z01, z23, _MM_SHUFFLE(2, 0, 2, 0)), flip);
+    *hi = _mm512_xor_si512(_mm512_shuffle_i64x2(z01, z23, _MM_SHUFFLE(3, 1, 3, 1)), flip);
 }
 
-/* One input against R rows (decoding): the activations' regrouping is shared by the rows;
- * each row's operations are those of nib_dot_nb. */
-FR_AVX512Q static FR_INLINE void nib_dot_rows(const uint8_t *w, size_t row_bytes, int64_t cols,
-                                             const void *A, int j, leg_kind k,
-                                             const nib_idx *ix, int R, float *out)
+/* The codes of one row's group of nblk blocks at wg (left: bytes of the row from wg on)
+ * into w[4] (window 0 low, high, window 1 low, high) and its scales d (and mins m) in
+ * block order. */
+FR_AVX512Q static FR_INLINE void l5_unpack(const uint8_t *wg, int64_t left, int nblk,
+                                           leg_kind k, const nib_idx *ix, __m512i w[4],
+                                           __m256 *dw, __m256 *mw)
 {
-    const fr_qact *a = A;
-    const int64_t nb = cols / 32, row = nb * k.bytes;
+    if (k.q8) {
+        uint16_t d[8]; /* not through memory: 16-bit stores then a 128-bit load stall */
+        q8_window(wg, nblk, &w[0], &w[1], d);
+        q8_window(wg + 4 * 34, nblk - 4, &w[2], &w[3], d + 4);
+        *dw = _mm256_cvtph_ps(_mm_setr_epi16((short)d[0], (short)d[1], (short)d[2], (short)d[3],
+                                             (short)d[4], (short)d[5], (short)d[6], (short)d[7]));
+        return;
+    }
+    __m512i metaA, metaB = _mm512_setzero_si512();
+    nib_window(wg, left, k, ix, &w[0], &w[1], &metaA);
+    if (nblk > 4)
+        nib_window(wg + 4 * k.bytes, left - 4 * k.bytes, k, ix, &w[2], &w[3], &metaB);
+    else
+        w[2] = w[3] = _mm512_setzero_si512();
+    __m128i ma = _mm512_castsi512_si128(metaA), mb = _mm512_castsi512_si128(metaB);
+    __m128i dd = _mm_unpacklo_epi64(ma, mb), mm = _mm_unpackhi_epi64(ma, mb);
+    if (nblk < 8) { /* blocks past the row: zero codes, and zero scales */
+        __mmask8 live = (__mmask8)((1u << nblk) - 1);
+        dd = _mm_maskz_mov_epi16(live, dd);
+        mm = _mm_maskz_mov_epi16(live, mm);
+    }
+    *dw = _mm256_cvtph_ps(dd);
+    if (k.has_min)
+        *mw = _mm256_cvtph_ps(mm);
+}
+
+/* Lane order of a pair (above): from eight values of the first (indices 0-7) and eight
+ * of the second (16-23). */
+FR_AVX512Q static FR_INLINE __m512i l5_pair_order(void)
+{
+    return _mm512_setr_epi32(0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
+}
+
+/* Per group of a pair, l5_prep stores: dx (16 floats), sx << shift (16 int32), sx as
+ * floats (16, types with a min), in the pair's lane order. */
+enum { L5_X = 256, L5_S = 192 };
+
+/* acc += the float steps of one group for a pair: weight codes wa against input codes xa
+ * (256 bytes, l5_prep's order) and wb against xb; dw, mw the weights' scales and mins in
+ * the pair's lane order, s the pair's stored scales and sums. */
+FR_AVX512Q static FR_INLINE __m512 l5_step(__m512 acc, const __m512i wa[4], const __m512i wb[4],
+                                           const int8_t *xa, const int8_t *xb, __m512 dw,
+                                           __m512 mw, const uint8_t *s, leg_kind k)
+{
+    const __m512i z = _mm512_setzero_si512();
+#define L5_LD(p) _mm512_load_si512((const void *)(p))
+    __m512i a0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wa[0], L5_LD(xa)), wa[1], L5_LD(xa + 64));
+    __m512i a1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wa[2], L5_LD(xa + 128)), wa[3], L5_LD(xa + 192));
+    __m512i b0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wb[0], L5_LD(xb)), wb[1], L5_LD(xb + 64));
+    __m512i b1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wb[2], L5_LD(xb + 128)), wb[3], L5_LD(xb + 192));
+#undef L5_LD
+    /* per quarter q: a0 = block q's four lanes, a1 = block 4 + q's (first input), b0, b1 */
+    __m512i sa = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+    __m512i sb = _mm512_add_epi32(_mm512_unpacklo_epi32(b0, b1), _mm512_unpackhi_epi32(b0, b1));
+    __m512i isum = _mm512_add_epi32(_mm512_unpacklo_epi64(sa, sb), _mm512_unpackhi_epi64(sa, sb));
+    if (k.shift >= 0)
+        isum = _mm512_sub_epi32(isum, _mm512_load_si512((const void *)(s + 64)));
+    __m512 dx = _mm512_load_ps((const void *)s);
+    __m512 p = _mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum));
+    if (k.has_min)
+        p = _mm512_add_ps(p, _mm512_mul_ps(_mm512_mul_ps(mw, dx),
+                                           _mm512_load_ps((const void *)(s + 128))));
+    return _mm512_add_ps(acc, p);
+}
+
+/* The two outputs of a pair's accumulator. */
+FR_AVX512Q static FR_INLINE void l5_finish(__m512 acc, float *first, float *second)
+{
+    _Alignas(64) float t[16];
+    _mm512_store_ps(t, acc);
+    float a[8], b[8];
+    for (int q = 0; q < 4; q++) {
+        a[q] = t[4 * q];
+        a[4 + q] = t[4 * q + 1];
+        b[q] = t[4 * q + 2];
+        b[4 + q] = t[4 * q + 3];
+    }
+    *first = fr_qsum8(a);
+    if (second)
+        *second = fr_qsum8(b);
+}
+
+/* The prepared activations of a call: input i's codes at X + i * ldx, pair p's scales and
+ * sums at S + p * lds (L5_X and L5_S bytes per group). */
+typedef struct l5_ws {
+    const uint8_t *X, *S;
+    int64_t ldx, lds;
+} l5_ws;
+
+/* Prepares inputs j0 .. j0 + nin - 1 of A (pairs (j0, j0 + 1), ...; the odd one out paired
+ * with a zero input; with `dup` the one input paired with itself) over ng groups. */
+FR_AVX512Q static void l5_prep(const fr_qact *a, int j0, int nin, bool dup, int64_t ng,
+                               leg_kind k, uint8_t *mem, l5_ws *ws)
+{
+    const int npairs = dup ? 1 : (nin + 1) / 2, nx = dup ? 1 : 2 * npairs;
+    ws->ldx = ng * L5_X;
+    ws->lds = ng * L5_S;
+    ws->X = mem;
+    ws->S = mem + nx * ws->ldx;
     const __m512i plo = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
     const __m512i phi = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
-    __m256 acc[4];
-    for (int i = 0; i < R; i++)
-        acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 8) {
-        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
-        const int8_t *x = a->qs + (int64_t)j * a->ld_qs + 32 * b;
-        __m512i x0 = _mm512_loadu_si512((const void *)x), x1 = _mm512_loadu_si512((const void *)(x + 64));
-        __m512i xl0 = _mm512_permutex2var_epi64(x0, plo, x1), xh0 = _mm512_permutex2var_epi64(x0, phi, x1);
-        __m512i xl1 = _mm512_setzero_si512(), xh1 = xl1;
-        if (nblk > 4) {
-            __m512i x2 = _mm512_loadu_si512((const void *)(x + 128));
-            __m512i x3 = _mm512_loadu_si512((const void *)(x + 192));
-            xl1 = _mm512_permutex2var_epi64(x2, plo, x3);
-            xh1 = _mm512_permutex2var_epi64(x2, phi, x3);
+    for (int i = 0; i < nx; i++) {
+        uint8_t *X = mem + i * ws->ldx;
+        if (i >= nin) {
+            memset(X, 0, (size_t)ws->ldx);
+            continue;
         }
-        __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + (int64_t)j * a->ld_sum + b));
-        const float *dx = a->d + (int64_t)j * a->ld_d + b;
+        const int8_t *x = a->qs + (int64_t)(j0 + i) * a->ld_qs;
+        for (int64_t g = 0; g < ng; g++, x += 256, X += L5_X) {
+            __m512i x0 = _mm512_loadu_si512((const void *)x), x1 = _mm512_loadu_si512((const void *)(x + 64));
+            __m512i x2 = _mm512_loadu_si512((const void *)(x + 128)), x3 = _mm512_loadu_si512((const void *)(x + 192));
+            _mm512_store_si512((void *)X, _mm512_permutex2var_epi64(x0, plo, x1));
+            _mm512_store_si512((void *)(X + 64), _mm512_permutex2var_epi64(x0, phi, x1));
+            _mm512_store_si512((void *)(X + 128), _mm512_permutex2var_epi64(x2, plo, x3));
+            _mm512_store_si512((void *)(X + 192), _mm512_permutex2var_epi64(x2, phi, x3));
+        }
+    }
+    const __m512i ord = l5_pair_order();
+    for (int p = 0; p < npairs; p++) {
+        const int ja = j0 + 2 * p, jb = dup ? ja : ja + 1;
+        const bool hb = dup || 2 * p + 1 < nin;
+        uint8_t *S = mem + nx * ws->ldx + p * ws->lds;
+        for (int64_t g = 0; g < ng; g++, S += L5_S) {
+            __m512 da = _mm512_castps256_ps512(_mm256_loadu_ps(a->d + ja * a->ld_d + 8 * g));
+            __m512 db = hb ? _mm512_castps256_ps512(_mm256_loadu_ps(a->d + jb * a->ld_d + 8 * g))
+                           : _mm512_setzero_ps();
+            __m512i sa = _mm512_castsi256_si512(
+                _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + ja * a->ld_sum + 8 * g)));
+            __m512i sb = hb ? _mm512_castsi256_si512(_mm256_loadu_si256(
+                                  (const __m256i *)(const void *)(a->sum + jb * a->ld_sum + 8 * g)))
+                            : _mm512_setzero_si512();
+            __m512i sx = _mm512_permutex2var_epi32(sa, ord, sb);
+            _mm512_store_ps((void *)S, _mm512_permutex2var_ps(da, ord, db));
+            _mm512_store_si512((void *)(S + 64), k.shift >= 0 ? _mm512_slli_epi32(sx, (unsigned)(k.shift > 0 ? k.shift : 0)) : sx);
+            _mm512_store_ps((void *)(S + 128), _mm512_cvtepi32_ps(sx));
+        }
+    }
+}
+
+/* One weight row against P prepared pairs (pairs p0 .. p0 + P - 1 of ws): outputs of pair
+ * q to out[2q], out[2q + 1]. */
+FR_AVX512Q static FR_INLINE void l5_row(const uint8_t *w, int64_t nb, const l5_ws *ws, int p0,
+                                        int P, leg_kind k, const nib_idx *ix, float *out)
+{
+    const int64_t row = nb * k.bytes;
+    const __m512i same = _mm512_setr_epi32(0, 4, 0, 4, 1, 5, 1, 5, 2, 6, 2, 6, 3, 7, 3, 7);
+    __m512 acc[4];
+    for (int q = 0; q < P; q++)
+        acc[q] = _mm512_setzero_ps();
+    for (int64_t b = 0, g = 0; b < nb; b += 8, g++) {
+        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
+        __m512i wv[4];
+        __m256 dw8, mw8 = _mm256_setzero_ps();
+        l5_unpack(w + b * k.bytes, row - b * k.bytes, nblk, k, ix, wv, &dw8, &mw8);
+        __m512 dw = _mm512_permutexvar_ps(same, _mm512_castps256_ps512(dw8));
+        __m512 mw = k.has_min ? _mm512_permutexvar_ps(same, _mm512_castps256_ps512(mw8))
+                              : _mm512_setzero_ps();
         FR_UNROLL
-        for (int i = 0; i < R; i++) {
-            const uint8_t *wg = w + (size_t)i * row_bytes + b * k.bytes;
-            const int64_t left = row - b * k.bytes;
-            __m512i loA, hiA, metaA, loB = _mm512_setzero_si512(), hiB = loB, metaB = loB;
-            nib_window(wg, left, k, ix, &loA, &hiA, &metaA);
-            if (nblk > 4)
-                nib_window(wg + 4 * k.bytes, left - 4 * k.bytes, k, ix, &loB, &hiB, &metaB);
-            __m128i ma = _mm512_castsi512_si128(metaA), mb = _mm512_castsi512_si128(metaB);
-            __m128i dd = _mm_unpacklo_epi64(ma, mb), mm = _mm_unpackhi_epi64(ma, mb);
-            if (nblk < 8) {
-                __mmask8 live = (__mmask8)((1u << nblk) - 1);
-                dd = _mm_maskz_mov_epi16(live, dd);
-                mm = _mm_maskz_mov_epi16(live, mm);
+        for (int q = 0; q < P; q++) {
+            const int8_t *xa = (const int8_t *)ws->X + 2 * (p0 + q) * ws->ldx + g * L5_X;
+            acc[q] = l5_step(acc[q], wv, wv, xa, xa + ws->ldx, dw, mw,
+                             ws->S + (p0 + q) * ws->lds + g * L5_S, k);
+        }
+    }
+    for (int q = 0; q < P; q++)
+        l5_finish(acc[q], &out[2 * q], &out[2 * q + 1]);
+}
+
+/* Two weight rows (wa, wb) against the one input prepared with `dup`. */
+FR_AVX512Q static FR_INLINE void l5_rowpair(const uint8_t *wa, const uint8_t *wb, int64_t nb,
+                                            const l5_ws *ws, leg_kind k, const nib_idx *ix,
+                                            float *oa, float *ob)
+{
+    const int64_t row = nb * k.bytes;
+    const __m512i ord = l5_pair_order();
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0, g = 0; b < nb; b += 8, g++) {
+        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
+        __m512i va[4], vb[4];
+        __m256 da, db, ma = _mm256_setzero_ps(), mb = _mm256_setzero_ps();
+        l5_unpack(wa + b * k.bytes, row - b * k.bytes, nblk, k, ix, va, &da, &ma);
+        l5_unpack(wb + b * k.bytes, row - b * k.bytes, nblk, k, ix, vb, &db, &mb);
+        __m512 dw = _mm512_permutex2var_ps(_mm512_castps256_ps512(da), ord, _mm512_castps256_ps512(db));
+        __m512 mw = k.has_min ? _mm512_permutex2var_ps(_mm512_castps256_ps512(ma), ord,
+                                                       _mm512_castps256_ps512(mb))
+                              : _mm512_setzero_ps();
+        const int8_t *x = (const int8_t *)ws->X + g * L5_X;
+        acc = l5_step(acc, va, vb, x, x, dw, mw, ws->S + g * L5_S, k);
+    }
+    l5_finish(acc, oa, ob);
+}
+
+/* Stack room for the prepared activations: one input (decoding) fits for rows up to 21,000
+ * elements, a pair up to 12,000; longer rows go to the AVX2 kernels (the same bits). */
+enum { L5_BUF = 32768 };
+
+FR_AVX512Q static FR_INLINE void l5_rows(FR_QROWS_ARGS, leg_kind k, fr_qrows_fn fallback)
+{
+    const fr_qact *a = A;
+    const int64_t nb = cols / 32, ng = (nb + 7) / 8;
+    _Alignas(64) uint8_t qsi[64], metai[64];
+    nib_indices(k, qsi, metai);
+    const nib_idx ix = {_mm512_load_si512((const void *)qsi), _mm512_load_si512((const void *)metai)};
+    _Alignas(64) uint8_t mem[L5_BUF];
+    l5_ws ws;
+    if (n == 1) {
+        if (ng * (L5_X + L5_S) > L5_BUF) {
+            fallback(W, row_bytes, cols, r0, r1, n, A, Y, ldy);
+            return;
+        }
+        l5_prep(a, 0, 1, true, ng, k, mem, &ws);
+        for (int64_t r = r0; r < r1; r += 2) {
+            const uint8_t *wa = W + (size_t)r * row_bytes;
+            const bool two = r + 1 < r1;
+            l5_rowpair(wa, two ? wa + row_bytes : wa, nb, &ws, k, &ix, &Y[r],
+                       two ? &Y[r + 1] : NULL);
+        }
+        return;
+    }
+    const int64_t per_pair = ng * (2 * L5_X + L5_S);
+    if (per_pair > L5_BUF) {
+        fallback(W, row_bytes, cols, r0, r1, n, A, Y, ldy);
+        return;
+    }
+    const int chunk = 2 * (int)(L5_BUF / per_pair < 64 ? L5_BUF / per_pair : 64);
+    for (int j0 = 0; j0 < n; j0 += chunk) {
+        const int nin = n - j0 < chunk ? n - j0 : chunk, np = (nin + 1) / 2;
+        l5_prep(a, j0, nin, false, ng, k, mem, &ws);
+        for (int64_t rb = r0; rb < r1; rb += 16) { /* 16 rows stay in L1 across the tiles */
+            const int64_t re = rb + 16 < r1 ? rb + 16 : r1;
+            for (int q0 = 0; q0 < np; q0 += 4) {
+                const int P = np - q0 < 4 ? np - q0 : 4;
+                for (int64_t r = rb; r < re; r++) {
+                    float o[8];
+                    const uint8_t *wr = W + (size_t)r * row_bytes;
+                    switch (P) {
+                    case 4: l5_row(wr, nb, &ws, q0, 4, k, &ix, o); break;
+                    case 3: l5_row(wr, nb, &ws, q0, 3, k, &ix, o); break;
+                    case 2: l5_row(wr, nb, &ws, q0, 2, k, &ix, o); break;
+                    default: l5_row(wr, nb, &ws, q0, 1, k, &ix, o); break;
+                    }
+                    for (int i = 0; i < 2 * P && j0 + 2 * q0 + i < j0 + nin; i++)
+                        Y[(int64_t)(j0 + 2 * q0 + i) * ldy + r] = o[i];
+                }
             }
-            __m256 dw = _mm256_cvtph_ps(dd), mw = _mm256_cvtph_ps(mm);
-            __m512i ra = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), loA, xl0), hiA, xh0);
-            __m512i rb = nblk > 4 ? _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), loB, xl1), hiB, xh1)
-                                  : _mm512_setzero_si512();
-            __m256i isum = nib_sums(ra, rb);
-            if (k.shift >= 0)
-                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
-            acc[i] = leg_fstep(acc[i], dw, mw, k, isum, sx, dx);
         }
     }
-    for (int i = 0; i < R; i++)
-        out[i] = leg_finish(acc[i]);
 }
 
-/* Blocks of 16 rows; inputs four at a time through each block. */
-#define NIB_LOOP(KIND)                                                                   \
-    _Alignas(64) uint8_t qsi_[64], metai_[64];                                           \
-    nib_indices(KIND, qsi_, metai_);                                                     \
-    const nib_idx ix_ = {_mm512_load_si512((const void *)qsi_),                          \
-                         _mm512_load_si512((const void *)metai_)};                       \
-    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
-        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
-        if (n == 1) {                                                                    \
-            int64_t r = rb;                                                              \
-            for (; r + 4 <= re; r += 4) {                                                \
-                nib_dot_rows(W + (size_t)r * row_bytes, row_bytes, cols, A, 0, KIND, &ix_, 4, \
-                             Y + r);                                                     \
-            }                                                                            \
-            for (; r < re; r++)                                                          \
-                nib_dot_rows(W + (size_t)r * row_bytes, row_bytes, cols, A, 0, KIND, &ix_, 1, \
-                             Y + r);                                                     \
-            continue;                                                                    \
-        }                                                                                \
-        for (int j = 0; j < n; j += 4) {                                                 \
-            const int nbt = n - j < 4 ? n - j : 4;                                       \
-            for (int64_t r = rb; r < re; r++) {                                          \
-                float o[4];                                                              \
-                const uint8_t *wr = W + (size_t)r * row_bytes;                           \
-                switch (nbt) {                                                           \
-                case 4: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 4, o); break;             \
-                case 3: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 3, o); break;             \
-                case 2: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 2, o); break;             \
-                default: nib_dot_nb(wr, cols, A, j, KIND, &ix_, 1, o); break;            \
-                }                                                                        \
-                for (int i = 0; i < nbt; i++)                                            \
-                    Y[(int64_t)(j + i) * ldy + r] = o[i];                                \
-            }                                                                            \
-        }                                                                                \
-    }
-
-/* Blocks of 16 rows; inputs four at a time through each block. */
-#define AVX512_LOOP(KIND)                                                                    for (int64_t rb = r0; rb < r1; rb += 16) {                                                   int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                                for (int j = 0; j < n; j += 4) {                                                             const int nbt = n - j < 4 ? n - j : 4;                                                   for (int64_t r = rb; r < re; r++) {                                                          float o[4];                                                                              const uint8_t *wr = W + (size_t)r * row_bytes;                                           switch (nbt) {                                                                           case 4: avx512_dot_nb(wr, cols, A, j, KIND, 4, o); break;                                case 3: avx512_dot_nb(wr, cols, A, j, KIND, 3, o); break;                                case 2: avx512_dot_nb(wr, cols, A, j, KIND, 2, o); break;                                default: avx512_dot_nb(wr, cols, A, j, KIND, 1, o); break;                               }                                                                                        for (int i = 0; i < nbt; i++)                                                                Y[(int64_t)(j + i) * ldy + r] = o[i];                                            }                                                                                    }                                                                                    }
-
-#define AVX512_ROWS(t, KIND, LOOP)                                                       \
+#define AVX512_ROWS(t, KIND)                                                             \
     FR_AVX512Q void fr_qrows_##t##_avx512(FR_QROWS_ARGS)                                 \
     {                                                                                    \
-        LOOP(KIND)                                                                       \
+        l5_rows(W, row_bytes, cols, r0, r1, n, A, Y, ldy, KIND, fr_qrows_##t##_avx2);    \
     }
-AVX512_ROWS(q8_0, K_Q8_0, AVX512_LOOP)
-AVX512_ROWS(q4_0, K_Q4_0, NIB_LOOP)
-AVX512_ROWS(q4_1, K_Q4_1, NIB_LOOP)
-AVX512_ROWS(q5_0, K_Q5_0, NIB_LOOP)
-AVX512_ROWS(q5_1, K_Q5_1, NIB_LOOP)
+AVX512_ROWS(q8_0, K_Q8_0)
+AVX512_ROWS(q4_0, K_Q4_0)
+AVX512_ROWS(q4_1, K_Q4_1)
+AVX512_ROWS(q5_0, K_Q5_0)
+AVX512_ROWS(q5_1, K_Q5_1)
 
 #endif

@@ -1,15 +1,16 @@
 /* AVX2 and AVX-512 (VNNI) kernels of the K-quants Q4_K, Q5_K and Q6_K against activations
  * quantized per super-block of 256 (quant.h). Per super-block the integer sum
- * isum = sum over sub-blocks of scale * dot(codes, x) is exact in int32 lanes: AVX-512
- * multiplies the VNNI sums of each sub-block by its scale (vpmulld), AVX2 lets
- * maddubs + madd do the products, pair sums and scales in two steps (codes < 64 keep
- * maddubs below saturation); the lanes are then added in any order, which cannot change
- * an exact integer. The mins (Q4_K, Q5_K) and Q6_K's offset of 32 come from the
- * activation's sums of 16. The float steps per super-block are quant.h's, in scalars,
- * so every set gives the portable kernels' bits. Both sets take up to four inputs per
- * pass over a weight row: a super-block's codes and scales are unpacked once, then each
- * input goes through the operations it would alone (the mins' term and Q6_K's offset as
- * vector products of the scales with the activation's sums of 16). */
+ * isum = sum over sub-blocks of scale * dot(codes, x) is exact in int32 lanes: maddubs
+ * makes the code x activation pair sums in int16 (codes < 64 keep them below 2^15), then
+ * AVX-512 VNNI's vpdpwssd (AVX2: madd + add) multiplies them by the sub-block's scale and
+ * adds in int32; the lanes are added in any order, which cannot change an exact integer.
+ * The mins (Q4_K, Q5_K) and Q6_K's offset of 32 come from the activation's sums of 16.
+ * Super-blocks go eight at a time: the eight-lane integer sums of each are summed across
+ * in one transposed pass, and quant.h's float steps run eight lanes wide, lane k being
+ * super-block g0 + k, i.e. acc[(g0 + k) mod 8] of the canonical sequence (each operation
+ * rounded once, no FMA), so every set gives the portable kernels' bits. Both sets take up
+ * to four inputs per pass over a weight row: a super-block's codes and scales are
+ * unpacked once, then each input goes through the operations it would alone. */
 #include "quant.h"
 
 #ifdef FR_QUANT_X86
@@ -35,134 +36,16 @@ static FR_INLINE kq_row act_row(const void *A, int j)
     return r;
 }
 
-static FR_INLINE float h2f(const uint8_t *p)
+/* ---- shared -------------------------------------------------------------------------- */
+
+/* Lane k of the result: the sum of v[k]'s 8 lanes (exact integers: any order). */
+FR_AVX2 static FR_INLINE __m256i avx2_hsum8_i32(const __m256i v[8])
 {
-    fr_f16_bits h;
-    memcpy(&h, p, 2);
-    return fr_f16_to_f32(h);
-}
-
-/* The mins' integer term of a Q4_K / Q5_K super-block. */
-static FR_INLINE int32_t kq_imin(const uint8_t mn[8], const int16_t *bs)
-{
-    int32_t imin = 0;
-    for (int s = 0; s < 8; s++)
-        imin += mn[s] * (bs[2 * s] + bs[2 * s + 1]);
-    return imin;
-}
-
-/* Q6_K's offset term: sum_s sc_s * 32 * bsum_s. */
-static FR_INLINE int32_t q6_offset(const int8_t sc[16], const int16_t *bs)
-{
-    int32_t t = 0;
-    for (int s = 0; s < 16; s++)
-        t += sc[s] * bs[s];
-    return 32 * t;
-}
-
-/* acc[b mod 8] += p, then the canonical sum: shared by both sets. */
-#define KQ_ROW_BEGIN                                                                     \
-    kq_row xr = act_row(A, j);                                                           \
-    float acc[8] = {0};                                                                  \
-    const int64_t nsb = cols / FR_QK_K;
-
-/* ---- AVX2 ------------------------------------------------------------------------------ */
-
-FR_AVX2 static FR_INLINE int32_t avx2_hsum_i32(__m256i v)
-{
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
-/* One input (decoding): the scalar scales and mins keep this faster than the NB kernels
- * below with NB = 1 on AVX2. */
-FR_AVX2 static FR_INLINE float avx2_q45k(const uint8_t *w, int64_t cols, const void *A, int j,
-                                         int five)
-{
-    KQ_ROW_BEGIN
-    const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
-    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *blk = w + (size_t)b * bytes;
-        const uint8_t *qs = blk + 16 + (five ? 32 : 0);
-        const int8_t *x = xr.x + b * FR_QK_K;
-        uint8_t sc[8], mn[8];
-        fr_kq_scales(blk + 4, sc, mn);
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
-                          : _mm256_setzero_si256();
-        __m256i accv = _mm256_setzero_si256();
-        FR_UNROLL
-        for (int c = 0; c < 4; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
-            __m256i lo = _mm256_and_si256(v, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (five) {
-                __m256i bl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
-                __m256i bh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(bl, 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(bh, 4));
-            }
-            __m256i plo = _mm256_maddubs_epi16(
-                lo, _mm256_loadu_si256((const __m256i *)(const void *)(x + 64 * c)));
-            __m256i phi = _mm256_maddubs_epi16(
-                hi, _mm256_loadu_si256((const __m256i *)(const void *)(x + 64 * c + 32)));
-            accv = _mm256_add_epi32(accv, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
-            accv = _mm256_add_epi32(accv,
-                                    _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
-        }
-        int32_t isum = avx2_hsum_i32(accv), imin = kq_imin(mn, xr.bs + 16 * b);
-        float p = (h2f(blk) * xr.dx[b]) * (float)isum;
-        p = p - (h2f(blk + 2) * xr.dx[b]) * (float)imin;
-        acc[b % 8] = acc[b % 8] + p;
-    }
-    return fr_qsum8(acc);
-}
-
-FR_AVX2 static FR_INLINE float avx2_q6k(const uint8_t *w, int64_t cols, const void *A, int j)
-{
-    KQ_ROW_BEGIN
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
-    for (int64_t b = 0; b < nsb; b++) {
-        const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
-        const int8_t *x = xr.x + b * FR_QK_K;
-        __m256i accv = _mm256_setzero_si256();
-        FR_UNROLL
-        for (int h = 0; h < 2; h++) {
-            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h));
-            __m256i ql1 =
-                _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h + 32));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
-            __m256i e[4];
-            e[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            e[1] = _mm256_or_si256(
-                _mm256_and_si256(ql1, m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            e[2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            e[3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-            FR_UNROLL
-            for (int g = 0; g < 4; g++) {
-                const int s = 8 * h + 2 * g;
-                __m256i p16 = _mm256_maddubs_epi16(
-                    e[g], _mm256_loadu_si256(
-                              (const __m256i *)(const void *)(x + 128 * h + 32 * g)));
-                __m256i scv = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_set1_epi16(blk->scales[s])),
-                    _mm_set1_epi16(blk->scales[s + 1]), 1);
-                accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p16, scv));
-            }
-        }
-        int32_t isum = avx2_hsum_i32(accv) - q6_offset(blk->scales, xr.bs + 16 * b);
-        float p = (h2f((const uint8_t *)&blk->d) * xr.dx[b]) * (float)isum;
-        acc[b % 8] = acc[b % 8] + p;
-    }
-    return fr_qsum8(acc);
+    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
+    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                            _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
 /* fr_kq_scales in 32-bit words, without a trip through memory: byte j of *sc / *mn is
@@ -202,135 +85,192 @@ static FR_INLINE void kq_scales64(const uint8_t s[12], uint64_t *sc, uint64_t *m
         }                                                                                \
     }
 
+/* ---- AVX2 ------------------------------------------------------------------------------ */
+
+/* The float steps of quant.h for the super-blocks g0 .. g0 + 7 of one input, eight lanes
+ * at once: lane k is super-block g0 + k, so lane k of acc is acc[(g0 + k) mod 8] of the
+ * canonical sequence (g0 is a multiple of 8) and each lane sees its blocks in order;
+ * lanes past the row's end (k >= ng) are left alone. mw NULL: no mins (Q6_K). Each
+ * operation is rounded once, as the scalar steps are (no FMA). */
+FR_AVX2 static FR_INLINE __m256 avx2_float_steps(__m256 acc, int ng, const float *dx, __m256 dw,
+                                                 const __m256 *mw, const __m256i ti[8],
+                                                 const __m256i *tm)
+{
+    static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m256i live = _mm256_loadu_si256((const __m256i *)(const void *)(lanes + 8 - ng));
+    __m256 d = _mm256_maskload_ps(dx, live);
+    __m256 p = _mm256_mul_ps(_mm256_mul_ps(dw, d), _mm256_cvtepi32_ps(avx2_hsum8_i32(ti)));
+    if (mw)
+        p = _mm256_sub_ps(p, _mm256_mul_ps(_mm256_mul_ps(*mw, d),
+                                           _mm256_cvtepi32_ps(avx2_hsum8_i32(tm))));
+    return _mm256_blendv_ps(acc, _mm256_add_ps(acc, p), _mm256_castsi256_ps(live));
+}
+
+FR_AVX2 static FR_INLINE void kq_finish(const __m256 acc[4], int NB, float *out)
+{
+    for (int i = 0; i < NB; i++) {
+        float a[8];
+        _mm256_storeu_ps(a, acc[i]);
+        out[i] = fr_qsum8(a);
+    }
+}
+
+/* NB inputs (NB <= 4) against one Q4_K / Q5_K weight row, super-blocks eight at a time as
+ * in the AVX-512 kernels below: the codes and scales of a super-block unpacked once for
+ * all inputs; per input maddubs (pairs below 2^15: codes < 32) and madd by the sub-block's
+ * scale give exact int32 lanes, the mins' term comes from the sums of 16. */
 FR_AVX2 static FR_INLINE void avx2_q45k_nb(const uint8_t *w, int64_t cols, const void *A,
                                            int j0, int five, int NB, float *out)
 {
     kq_row xr[4];
-    float acc[4][8] = {{0}};
-    for (int i = 0; i < NB; i++)
+    __m256 acc[4];
+    for (int i = 0; i < NB; i++) {
         xr[i] = act_row(A, j0 + i);
+        acc[i] = _mm256_setzero_ps();
+    }
     const int64_t nsb = cols / FR_QK_K;
     const size_t bytes = five ? sizeof(fr_block_q5_K) : sizeof(fr_block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *blk = w + (size_t)b * bytes;
-        const uint8_t *qs = blk + 16 + (five ? 32 : 0);
-        uint64_t sc8, mn8;
-        kq_scales64(blk + 4, &sc8, &mn8);
-        const __m256i mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn8));
-        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
-                          : _mm256_setzero_si256();
-        __m256i u[8];
-        FR_UNROLL
-        for (int c = 0; c < 4; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
-            __m256i lo = _mm256_and_si256(v, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (five) {
-                __m256i bl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
-                __m256i bh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(bl, 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(bh, 4));
-            }
-            u[2 * c] = lo;
-            u[2 * c + 1] = hi;
-        }
-        const float dw = h2f(blk), mw = h2f(blk + 2);
-        FR_UNROLL
-        for (int i = 0; i < NB; i++) {
-            const int8_t *x = xr[i].x + b * FR_QK_K;
-            __m256i accv = _mm256_setzero_si256();
+    for (int64_t g0 = 0; g0 < nsb; g0 += 8) {
+        const int ng = nsb - g0 < 8 ? (int)(nsb - g0) : 8;
+        __m256i ti[4][8], tm[4][8];
+        uint16_t dh[8] = {0}, mh[8] = {0};
+        for (int k = 0; k < ng; k++) {
+            const uint8_t *blk = w + (size_t)(g0 + k) * bytes;
+            const uint8_t *qs = blk + 16 + (five ? 32 : 0);
+            memcpy(&dh[k], blk, 2);
+            memcpy(&mh[k], blk + 2, 2);
+            uint64_t sc8, mn8;
+            kq_scales64(blk + 4, &sc8, &mn8);
+            const __m128i mnw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+            const __m256i mn2 = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_unpacklo_epi16(mnw, mnw)), _mm_unpackhi_epi16(mnw, mnw),
+                1);
+            __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16))
+                              : _mm256_setzero_si256();
+            __m256i u[8], scv[8];
             FR_UNROLL
-            for (int k = 0; k < 8; k++) {
-                __m256i p = _mm256_maddubs_epi16(
-                    u[k], _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * k)));
-                __m256i scv = _mm256_set1_epi16((short)((sc8 >> (8 * k)) & 0xff));
-                accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p, scv));
+            for (int c = 0; c < 4; c++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * c));
+                __m256i lo = _mm256_and_si256(v, m4);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                if (five) {
+                    __m256i bl = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one);
+                    __m256i bh = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one);
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(bl, 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(bh, 4));
+                }
+                u[2 * c] = lo;
+                u[2 * c + 1] = hi;
             }
-            int32_t isum = avx2_hsum_i32(accv);
-            int32_t imin = avx2_hsum_i32(_mm256_mullo_epi32(
-                mn32, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(
-                                            xr[i].bs + 16 * b)),
-                                        _mm256_set1_epi16(1))));
-            float p = (dw * xr[i].dx[b]) * (float)isum;
-            p = p - (mw * xr[i].dx[b]) * (float)imin;
-            acc[i][b % 8] = acc[i][b % 8] + p;
+            FR_UNROLL
+            for (int q = 0; q < 8; q++)
+                scv[q] = _mm256_set1_epi16((short)((sc8 >> (8 * q)) & 0xff));
+            FR_UNROLL
+            for (int i = 0; i < NB; i++) {
+                const int8_t *x = xr[i].x + (g0 + k) * FR_QK_K;
+                __m256i accv = _mm256_setzero_si256();
+                FR_UNROLL
+                for (int q = 0; q < 8; q++) {
+                    __m256i p = _mm256_maddubs_epi16(
+                        u[q], _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * q)));
+                    accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p, scv[q]));
+                }
+                ti[i][k] = accv;
+                tm[i][k] = _mm256_madd_epi16(
+                    _mm256_loadu_si256((const __m256i *)(const void *)(xr[i].bs +
+                                                                      16 * (g0 + k))),
+                    mn2);
+            }
         }
+        for (int k = ng; k < 8; k++)
+            for (int i = 0; i < NB; i++)
+                ti[i][k] = tm[i][k] = _mm256_setzero_si256();
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)dh));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)mh));
+        for (int i = 0; i < NB; i++)
+            acc[i] = avx2_float_steps(acc[i], ng, xr[i].dx + g0, dw, &mw, ti[i], tm[i]);
     }
-    for (int i = 0; i < NB; i++)
-        out[i] = fr_qsum8(acc[i]);
+    kq_finish(acc, NB, out);
 }
 
 FR_AVX2 static FR_INLINE void avx2_q6k_nb(const uint8_t *w, int64_t cols, const void *A, int j0,
                                           int NB, float *out)
 {
     kq_row xr[4];
-    float acc[4][8] = {{0}};
-    for (int i = 0; i < NB; i++)
+    __m256 acc[4];
+    for (int i = 0; i < NB; i++) {
         xr[i] = act_row(A, j0 + i);
+        acc[i] = _mm256_setzero_ps();
+    }
     const int64_t nsb = cols / FR_QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
-    for (int64_t b = 0; b < nsb; b++) {
-        const fr_block_q6_K *blk = (const fr_block_q6_K *)(const void *)(w + (size_t)b * 210);
-        __m256i e[8], scv[8];
-        FR_UNROLL
-        for (int h = 0; h < 2; h++) {
-            __m256i ql0 = _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h));
-            __m256i ql1 =
-                _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h + 32));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
-            e[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            e[4 * h + 1] = _mm256_or_si256(
-                _mm256_and_si256(ql1, m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            e[4 * h + 2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            e[4 * h + 3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+    for (int64_t g0 = 0; g0 < nsb; g0 += 8) {
+        const int ng = nsb - g0 < 8 ? (int)(nsb - g0) : 8;
+        __m256i ti[4][8];
+        uint16_t dh[8] = {0};
+        for (int k = 0; k < ng; k++) {
+            const fr_block_q6_K *blk =
+                (const fr_block_q6_K *)(const void *)(w + (size_t)(g0 + k) * 210);
+            memcpy(&dh[k], &blk->d, 2);
+            __m256i e[8], scv[8];
             FR_UNROLL
-            for (int g = 0; g < 4; g++) {
-                const int s = 8 * h + 2 * g;
-                scv[4 * h + g] = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_set1_epi16(blk->scales[s])),
-                    _mm_set1_epi16(blk->scales[s + 1]), 1);
+            for (int h = 0; h < 2; h++) {
+                __m256i ql0 = _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h));
+                __m256i ql1 =
+                    _mm256_loadu_si256((const __m256i *)(const void *)(blk->ql + 64 * h + 32));
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(const void *)(blk->qh + 32 * h));
+                e[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                           _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+                e[4 * h + 1] = _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+                e[4 * h + 2] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+                e[4 * h + 3] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+                FR_UNROLL
+                for (int g = 0; g < 4; g++) {
+                    const int s = 8 * h + 2 * g;
+                    scv[4 * h + g] = _mm256_inserti128_si256(
+                        _mm256_castsi128_si256(_mm_set1_epi16(blk->scales[s])),
+                        _mm_set1_epi16(blk->scales[s + 1]), 1);
+                }
+            }
+            const __m256i sc16 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
+            FR_UNROLL
+            for (int i = 0; i < NB; i++) {
+                const int8_t *x = xr[i].x + (g0 + k) * FR_QK_K;
+                /* Q6_K's offset, 32 * sum_s sc_s * bsum_s, taken off before the sum */
+                __m256i off = _mm256_madd_epi16(
+                    sc16, _mm256_loadu_si256((const __m256i *)(const void *)(xr[i].bs +
+                                                                            16 * (g0 + k))));
+                __m256i accv = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+                FR_UNROLL
+                for (int q = 0; q < 8; q++) {
+                    __m256i p = _mm256_maddubs_epi16(
+                        e[q], _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * q)));
+                    accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p, scv[q]));
+                }
+                ti[i][k] = accv;
             }
         }
-        const __m256i sc16 =
-            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)blk->scales));
-        const float dw = h2f((const uint8_t *)&blk->d);
-        FR_UNROLL
-        for (int i = 0; i < NB; i++) {
-            const int8_t *x = xr[i].x + b * FR_QK_K;
-            /* Q6_K's offset, 32 * sum_s sc_s * bsum_s, taken off before the sum */
-            __m256i off = _mm256_madd_epi16(
-                sc16, _mm256_loadu_si256((const __m256i *)(const void *)(xr[i].bs + 16 * b)));
-            __m256i accv = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
-            FR_UNROLL
-            for (int k = 0; k < 8; k++) {
-                __m256i p = _mm256_maddubs_epi16(
-                    e[k], _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * k)));
-                accv = _mm256_add_epi32(accv, _mm256_madd_epi16(p, scv[k]));
-            }
-            int32_t isum = avx2_hsum_i32(accv);
-            float p = (dw * xr[i].dx[b]) * (float)isum;
-            acc[i][b % 8] = acc[i][b % 8] + p;
-        }
+        for (int k = ng; k < 8; k++)
+            for (int i = 0; i < NB; i++)
+                ti[i][k] = _mm256_setzero_si256();
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)dh));
+        for (int i = 0; i < NB; i++)
+            acc[i] = avx2_float_steps(acc[i], ng, xr[i].dx + g0, dw, NULL, ti[i], NULL);
     }
-    for (int i = 0; i < NB; i++)
-        out[i] = fr_qsum8(acc[i]);
+    kq_finish(acc, NB, out);
 }
 
-#define Q4K2_NB(wr, j, NB, o)                                                            \
-    ((NB) == 1 ? (void)((o)[0] = avx2_q45k(wr, cols, A, j, 0))                           \
-               : avx2_q45k_nb(wr, cols, A, j, 0, NB, o))
-#define Q5K2_NB(wr, j, NB, o)                                                            \
-    ((NB) == 1 ? (void)((o)[0] = avx2_q45k(wr, cols, A, j, 1))                           \
-               : avx2_q45k_nb(wr, cols, A, j, 1, NB, o))
-#define Q6K2_NB(wr, j, NB, o)                                                            \
-    ((NB) == 1 ? (void)((o)[0] = avx2_q6k(wr, cols, A, j)) : avx2_q6k_nb(wr, cols, A, j, NB, o))
+#define Q4K2_NB(wr, j, NB, o) avx2_q45k_nb(wr, cols, A, j, 0, NB, o)
+#define Q5K2_NB(wr, j, NB, o) avx2_q45k_nb(wr, cols, A, j, 1, NB, o)
+#define Q6K2_NB(wr, j, NB, o) avx2_q6k_nb(wr, cols, A, j, NB, o)
 
 FR_AVX2 void fr_qrows_q4_k_avx2(FR_QROWS_ARGS)
 {
@@ -349,16 +289,6 @@ FR_AVX2 void fr_qrows_q6_k_avx2(FR_QROWS_ARGS)
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------- */
 
-/* Lane k of the result: the sum of v[k]'s 8 lanes (exact integers: any order). */
-FR_AVX2 static FR_INLINE __m256i avx2_hsum8_i32(const __m256i v[8])
-{
-    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
-    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
-                            _mm256_permute2x128_si256(u0, u1, 0x31));
-}
-
 /* The float steps of quant.h for the super-blocks g0 .. g0 + 7 of one input, eight lanes
  * at once: lane k is super-block g0 + k, so lane k of acc is acc[(g0 + k) mod 8] of the
  * canonical sequence (g0 is a multiple of 8) and each lane sees its blocks in order;
@@ -374,15 +304,6 @@ FR_AVX512Q static FR_INLINE __m256 kq_float_steps(__m256 acc, __mmask8 mask, con
         p = _mm256_sub_ps(p, _mm256_mul_ps(_mm256_mul_ps(*mw, d),
                                            _mm256_cvtepi32_ps(avx2_hsum8_i32(tm))));
     return _mm256_mask_add_ps(acc, mask, acc, p);
-}
-
-FR_AVX512Q static FR_INLINE void kq_finish(const __m256 acc[4], int NB, float *out)
-{
-    for (int i = 0; i < NB; i++) {
-        float a[8];
-        _mm256_storeu_ps(a, acc[i]);
-        out[i] = fr_qsum8(a);
-    }
 }
 
 /* NB inputs (rows j0 .. j0 + NB - 1 of the activations, NB <= 4) against one weight row,

@@ -108,6 +108,12 @@ typedef struct fb_result {
     double agreement;            /* agreement_matched / agreement_checked */
     double nll;                  /* mean -log p(token) under the full model, nats */
     double shallow_ms, deep_ms, head_ms, decode_ms;
+    /* The guard of an automatic VERIFY (free_stats.verify_*): totals over the runs, and
+     * what it had measured at the end of the last run. */
+    int exit_auto, guard_timed;
+    uint64_t guard_windows, guard_fallbacks, guard_probes, guard_full_tokens;
+    double guard_speedup, guard_token_ms, guard_full_ms, guard_shallow_ms, guard_deep_ms,
+        guard_deep_rows;
 } fb_result;
 
 /* Everything the table and the JSON file say. */

@@ -231,7 +231,22 @@ static void aggregate(const fb_config *c, int ci, int n_cfg, const run *runs, in
         x->nll_tokens += r->nll_n;
         x->identical_runs += same_tokens(r, &runs[(size_t)k * n_cfg]);
         x->bmm_fits = s->bmm_fits;
+        x->guard_windows += s->verify_windows;
+        x->guard_fallbacks += s->verify_fallbacks;
+        x->guard_probes += s->verify_probes;
+        x->guard_full_tokens += s->verify_full_tokens;
         nll += r->nll_sum;
+    }
+    if (n_runs > 0) {
+        const free_stats *s = &runs[(size_t)(n_runs - 1) * n_cfg + ci].st;
+        x->exit_auto = s->exit_auto;
+        x->guard_timed = s->verify_timed;
+        x->guard_speedup = s->verify_speedup;
+        x->guard_token_ms = s->verify_token_ms;
+        x->guard_full_ms = s->verify_full_ms;
+        x->guard_shallow_ms = s->verify_shallow_ms;
+        x->guard_deep_ms = s->verify_deep_ms;
+        x->guard_deep_rows = s->verify_deep_rows;
     }
     if (n_runs > 0)
         x->threshold_final = runs[(size_t)(n_runs - 1) * n_cfg + ci].st.threshold;

@@ -128,6 +128,17 @@ void fb_print_table(FILE *f, const fb_report *r)
                        "(%llu handed out)%s\n", x->name, x->identical_runs, x->runs,
                     (unsigned long long)x->agreement_checked, (unsigned long long)x->tokens,
                     x->kind == FB_VERIFY ? " (1 by construction with greedy decoding)" : "");
+        if (x->exit_auto)
+            fprintf(f, "  %s: guard (%s): %llu windows judged, %llu fallbacks, %llu probes, "
+                       "%llu of %llu tokens at full depth; at the end: full-depth step %.3f "
+                       "ms, shallow pass %.3f ms, deep pass %.3f ms (%.2f rows), VERIFY %.3f "
+                       "ms/token predicted, speed-up %.3f\n",
+                    x->name, x->guard_timed ? "measured times" : "byte model",
+                    (unsigned long long)x->guard_windows,
+                    (unsigned long long)x->guard_fallbacks, (unsigned long long)x->guard_probes,
+                    (unsigned long long)x->guard_full_tokens, (unsigned long long)x->tokens,
+                    x->guard_full_ms, x->guard_shallow_ms, x->guard_deep_ms, x->guard_deep_rows,
+                    x->guard_token_ms, x->guard_speedup);
     }
     fprintf(f, "  decode tok/s = produced tokens / decode time (the first token comes from the "
                "prefill logits); x NONE = median of per-run ratios to NONE on the same prompt "
@@ -195,12 +206,20 @@ static void json_result(FILE *f, const fb_report *r, const fb_result *x, int las
                "\"achieved_gbps\": %.6g, \"fraction_of_stream_probe\": %.6g, "
                "\"fraction_of_model_probe\": %.6g,\n"
                "      \"token_agreement\": %.6g, \"nll_nats\": %.6g, \"perplexity\": %.6g,\n"
+               "      \"guard\": {\"exit_auto\": %s, \"timed\": %s, \"windows\": %llu, "
+               "\"fallbacks\": %llu, \"probes\": %llu, \"full_tokens\": %llu, "
+               "\"speedup\": %.6g, \"token_ms\": %.6g, \"full_ms\": %.6g, "
+               "\"shallow_ms\": %.6g, \"deep_ms\": %.6g, \"deep_rows\": %.6g},\n"
                "      \"ms\": {\"decode\": %.3f, \"shallow\": %.3f, \"deep\": %.3f, "
                "\"head\": %.3f}\n    }%s\n",
             x->exit_rate, x->mean_sync_rows, x->avg_layers, x->layers_read, x->heads_per_token,
             x->bytes_per_token, x->achieved_gbps, frac(x->achieved_gbps, p->stream_gbps_t),
             frac(x->achieved_gbps, p->model_gbps_t), x->agreement, x->nll, exp(x->nll),
-            x->decode_ms, x->shallow_ms, x->deep_ms, x->head_ms, last ? "" : ",");
+            x->exit_auto ? "true" : "false", x->guard_timed ? "true" : "false",
+            (unsigned long long)x->guard_windows, (unsigned long long)x->guard_fallbacks,
+            (unsigned long long)x->guard_probes, (unsigned long long)x->guard_full_tokens,
+            x->guard_speedup, x->guard_token_ms, x->guard_full_ms, x->guard_shallow_ms,
+            x->guard_deep_ms, x->guard_deep_rows, x->decode_ms, x->shallow_ms, x->deep_ms, x->head_ms, last ? "" : ",");
 }
 
 int fb_write_json(const char *path, const fb_report *r)

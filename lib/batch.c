@@ -82,7 +82,7 @@ static int kind_of(const struct free_ctx *ctx)
     switch (ctx->params.exit_mode) {
     case FREE_EXIT_NONE: return KIND_FULL;
     case FREE_EXIT_FREE: return KIND_FREE;
-    case FREE_EXIT_VERIFY: return fr_guard_full_depth(ctx) ? KIND_FULL : KIND_VERIFY;
+    case FREE_EXIT_VERIFY: return fr_guard_at_full_depth(&ctx->guard) ? KIND_FULL : KIND_VERIFY;
     default: return KIND_ALONE;
     }
 }
@@ -117,7 +117,7 @@ static void finish(const bstream *t, free_status s, const outputs *out)
 {
     struct free_ctx *c = t->c;
     if (s == FREE_OK && c->params.exit_mode == FREE_EXIT_VERIFY)
-        fr_guard_after_step(c);
+        fr_guard_step_done(&c->guard, (uint32_t)c->out_len); /* batched passes: untimed */
     if (s == FREE_OK)
         s = fr_step_hand_out(c, t->t0, &out->tokens[t->index], info_at(out->infos, t->index));
     out->statuses[t->index] = s;

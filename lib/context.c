@@ -567,11 +567,7 @@ FREE_API free_status free_ctx_stats(const free_ctx *ctx, free_stats *stats)
                             s.deep_passes * (uint64_t)(L - ctx->exit_layer)) /
                        (double)s.tokens
                  : 0.0;
-    s.exit_auto = ctx->guard.on;
-    s.verify_full_depth = ctx->guard.full;
-    s.verify_fallbacks = ctx->guard.fallbacks;
-    s.verify_full_tokens = ctx->guard.full_tokens;
-    s.verify_speedup = ctx->guard.speedup;
+    fr_guard_report(&ctx->guard, &s);
     s.adaptive = ctx->bmm != NULL;
     if (ctx->bmm) {
         fr_bmm_state b;
@@ -598,9 +594,7 @@ FREE_API free_status free_ctx_reset_stats(free_ctx *ctx)
     memset(&ctx->stats, 0, sizeof ctx->stats);
     ctx->layers_total = 0;
     ctx->stats.n_threads = ctx->n_threads;
-    ctx->guard.fallbacks = ctx->guard.full_tokens = 0;
-    ctx->guard.speedup = 0.0;
-    ctx->guard.tok0 = ctx->guard.shallow0 = ctx->guard.deep0 = 0;
+    fr_guard_clear_counters(&ctx->guard);
     return FREE_OK;
 }
 

@@ -11,6 +11,7 @@
 #include "sampler.h"
 #include "stop.h"
 #include "tokenizer.h"
+#include "verify_guard.h"
 
 /* Verified tokens waiting to be handed out by free_step (VERIFY mode emits several at
  * once). */
@@ -20,16 +21,6 @@ typedef struct fr_out_token {
     free_step_info info;
 } fr_out_token;
 
-/* The guard of an automatic VERIFY (verify_guard.c). */
-typedef struct fr_verify_guard {
-    bool on;                    /* the mode came from FREE_EXIT_AUTO: it may fall back */
-    bool full;                  /* decoding at full depth now */
-    int32_t full_left;          /* full-depth tokens before the next probe */
-    int32_t backoff;            /* length of the next full-depth run */
-    uint64_t tok0, shallow0, deep0; /* produced tokens and passes at the window's start */
-    uint64_t fallbacks, full_tokens;
-    double speedup;             /* the last window's prediction, 0 before one */
-} fr_verify_guard;
 
 struct free_ctx {
     const struct free_model *model;
@@ -149,12 +140,11 @@ free_status fr_verify_sync_end(struct free_ctx *ctx, const fr_verify_start *v,
                                const float *logits, double deep_ms, double head_ms, float conf);
 /* Frees batch.c's buffers (free_ctx_destroy). */
 void fr_batch_scratch_destroy(struct fr_batch_scratch *b);
-/* The guard of an automatic VERIFY (verify_guard.c): resets it (on: the mode came from
- * FREE_EXIT_AUTO and resolved to VERIFY); whether the next step runs at full depth; and
- * the bookkeeping after a step. */
+/* Restarts the guard of an automatic VERIFY (verify_guard.c; on: the mode came from
+ * FREE_EXIT_AUTO and resolved to VERIFY) for the exit layer and sampler in force. */
 void fr_guard_reset(struct free_ctx *ctx, bool on);
-bool fr_guard_full_depth(const struct free_ctx *ctx);
-void fr_guard_after_step(struct free_ctx *ctx);
+/* The guard's free_stats fields. */
+void fr_guard_report(const fr_verify_guard *g, free_stats *s);
 
 /* Prompt reuse (reuse.c). Records that the rows every layer holds stay reusable when the
  * context forgets them (reset, truncate). */

@@ -758,12 +758,16 @@ static free_status step_verify(struct free_ctx *ctx)
 {
     fr_verify_start v;
     fr_verify_begin(ctx, &v);
+    /* An automatic VERIFY's guard times the passes (verify_guard.h). */
+    const bool timed = fr_guard_times_verify(&ctx->guard);
     for (;;) {
         const bool stop = ctx->n_past > v.past0 && aborted(ctx);
         fr_shallow_result r;
+        const double ts = timed ? fr_guard_now(&ctx->guard) : 0.0;
         free_status s = stop ? FREE_ERR_ABORTED : step_shallow(ctx, &r);
         if (s != FREE_OK)
             return verify_undo(ctx, &v, s, stop);
+        fr_guard_shallow_pass(&ctx->guard, timed ? fr_guard_now(&ctx->guard) - ts : -1.0);
         if (!verify_decide(ctx, ctx->logits, &r))
             return fr_verify_sync_alone(ctx, &v, r.confidence);
     }
@@ -793,6 +797,8 @@ free_status fr_verify_draft_end(struct free_ctx *ctx, const fr_verify_start *v, 
     free_status s = shallow_end(ctx, logits, r, layers_ms, head_ms, &r);
     if (s != FREE_OK)
         return verify_undo(ctx, v, s, false);
+    /* A pass shared with other streams: counted for the guard, not timed. */
+    fr_guard_shallow_pass(&ctx->guard, -1.0);
     *more = verify_decide(ctx, logits, &r);
     *conf = r.confidence;
     return FREE_OK;
@@ -801,8 +807,11 @@ free_status fr_verify_draft_end(struct free_ctx *ctx, const fr_verify_start *v, 
 free_status fr_verify_sync_alone(struct free_ctx *ctx, const fr_verify_start *v, float conf)
 {
     sync_job job;
-    const int32_t pos0 = ctx->n_past - ctx->queue->len;
+    const int32_t rows = ctx->queue->len, pos0 = ctx->n_past - rows;
+    const bool timed = fr_guard_times_verify(&ctx->guard);
+    const double t0 = timed ? fr_guard_now(&ctx->guard) : 0.0;
     synchronize(ctx, true, true, &job);
+    fr_guard_deep_pass(&ctx->guard, rows, timed ? fr_guard_now(&ctx->guard) - t0 : -1.0);
     return verify_done(ctx, &job, pos0, v, conf);
 }
 
@@ -815,6 +824,7 @@ free_status fr_verify_sync_end(struct free_ctx *ctx, const fr_verify_start *v,
     for (int32_t r = 0; r < rows; r++)
         sync_row(&job, r, logits + (size_t)r * FR_NV(ctx));
     sync_account(ctx, &job, rows, deep_ms, head_ms);
+    fr_guard_deep_pass(&ctx->guard, rows, -1.0); /* shared with other streams: not timed */
     return verify_done(ctx, &job, pos0, v, conf);
 }
 
@@ -866,9 +876,16 @@ FREE_API free_status free_step(free_ctx *ctx, int32_t *token, free_step_info *in
         switch (ctx->params.exit_mode) {
         case FREE_EXIT_FREE: FR_TRY(step_free(ctx)); break;
         case FREE_EXIT_VERIFY:
-            /* An automatic VERIFY may be held at full depth by its guard. */
-            FR_TRY(fr_guard_full_depth(ctx) ? step_full(ctx) : step_verify(ctx));
-            fr_guard_after_step(ctx);
+            /* An automatic VERIFY may be held at full depth by its guard, which times
+             * that step too. */
+            if (fr_guard_at_full_depth(&ctx->guard)) {
+                const double tf = fr_guard_now(&ctx->guard);
+                FR_TRY(step_full(ctx));
+                fr_guard_full_step(&ctx->guard, fr_guard_now(&ctx->guard) - tf);
+            } else {
+                FR_TRY(step_verify(ctx));
+            }
+            fr_guard_step_done(&ctx->guard, (uint32_t)ctx->out_len);
             break;
         default: FR_TRY(step_full(ctx)); break;
         }

@@ -12,7 +12,15 @@
  *   early_exit, confidence, threshold, is_eos) each;
  *   the sampler's RNG (u64 x 4); the text stream (4 bytes, i32 n, u8 at_start, pad);
  *   the estimator: u32 length and its exported text (0: none);
+ *   (format 2) the guard of an automatic VERIFY: u32 length (0: it was off), then u8 full,
+ *   probe, pad x 2; i32 full_left, backoff, exit_layer; u64 since_full; the window being
+ *   measured and the last judged one (u64 tokens, shallow, deep[FR_GUARD_ROWS] each); the
+ *   running averages (f64 shallow_ms, full_ms, deep_ms[FR_GUARD_ROWS]; u32 n_shallow,
+ *   n_full, n_deep[FR_GUARD_ROWS]);
  *   u64 FNV-1a checksum of everything before it.
+ *
+ * Format 1 (0.2 before the guard was saved) has no guard block; it still loads, and the
+ * loading context's guard carries on as it was.
  *
  * Loading reads everything twice: a first pass checks every size and value against the
  * context without changing it; only then the second pass copies. */
@@ -23,7 +31,8 @@
 #include <string.h>
 
 #define STATE_MAGIC "FREESTAT"
-#define STATE_FORMAT 1u
+#define STATE_FORMAT 2u
+#define STATE_FORMAT_NO_GUARD 1u
 
 typedef struct wr {
     unsigned char *p; /* NULL: count only */
@@ -48,6 +57,41 @@ static void put(wr *w, const void *data, size_t n)
 
 static void put_i32(wr *w, int32_t v) { put(w, &v, sizeof v); }
 static void put_u32(wr *w, uint32_t v) { put(w, &v, sizeof v); }
+
+/* The guard block's length after its u32 length. */
+#define GUARD_WIN_BYTES ((2 + FR_GUARD_ROWS) * 8)
+#define GUARD_BYTES (4 + 3 * 4 + 8 + 2 * GUARD_WIN_BYTES + (2 + FR_GUARD_ROWS) * 8 + \
+                     (2 + FR_GUARD_ROWS) * 4)
+
+static void put_window(wr *w, const fr_guard_window *win)
+{
+    put(w, &win->tokens, 8);
+    put(w, &win->shallow, 8);
+    put(w, win->deep, sizeof win->deep);
+}
+
+static void put_guard(wr *w, const fr_verify_guard *g)
+{
+    if (!g->on) {
+        put_u32(w, 0);
+        return;
+    }
+    put_u32(w, GUARD_BYTES);
+    const unsigned char flags[4] = {g->full, g->probe, 0, 0};
+    put(w, flags, 4);
+    put_i32(w, g->full_left);
+    put_i32(w, g->backoff);
+    put_i32(w, g->exit_layer);
+    put(w, &g->since_full, 8);
+    put_window(w, &g->win);
+    put_window(w, &g->judged);
+    put(w, &g->cost.shallow_ms, 8);
+    put(w, &g->cost.full_ms, 8);
+    put(w, g->cost.deep_ms, sizeof g->cost.deep_ms);
+    put_u32(w, g->cost.n_shallow);
+    put_u32(w, g->cost.n_full);
+    put(w, g->cost.n_deep, sizeof g->cost.n_deep);
+}
 
 typedef struct fingerprint {
     int32_t n_layer, n_embd, n_vocab, n_head, n_head_kv, n_ff, n_ctx_train, arch;
@@ -155,6 +199,7 @@ static void write_state(const struct free_ctx *ctx, wr *w)
     } else {
         put_u32(w, 0);
     }
+    put_guard(w, &ctx->guard);
 }
 
 FREE_API free_status free_ctx_state_size(const free_ctx *ctx, size_t *size)
@@ -214,9 +259,91 @@ static int32_t take_i32(rd *r)
     return v;
 }
 
+static void take_copy(rd *r, void *out, size_t n)
+{
+    const void *p = take(r, n);
+    if (p)
+        memcpy(out, p, n);
+    else
+        memset(out, 0, n);
+}
+
+static void take_window(rd *r, fr_guard_window *win)
+{
+    take_copy(r, &win->tokens, 8);
+    take_copy(r, &win->shallow, 8);
+    take_copy(r, win->deep, sizeof win->deep);
+}
+
+static bool time_ok(double ms)
+{
+    return ms >= 0.0 && ms < 1e9; /* also false for NaN */
+}
+
+/* Reads the guard block (format 2) into *g (its measured state only; *on false when the
+ * saved guard was off); a message in err when it is malformed. */
+static free_status take_guard(rd *r, fr_verify_guard *g, bool *on, fr_error *err)
+{
+    memset(g, 0, sizeof *g);
+    const uint32_t n = (uint32_t)take_i32(r);
+    *on = n != 0;
+    if (r->bad)
+        return fr_fail(err, FREE_ERR_FORMAT, "state: truncated");
+    if (n == 0)
+        return FREE_OK;
+    if (n != GUARD_BYTES)
+        return fr_fail(err, FREE_ERR_FORMAT, "state: a guard block of %u bytes; this library "
+                       "writes %u", n, (unsigned)GUARD_BYTES);
+    unsigned char flags[4];
+    take_copy(r, flags, 4);
+    g->full = flags[0] != 0;
+    g->probe = flags[1] != 0;
+    g->full_left = take_i32(r);
+    g->backoff = take_i32(r);
+    g->exit_layer = take_i32(r);
+    take_copy(r, &g->since_full, 8);
+    take_window(r, &g->win);
+    take_window(r, &g->judged);
+    take_copy(r, &g->cost.shallow_ms, 8);
+    take_copy(r, &g->cost.full_ms, 8);
+    take_copy(r, g->cost.deep_ms, sizeof g->cost.deep_ms);
+    g->cost.n_shallow = (uint32_t)take_i32(r);
+    g->cost.n_full = (uint32_t)take_i32(r);
+    take_copy(r, g->cost.n_deep, sizeof g->cost.n_deep);
+    if (r->bad)
+        return fr_fail(err, FREE_ERR_FORMAT, "state: truncated");
+    bool ok = g->full_left >= 0 && g->full_left <= FR_GUARD_FULL_CAP &&
+              g->backoff >= FR_GUARD_FULL_RUN && g->backoff <= FR_GUARD_FULL_CAP &&
+              time_ok(g->cost.shallow_ms) && time_ok(g->cost.full_ms) &&
+              (flags[0] | flags[1]) <= 1 && (!g->probe || g->full);
+    for (int32_t k = 0; k < FR_GUARD_ROWS; k++)
+        ok = ok && time_ok(g->cost.deep_ms[k]);
+    if (!ok)
+        return fr_fail(err, FREE_ERR_FORMAT, "state: the guard's values are out of range");
+    return FREE_OK;
+}
+
+/* Restores the saved guard's measured state into the context's (whose mode, sampler and
+ * counters stay); costs measured at another exit layer are not taken. */
+static void apply_guard(struct free_ctx *ctx, const fr_verify_guard *in)
+{
+    fr_verify_guard *g = &ctx->guard;
+    g->full = in->full;
+    g->probe = in->probe;
+    g->full_left = in->full_left;
+    g->backoff = in->backoff;
+    g->win = in->win;
+    g->judged = in->judged;
+    if (in->exit_layer == g->exit_layer) {
+        g->cost = in->cost;
+        g->since_full = in->since_full;
+    }
+}
+
 /* Checks (apply false) or copies (apply true) the body; returns a status with a message
  * in err. The checksum was verified before. */
-static free_status read_state(struct free_ctx *ctx, rd *r, bool apply, fr_error *err)
+static free_status read_state(struct free_ctx *ctx, rd *r, uint32_t format, bool apply,
+                              fr_error *err)
 {
     const fr_hparams *hp = &ctx->model->hp;
     fr_kv_cache *kv = ctx->kv;
@@ -304,6 +431,10 @@ static free_status read_state(struct free_ctx *ctx, rd *r, bool apply, fr_error 
     if (blen)
         memcpy(&bmm_len, blen, 4);
     const char *bmm_text = bmm_len ? take(r, bmm_len) : NULL;
+    fr_verify_guard guard;
+    bool guard_saved = false;
+    if (format >= 2 && !r->bad && take_guard(r, &guard, &guard_saved, err) != FREE_OK)
+        return err->status;
     if (r->bad || r->at != r->n)
         return fr_fail(err, FREE_ERR_FORMAT, "state: %s", r->bad ? "truncated"
                                                                   : "bytes after the end");
@@ -385,6 +516,8 @@ static free_status read_state(struct free_ctx *ctx, rd *r, bool apply, fr_error 
     ctx->last_logits_deep = logits_deep;
     ctx->has_pending = has_pending;
     ctx->n_cached = 0;
+    if (guard_saved)
+        apply_guard(ctx, &guard);
     fr_ctx_check_invariant(ctx);
     return FREE_OK;
 }
@@ -403,9 +536,10 @@ FREE_API free_status free_ctx_state_load(free_ctx *ctx, const void *buf, size_t 
     uint32_t format, version;
     memcpy(&format, b + 8, 4);
     memcpy(&version, b + 12, 4);
-    if (format != STATE_FORMAT)
+    if (format != STATE_FORMAT && format != STATE_FORMAT_NO_GUARD)
         return fr_ctx_fail(ctx, FREE_ERR_FORMAT, "free_ctx_state_load: state format %u; this "
-                           "library reads format %u", format, STATE_FORMAT);
+                           "library reads formats %u and %u", format, STATE_FORMAT_NO_GUARD,
+                           STATE_FORMAT);
     uint64_t sum;
     memcpy(&sum, b + len - sizeof sum, sizeof sum);
     if (fnv(14695981039346656037ull, b, len - sizeof sum) != sum)
@@ -419,7 +553,7 @@ FREE_API free_status free_ctx_state_load(free_ctx *ctx, const void *buf, size_t 
                            "with another model");
     for (int pass = 0; pass < 2; pass++) {
         rd r = {b, len - sizeof sum, head, false};
-        if (read_state(ctx, &r, pass == 1, &err) != FREE_OK)
+        if (read_state(ctx, &r, format, pass == 1, &err) != FREE_OK)
             return fr_ctx_report(ctx, &err);
     }
     return FREE_OK;

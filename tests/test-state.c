@@ -4,6 +4,8 @@
  * and a corrupted, truncated or foreign state is FREE_ERR_FORMAT and changes nothing. */
 #include "test-common.h"
 
+#include "context.h"
+
 #include <free/free.h>
 
 #define STORIES "stories260K/stories260K.gguf"
@@ -184,6 +186,110 @@ START_TEST(bad_states_are_refused)
 }
 END_TEST
 
+static uint64_t fnv64(const unsigned char *b, size_t n)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+/* The guard of an automatic VERIFY is part of the state (format 2): its measured costs,
+ * its window and its full-depth run come back; a format-1 state (no guard block) still
+ * loads and leaves the loading context's guard as it was; a bad guard block is refused. */
+START_TEST(guard_round_trip)
+{
+    FR_TEST_NEED(LLAMA22);
+    free_model *m = load(LLAMA22);
+    const cfg c = {FREE_EXIT_AUTO, 0.0f, 0.0f, 0};
+    free_ctx *a = make(m, &c);
+    ck_assert(a->guard.on && a->guard.timed);
+    ck_assert_int_eq(free_decode(a, "The President shall", -1, 0, NULL, NULL), FREE_OK);
+    trace before, after, restored, none;
+    steps(a, 50, &before);
+    /* Something to carry: a full-depth run under way. */
+    a->guard.full = true;
+    a->guard.full_left = 7;
+    a->guard.backoff = 512;
+    size_t n = 0;
+    unsigned char *state = save(a, &n);
+    uint32_t format;
+    memcpy(&format, state + 8, 4);
+    ck_assert_uint_eq(format, 2);
+    const fr_verify_guard saved = a->guard;
+    ck_assert(saved.cost.n_shallow > 0);
+    free_ctx *b = make(m, &c);
+    ck_assert_msg(free_ctx_state_load(b, state, n) == FREE_OK, "%s", free_ctx_last_error(b));
+    const fr_verify_guard *g = &b->guard;
+    ck_assert(g->on && g->full && !g->probe);
+    ck_assert_int_eq(g->full_left, 7);
+    ck_assert_int_eq(g->backoff, 512);
+    ck_assert_uint_eq(g->since_full, saved.since_full);
+    ck_assert(!memcmp(&g->cost, &saved.cost, sizeof g->cost));
+    ck_assert(!memcmp(&g->win, &saved.win, sizeof g->win));
+    ck_assert(!memcmp(&g->judged, &saved.judged, sizeof g->judged));
+    /* Both continue with the same tokens, which are full depth's. */
+    steps(a, 40, &after);
+    steps(b, 40, &restored);
+    for (int i = 0; i < 40; i++)
+        ck_assert_int_eq(after.tok[i], restored.tok[i]);
+    const cfg cn = {FREE_EXIT_NONE, 0.0f, 0.0f, 0};
+    free_ctx *full = make(m, &cn);
+    ck_assert_int_eq(free_decode(full, "The President shall", -1, 0, NULL, NULL), FREE_OK);
+    steps(full, 50, &none);
+    for (int i = 0; i < 50; i++)
+        ck_assert_int_eq(before.tok[i], none.tok[i]);
+    steps(full, 40, &none);
+    for (int i = 0; i < 40; i++)
+        ck_assert_int_eq(after.tok[i], none.tok[i]);
+
+    /* A format-1 state: the same bytes without the guard block. */
+    const size_t rows = FR_GUARD_ROWS;
+    const size_t block = 4 + 12 + 8 + 2 * (2 + rows) * 8 + (2 + rows) * 8 + (2 + rows) * 4;
+    uint32_t len;
+    memcpy(&len, state + n - 8 - block - 4, 4);
+    ck_assert_uint_eq(len, block);
+    const size_t n1 = n - block - 4;
+    unsigned char *old = malloc(n1);
+    memcpy(old, state, n1 - 8);
+    const uint32_t one = 1;
+    memcpy(old + 8, &one, 4);
+    const uint64_t h = fnv64(old, n1 - 8);
+    memcpy(old + n1 - 8, &h, 8);
+    free_ctx *d = make(m, &c);
+    const fr_verify_guard d0 = d->guard;
+    ck_assert_msg(free_ctx_state_load(d, old, n1) == FREE_OK, "%s", free_ctx_last_error(d));
+    ck_assert(!memcmp(&d->guard, &d0, sizeof d0));
+    trace d_out;
+    steps(d, 40, &d_out);
+    for (int i = 0; i < 40; i++)
+        ck_assert_int_eq(after.tok[i], d_out.tok[i]);
+    /* A guard block with values out of range (checksum fixed): refused, nothing changes. */
+    unsigned char *bad = malloc(n);
+    memcpy(bad, state, n);
+    const int32_t huge = 1 << 20;
+    memcpy(bad + n - 8 - block + 4, &huge, 4); /* full_left */
+    const uint64_t hb = fnv64(bad, n - 8);
+    memcpy(bad + n - 8, &hb, 8);
+    ck_assert_int_eq(free_ctx_state_load(d, bad, n), FREE_ERR_FORMAT);
+    ck_assert(strstr(free_ctx_last_error(d), "guard"));
+    /* A context whose guard is off (explicit VERIFY) loads an automatic one's state. */
+    const cfg cv = {FREE_EXIT_VERIFY, 0.5f, 0.0f, 0};
+    free_ctx *v = make(m, &cv);
+    ck_assert_int_eq(free_ctx_state_load(v, state, n), FREE_OK);
+    ck_assert(!v->guard.on);
+    free_ctx_destroy(v);
+    free(bad);
+    free(old);
+    free_ctx_destroy(d);
+    free_ctx_destroy(full);
+    free_ctx_destroy(b);
+    free_ctx_destroy(a);
+    free(state);
+    free_model_destroy(m);
+}
+END_TEST
+
 static Suite *state_suite(void)
 {
     Suite *s = suite_create("state");
@@ -191,6 +297,7 @@ static Suite *state_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, restore_is_exact);
     tcase_add_test(tc, bad_states_are_refused);
+    tcase_add_test(tc, guard_round_trip);
     suite_add_tcase(s, tc);
     return s;
 }

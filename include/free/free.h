@@ -263,8 +263,9 @@ typedef enum free_exit_mode {
      * which no threshold predicts a gain gives FREE_EXIT_NONE; a model with an exit but no
      * curve drafts at free_ctx_params.threshold. A model without free.exit_layer gets
      * FREE_EXIT_NONE. An automatic VERIFY watches its acceptance while decoding and runs at
-     * full depth while the measured acceptance predicts no gain, probing back periodically
-     * (free_stats.verify_fallbacks ...); an explicit FREE_EXIT_VERIFY always drafts at its threshold.
+     * full depth while the measured acceptance, priced at this context's measured pass
+     * times, predicts no gain, trying VERIFY again periodically (free_stats.verify_*); an
+     * explicit FREE_EXIT_VERIFY always drafts at its threshold.
      * free_ctx_get_params and free_stats report the resolved mode and threshold. */
     FREE_EXIT_AUTO = 3
 } free_exit_mode;
@@ -399,7 +400,8 @@ FREE_API free_status free_ctx_truncate(free_ctx *ctx, int32_t n_keep);
 
 /* Saving and restoring a context (0.2): its tokens and KV caches, the early-exit queue,
  * the pending and verified-but-not-handed-out tokens, the sampler's random state, the
- * streaming text state and the adaptive estimator's fitted state, so that a restored
+ * streaming text state, the adaptive estimator's fitted state and an automatic VERIFY's
+ * guard (format 2; format 1 states still load), so that a restored
  * context continues exactly as the saved one would have. The parameters are not part of
  * the state: load into a context created with the same parameters (free_ctx_set_params
  * after loading reseeds the sampler). The format is versioned and checked (a checksum, the
@@ -584,14 +586,30 @@ typedef struct free_stats {
     uint64_t reused_tokens;      /* prompt tokens (counted in prompt_tokens) taken from the
                                     cache instead of being run: prompt reuse (0.2) */
     /* The guard of an automatic VERIFY (FREE_EXIT_AUTO, 0.2). Every 32 tokens drafted it
-     * predicts VERIFY's speed-up from the weights read (shallow and deep passes, heads)
-     * per token produced; below 1 it decodes at full depth for 128 tokens (doubling while
-     * probes keep failing, up to 1024) and then probes VERIFY again. */
+     * predicts VERIFY's speed-up over full depth: with greedy decoding from this context's
+     * measured pass times (running averages of a shallow pass, a deep pass of k rows for
+     * each k, a full-depth step; 4-step full-depth probes keep the last fresh) applied to
+     * the passes the window ran; with a sampler that draws, from the weights read per
+     * token (so that seeded runs repeat). Below 1.02 (timed) or 1 (bytes) it decodes at
+     * full depth for 128 tokens (doubling while VERIFY keeps failing, up to 1024) and
+     * then tries VERIFY again. The text does not depend on it (greedy VERIFY is exact). */
     int32_t exit_auto;           /* non-zero: exit_mode was resolved from FREE_EXIT_AUTO */
     int32_t verify_full_depth;   /* non-zero while the guard holds decoding at full depth */
     uint64_t verify_fallbacks;   /* times the guard switched to full depth */
-    uint64_t verify_full_tokens; /* tokens the guard decoded at full depth */
+    uint64_t verify_full_tokens; /* tokens the guard decoded at full depth (probes too) */
     double verify_speedup;       /* the last window's predicted speed-up, 0 before one */
+    /* (0.2, appended) what the guard measured; times are this context's running
+     * averages in ms, 0 until measured */
+    int32_t verify_timed;        /* decisions from measured times: 1 wall clock, 2 the
+                                    decoding thread's CPU time (1 thread); 0: bytes */
+    int32_t verify_probing;      /* non-zero while a full-depth probe measures */
+    uint64_t verify_windows;     /* windows judged (kept + fallbacks) */
+    uint64_t verify_probes;      /* full-depth probes run to time a full-depth step */
+    double verify_token_ms;      /* VERIFY's predicted time per token, last window */
+    double verify_full_ms;       /* a full-depth step */
+    double verify_shallow_ms;    /* a shallow pass (layers [0, Ls) and the exit head) */
+    double verify_deep_ms;       /* a deep pass, averaged over the last window's passes */
+    double verify_deep_rows;     /* mean rows of those deep passes */
 } free_stats;
 
 /* Fills *stats (set stats->size first) with totals since the context was created or its

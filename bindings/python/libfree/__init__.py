@@ -181,6 +181,15 @@ class Stats:
     verify_fallbacks: int
     verify_full_tokens: int
     verify_speedup: float
+    verify_timed: int
+    verify_probing: int
+    verify_windows: int
+    verify_probes: int
+    verify_token_ms: float
+    verify_full_ms: float
+    verify_shallow_ms: float
+    verify_deep_ms: float
+    verify_deep_rows: float
 
     @property
     def exit_rate(self):

@@ -182,6 +182,15 @@ class free_stats(Structure):
         ("verify_fallbacks", c_uint64),
         ("verify_full_tokens", c_uint64),
         ("verify_speedup", c_double),
+        ("verify_timed", c_int32),
+        ("verify_probing", c_int32),
+        ("verify_windows", c_uint64),
+        ("verify_probes", c_uint64),
+        ("verify_token_ms", c_double),
+        ("verify_full_ms", c_double),
+        ("verify_shallow_ms", c_double),
+        ("verify_deep_ms", c_double),
+        ("verify_deep_rows", c_double),
     ]
 
 

@@ -210,12 +210,11 @@ static void deep_pass(struct free_ctx *lead, float *xd, bstream *const *full, in
     for (int32_t j = 0; j < k; j++) {
         bstream *t = all[j];
         struct free_ctx *c = t->c;
-        const float *lg = b->logits + (size_t)h * nv;
+        float *lg = b->logits + (size_t)h * nv;
         free_status s;
         h += rows[j].n - head_from(t);
         if (t->kind == KIND_FULL) {
-            memcpy(c->last_logits, lg, nv * sizeof(float));
-            s = fr_step_full_end(c, t->layers_ms + (t1 - t0), t2 - t1);
+            s = fr_step_full_end(c, lg, t->layers_ms + (t1 - t0), t2 - t1);
         } else if (t->kind == KIND_FREE) {
             s = fr_free_sync_end(c, lg, t1 - t0, t2 - t1, t->conf);
         } else {

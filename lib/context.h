@@ -96,10 +96,12 @@ void fr_ctx_drop_unseen(struct free_ctx *ctx);
 
 /* free_step at full depth in halves, for batched steps (batch.c): begin records the
  * pending token at n_past; the caller runs it through every layer and the final head into
- * last_logits; end checks the logits and queues the token; hand_out (t0: when the step
+ * logits[n_vocab] (last_logits, or a batch's row: scratch the call may change); end checks
+ * the logits and queues the token; hand_out (t0: when the step
  * began) hands the next token out as free_step does. */
 void fr_step_full_begin(struct free_ctx *ctx);
-free_status fr_step_full_end(struct free_ctx *ctx, double layers_ms, double head_ms);
+free_status fr_step_full_end(struct free_ctx *ctx, float *logits, double layers_ms,
+                             double head_ms);
 free_status fr_step_hand_out(struct free_ctx *ctx, double t0, int32_t *token,
                              free_step_info *info);
 /* A FREE step in pieces, for batched steps (batch.c). shallow_begin records the pending

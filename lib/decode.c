@@ -490,23 +490,29 @@ FREE_API free_status free_eval_exit(free_ctx *ctx, const int32_t *tokens, size_t
 
 /* ---- step ------------------------------------------------------------------------- */
 
-/* The token chosen from last_logits (which came from the final head). */
-static void emit_from_deep(struct free_ctx *ctx, float conf)
+/* The token chosen from logits[n_vocab] of the final head (penalized in place). */
+static void emit_from(struct free_ctx *ctx, float *logits, float conf)
 {
-    penalize(ctx, ctx->last_logits, ctx->n_past);
+    penalize(ctx, logits, ctx->n_past);
     const int32_t nv = ctx->model->hp.n_vocab;
     /* Greedy sampling is fr_argmax over the same logits: the deep argmax is not computed
      * a second time. */
     int32_t deep;
     int32_t tok;
     if (fr_sampler_is_greedy(ctx->sampler))
-        tok = deep = fr_argmax(ctx->last_logits, nv);
+        tok = deep = fr_argmax(logits, nv);
     else {
-        tok = fr_sample(ctx->sampler, ctx->last_logits);
-        deep = fr_argmax(ctx->last_logits, nv);
+        tok = fr_sample(ctx->sampler, logits);
+        deep = fr_argmax(logits, nv);
     }
     push_out(ctx, tok, ctx->n_past, false, ctx->model->hp.n_layer, conf, deep);
     ctx->has_logits = false;
+}
+
+/* The token chosen from last_logits (which came from the final head). */
+static void emit_from_deep(struct free_ctx *ctx, float conf)
+{
+    emit_from(ctx, ctx->last_logits, conf);
 }
 
 static free_status need_room(struct free_ctx *ctx)
@@ -524,7 +530,8 @@ void fr_step_full_begin(struct free_ctx *ctx)
     ctx->n_cached = 0;
 }
 
-free_status fr_step_full_end(struct free_ctx *ctx, double layers_ms, double head_ms)
+free_status fr_step_full_end(struct free_ctx *ctx, float *logits, double layers_ms,
+                             double head_ms)
 {
     const struct free_model *m = ctx->model;
     ctx->stats.deep_ms += layers_ms;
@@ -532,12 +539,12 @@ free_status fr_step_full_end(struct free_ctx *ctx, double layers_ms, double head
     ctx->stats.shallow_passes++;
     ctx->stats.deep_passes++;
     ctx->stats.sync_rows++;
-    if (first_nonfinite(ctx->last_logits, FR_NV(ctx)) >= 0) {
+    if (first_nonfinite(logits, FR_NV(ctx)) >= 0) {
         fr_kv_truncate(ctx->kv, 0, m->hp.n_layer, ctx->n_past);
-        return numeric_fail(ctx, "the logits", ctx->n_past, ctx->last_logits);
+        return numeric_fail(ctx, "the logits", ctx->n_past, logits);
     }
     ctx->n_past++;
-    emit_from_deep(ctx, 0.0f);
+    emit_from(ctx, logits, 0.0f);
     return FREE_OK;
 }
 
@@ -551,7 +558,7 @@ static free_status step_full(struct free_ctx *ctx)
                       ctx->pool);
     double t1 = fr_now_ms();
     fr_head_forward(m, 1, ctx->x, ctx->last_logits, ctx->ws, ctx->pool);
-    return fr_step_full_end(ctx, t1 - t0, fr_now_ms() - t1);
+    return fr_step_full_end(ctx, ctx->last_logits, t1 - t0, fr_now_ms() - t1);
 }
 
 /* The end of a shallow pass: the exit head's logits are in logits[n_vocab] (ctx->logits,

@@ -35,6 +35,11 @@ extern const f16_impl fr_impl_avx2, fr_impl_avx512;
 /* Whether the CPU has the instructions of a set and the OS saves its registers. */
 bool fr_cpu_has_avx2(void);
 bool fr_cpu_has_avx512(void);
+
+/* The AVX-512 set's product for one input and F16 weights (kernels_f16_x86.c):
+ * Y[r] = W[r] . X for r in [r0, r1), W with rows of cols halves; the canonical sequence. */
+void fr_avx512_gemv_f16(const fr_f16 *W, int64_t cols, int64_t r0, int64_t r1,
+                        const float *X, float *Y);
 #endif
 
 #endif

@@ -471,7 +471,7 @@ FR_AVX2 static FR_INLINE void avx2_rows_lanes(const lanes_buf *b, const char *W,
     }
 }
 
-/* As avx512_gemv_f16, avx512_gemv_f32. */
+/* As avx512_gemv_f32. */
 FR_AVX2 __attribute__((noinline)) static void avx2_gemv_f16(const char *W, int64_t rows,
                                                             int64_t cols, int64_t r0,
                                                             int64_t r1, const float *X,
@@ -994,16 +994,9 @@ FR_AVX512 static FR_INLINE void avx512_rows_lanes(const lanes_buf *b, const char
     }
 }
 
-/* One input (decoding, the hot path) in functions of their own, so that their registers
- * are allocated for that loop alone (inlined into the rest, the 8 row pointers spill). */
-FR_AVX512 __attribute__((noinline)) static void avx512_gemv_f16(const char *W, int64_t rows,
-                                                                int64_t cols, int64_t r0,
-                                                                int64_t r1, const float *X,
-                                                                float *Y)
-{
-    avx512_rows_few(W, 1, rows, cols, r0, r1, 1, X, NULL, Y, AVX512_BLOCK, 1);
-}
-
+/* One input (decoding, the hot path): F16 in kernels_f16_x86.c; F32 in a function of its
+ * own, so that its registers are allocated for that loop alone (inlined into the rest, the
+ * 8 row pointers spill). */
 FR_AVX512 __attribute__((noinline)) static void avx512_gemv_f32(const char *W, int64_t rows,
                                                                 int64_t cols, int64_t r0,
                                                                 int64_t r1, const float *X,
@@ -1018,7 +1011,7 @@ FR_AVX512 static FR_INLINE void avx512_rows_t(const void *W, int f16, int64_t ro
 {
     if (n == 1) {
         if (f16)
-            avx512_gemv_f16(W, rows, cols, r0, r1, X, Y);
+            fr_avx512_gemv_f16(W, cols, r0, r1, X, Y);
         else
             avx512_gemv_f32(W, rows, cols, r0, r1, X, Y);
         return;

@@ -1,17 +1,20 @@
 /* AVX2 and AVX-512 (VNNI) kernels of the legacy types, blocks of 32: Q8_0, Q4_0, Q4_1,
  * Q5_0, Q5_1. They compute quant.h's canonical sequence, eight blocks at a time:
- *   - the weight codes of each block as unsigned bytes u (Q8_0: w xor 0x80, so u = w + 128;
- *     Q4: nibbles; Q5: nibbles plus the fifth bit) against the activation's int8 codes,
- *     products summed exactly in int32 lanes (AVX-512 VNNI vpdpbusd, two blocks a register;
- *     AVX2 maddubs + madd, one block a register, which cannot overflow for u < 32, and for
- *     Q8_0 |w| against sign(x, w));
- *   - the lanes of eight blocks folded into the eight blocks' sums by one transposed
- *     reduction (hadd), the offset removed with the activation's block sums
+ *   - the weight codes of each block as unsigned bytes u (Q8_0: w xor 0x80, so u = w + 128,
+ *     on AVX-512; Q4: nibbles; Q5: nibbles plus the fifth bit) against the activation's
+ *     int8 codes, products summed exactly in int32 lanes (AVX-512 VNNI vpdpbusd; AVX2
+ *     maddubs + madd, one block a register, which cannot overflow for u < 32, and for Q8_0
+ *     |w| against sign(x, w));
+ *   - the lanes of eight blocks folded into the eight blocks' sums by a transposed
+ *     reduction, the offset removed with the activation's block sums
  *     (isum = dot(u, x) - offset * sum(x));
- *   - the scales of the eight blocks gathered (the F16 d, and m, at the start of each block),
- *     and the float steps p = (d_w d_x) isum [+ (m_w d_x) sum(x)], acc += p in eight lanes.
- * The last group of a row with fewer than eight blocks has zero codes and scales in the
- * missing blocks (p = +0, which leaves every lane as it is); no byte past the row is read. */
+ *   - the float steps p = (d_w d_x) isum [+ (m_w d_x) sum(x)], acc += p in eight lanes.
+ * A weight row's codes and scales are unpacked once per group of eight blocks for all
+ * the inputs of a pass (up to 4 on AVX2, 8 on AVX-512), and every input then goes through
+ * exactly the operations it would alone, so a row in a batch has the bits of the row
+ * alone. The last group of a row with fewer than eight blocks has zero codes and scales in
+ * the missing blocks (p = +0, which leaves every lane as it is); no byte past the row is
+ * read. */
 #include "quant.h"
 
 #ifdef FR_QUANT_X86
@@ -44,29 +47,27 @@ static FR_INLINE uint32_t load32(const uint8_t *p)
 
 /* ---- shared float step ------------------------------------------------------------------ */
 
-/* The F16 scales d (and m) of the eight blocks at w, as floats; blocks past nblk: 0. */
+static FR_INLINE short ld16(const uint8_t *p)
+{
+    short v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* The F16 scales d (and m) of the eight blocks at w, as floats; blocks past nblk: 0.
+ * Plain 16-bit loads: cheaper than a gather, and done once per group for every input. */
 FR_AVX2 static FR_INLINE void leg_scales(const uint8_t *w, leg_kind k, int nblk, __m256 *dw,
                                          __m256 *mw)
 {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(k.bytes));
-    __m256i g;
-    if (nblk == 8) {
-        g = _mm256_i32gather_epi32((const int *)(const void *)w, idx, 1);
-    } else { /* blocks past the row: scales 0 */
-        __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nblk), lane);
-        g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)(const void *)w,
-                                        idx, live, 1);
+    short d[8], m[8];
+    FR_UNROLL
+    for (int i = 0; i < 8; i++) {
+        d[i] = i < nblk ? ld16(w + i * k.bytes) : 0;
+        m[i] = i < nblk && k.has_min ? ld16(w + i * k.bytes + 2) : 0;
     }
-    /* low halves: d; high halves: m (types with a min) */
-    const __m256i lo16 = _mm256_set1_epi32(0xffff);
-    __m256i dpk = _mm256_packus_epi32(_mm256_and_si256(g, lo16), _mm256_and_si256(g, lo16));
-    *dw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(dpk, 0x08)));
-    if (k.has_min) {
-        __m256i mh = _mm256_srli_epi32(g, 16);
-        __m256i mpk = _mm256_packus_epi32(mh, mh);
-        *mw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(mpk, 0x08)));
-    }
+    *dw = _mm256_cvtph_ps(_mm_setr_epi16(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]));
+    if (k.has_min)
+        *mw = _mm256_cvtph_ps(_mm_setr_epi16(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]));
 }
 
 /* acc += p = (d_w d_x) isum [+ (m_w d_x) sum(x)] for eight blocks. */
@@ -80,27 +81,12 @@ FR_AVX2 static FR_INLINE __m256 leg_fstep(__m256 acc, __m256 dw, __m256 mw, leg_
     return _mm256_add_ps(acc, p);
 }
 
-FR_AVX2 static FR_INLINE __m256 leg_step(__m256 acc, const uint8_t *w, leg_kind k, int nblk,
-                                         __m256i isum, __m256i sx, const float *dx)
-{
-    __m256 dw, mw = _mm256_setzero_ps();
-    leg_scales(w, k, nblk, &dw, &mw);
-    return leg_fstep(acc, dw, mw, k, isum, sx, dx);
-}
-
 FR_AVX2 static FR_INLINE float leg_finish(__m256 acc)
 {
     float a[8];
     _mm256_storeu_ps(a, acc);
     return fr_qsum8(a);
 }
-
-/* The codes of the act's row j. */
-#define ACT_ROW(A, j)                                                                    \
-    const fr_qact *a_ = (const fr_qact *)(A);                                            \
-    const int8_t *x = a_->qs + (int64_t)(j) * a_->ld_qs;                                 \
-    const float *dx = a_->d + (int64_t)(j) * a_->ld_d;                                   \
-    const int32_t *sxp = a_->sum + (int64_t)(j) * a_->ld_sum
 
 /* ---- AVX2 ------------------------------------------------------------------------------ */
 
@@ -115,25 +101,21 @@ FR_AVX2 static FR_INLINE __m256i avx2_fifth_bits(uint32_t qh)
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
-/* The 8 int32 partial sums of one block's products. */
-FR_AVX2 static FR_INLINE __m256i avx2_block(const uint8_t *blk, const int8_t *x, leg_kind k)
+/* One block's weight codes: u (nibble types: the unsigned codes; Q8_0: |w|) and, for
+ * Q8_0, w itself (whose signs go onto the activations). */
+FR_AVX2 static FR_INLINE void avx2_unpack(const uint8_t *blk, leg_kind k, __m256i *u, __m256i *w)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)x);
-    __m256i p16;
     if (k.q8) {
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(blk + k.qs));
-        p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-    } else {
-        __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(blk + k.qs));
-        const __m256i m4 = _mm256_set1_epi8(0x0f);
-        __m256i u = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
-        u = _mm256_and_si256(u, m4);
-        if (k.qh >= 0)
-            u = _mm256_or_si256(u, avx2_fifth_bits(load32(blk + k.qh)));
-        p16 = _mm256_maddubs_epi16(u, xv);
+        *w = _mm256_loadu_si256((const __m256i *)(const void *)(blk + k.qs));
+        *u = _mm256_sign_epi8(*w, *w);
+        return;
     }
-    return _mm256_madd_epi16(p16, ones);
+    __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(blk + k.qs));
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+    v = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+    if (k.qh >= 0)
+        v = _mm256_or_si256(v, avx2_fifth_bits(load32(blk + k.qh)));
+    *u = v;
 }
 
 /* The sums of eight blocks' lanes, block order. */
@@ -146,49 +128,81 @@ FR_AVX2 static FR_INLINE __m256i avx2_fold8(const __m256i r[8])
                             _mm256_permute2x128_si256(b0, b1, 0x31));
 }
 
-FR_AVX2 static FR_INLINE __m256 avx2_group(__m256 acc, const uint8_t *w, const int8_t *x,
-                                          const int32_t *sxp, const float *dx, leg_kind k,
-                                          int nblk)
+/* NB inputs (rows j0 .. j0 + NB - 1 of the activations) against one weight row. */
+FR_AVX2 static FR_INLINE void avx2_dot_nb(const uint8_t *w, int64_t cols, const fr_qact *a,
+                                          int j0, leg_kind k, int NB, float *out)
 {
-    __m256i r[8];
-    FR_UNROLL
-    for (int i = 0; i < 8; i++)
-        r[i] = i < nblk ? avx2_block(w + i * k.bytes, x + 32 * i, k) : _mm256_setzero_si256();
-    __m256i isum = avx2_fold8(r);
-    __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)sxp);
-    if (k.q8) /* |w| against sign(x, w) is w x itself: no offset */
-        ;
-    else if (k.shift >= 0)
-        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
-    return leg_step(acc, w, k, nblk, isum, sx, dx);
-}
-
-FR_AVX2 static FR_INLINE float avx2_dot(const uint8_t *w, int64_t cols, const void *A, int j,
-                                        leg_kind k)
-{
-    ACT_ROW(A, j);
     const int64_t nb = cols / 32;
-    __m256 acc = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8)
-        acc = avx2_group(acc, w + b * k.bytes, x + 32 * b, sxp + b, dx + b, k, 8);
-    if (b < nb)
-        acc = avx2_group(acc, w + b * k.bytes, x + 32 * b, sxp + b, dx + b, k, (int)(nb - b));
-    return leg_finish(acc);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int t = 0; t < NB; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 8) {
+        const int nblk = nb - b >= 8 ? 8 : (int)(nb - b);
+        const uint8_t *wg = w + b * k.bytes;
+        __m256i u[8], ws[8];
+        FR_UNROLL
+        for (int i = 0; i < 8; i++) {
+            u[i] = ws[i] = _mm256_setzero_si256();
+            if (i < nblk)
+                avx2_unpack(wg + i * k.bytes, k, &u[i], &ws[i]);
+        }
+        __m256 dw, mw = _mm256_setzero_ps();
+        leg_scales(wg, k, nblk, &dw, &mw);
+        FR_UNROLL
+        for (int t = 0; t < NB; t++) {
+            const int64_t j = j0 + t;
+            const int8_t *x = a->qs + j * a->ld_qs + 32 * b;
+            __m256i r[8];
+            FR_UNROLL
+            for (int i = 0; i < 8; i++) {
+                r[i] = _mm256_setzero_si256();
+                if (i < nblk) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(x + 32 * i));
+                    if (k.q8) /* |w| against sign(x, w) is w x itself: no offset */
+                        xv = _mm256_sign_epi8(xv, ws[i]);
+                    r[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(u[i], xv), ones);
+                }
+            }
+            __m256i isum = avx2_fold8(r);
+            __m256i sx = _mm256_loadu_si256((const __m256i *)(const void *)(a->sum + j * a->ld_sum + b));
+            if (!k.q8 && k.shift >= 0)
+                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, k.shift));
+            acc[t] = leg_fstep(acc[t], dw, mw, k, isum, sx, a->d + j * a->ld_d + b);
+        }
+    }
+    for (int t = 0; t < NB; t++)
+        out[t] = leg_finish(acc[t]);
 }
 
-#define ROWS_LOOP(DOT, KIND)                                                             \
-    for (int64_t rb = r0; rb < r1; rb += 16) {                                           \
-        int64_t re = rb + 16 < r1 ? rb + 16 : r1;                                        \
-        for (int j = 0; j < n; j++)                                                      \
-            for (int64_t r = rb; r < re; r++)                                            \
-                Y[(int64_t)j * ldy + r] = DOT(W + (size_t)r * row_bytes, cols, A, j, KIND); \
+/* Blocks of 16 rows (which stay in L1 across the tiles); inputs four at a time. */
+FR_AVX2 static FR_INLINE void avx2_rows(FR_QROWS_ARGS, leg_kind k)
+{
+    const fr_qact *a = A;
+    for (int64_t rb = r0; rb < r1; rb += 16) {
+        const int64_t re = rb + 16 < r1 ? rb + 16 : r1;
+        for (int j = 0; j < n; j += 4) {
+            const int nbt = n - j < 4 ? n - j : 4;
+            for (int64_t r = rb; r < re; r++) {
+                float o[4];
+                const uint8_t *wr = W + (size_t)r * row_bytes;
+                switch (nbt) {
+                case 4: avx2_dot_nb(wr, cols, a, j, k, 4, o); break;
+                case 3: avx2_dot_nb(wr, cols, a, j, k, 3, o); break;
+                case 2: avx2_dot_nb(wr, cols, a, j, k, 2, o); break;
+                default: avx2_dot_nb(wr, cols, a, j, k, 1, o); break;
+                }
+                for (int t = 0; t < nbt; t++)
+                    Y[(int64_t)(j + t) * ldy + r] = o[t];
+            }
+        }
     }
+}
 
 #define AVX2_ROWS(t, KIND)                                                               \
     FR_AVX2 void fr_qrows_##t##_avx2(FR_QROWS_ARGS)                                      \
     {                                                                                    \
-        ROWS_LOOP(avx2_dot, KIND)                                                        \
+        avx2_rows(W, row_bytes, cols, r0, r1, n, A, Y, ldy, KIND);                       \
     }
 AVX2_ROWS(q8_0, K_Q8_0)
 AVX2_ROWS(q4_0, K_Q4_0)

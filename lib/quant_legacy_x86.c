@@ -501,8 +501,9 @@ FR_AVX512Q static FR_INLINE void l5_rowpair(const uint8_t *wa, const uint8_t *wb
     l5_finish(acc, oa, ob);
 }
 
-/* Stack room for the prepared activations: one input (decoding) fits for rows up to 21,000
- * elements, a pair up to 12,000; longer rows go to the AVX2 kernels (the same bits). */
+/* Stack room for the prepared activations: one input (decoding) fits for rows up to 73
+ * groups (18,688 elements), a pair of inputs up to 46 (11,776); longer rows go to the AVX2
+ * kernels (the same bits). */
 enum { L5_BUF = 32768 };
 
 FR_AVX512Q static FR_INLINE void l5_rows(FR_QROWS_ARGS, leg_kind k, fr_qrows_fn fallback)

@@ -373,6 +373,36 @@ static void run_kernel_case(uint32_t type, int64_t rows, int64_t cols, fr_pool *
     free(c.X);
 }
 
+/* A few rows of length cols at n = 1, 2, 3 and 9 on every set, alone and on 2 threads:
+ * every output the bits of the portable kernel on one row alone. */
+static void run_long_case(uint32_t type, int64_t cols, fr_pool *pool2)
+{
+    enum { ROWS = 3, NMAX = 9 };
+    qcase c = make_case(type, ROWS, cols, NMAX);
+    fr_matrix W = {c.w, type, ROWS, cols};
+    float ref[NMAX * ROWS], Y[NMAX * ROWS];
+    ck_assert_int_eq(fr_kernels_set_f16_impl("portable"), 0);
+    for (int j = 0; j < NMAX; j++)
+        fr_matmul(&W, 1, c.X + j * cols, ref + j * ROWS, NULL);
+    const int ns[] = {1, 2, 3, 9};
+    for (int s = 1; s < 3; s++) {
+        if (fr_kernels_set_f16_impl(impls[s]) != 0)
+            continue;
+        for (int i = 0; i < 4; i++)
+            for (int p = 0; p < 2; p++) {
+                memset(Y, 0xff, sizeof Y);
+                fr_matmul(&W, ns[i], c.X, Y, p ? pool2 : NULL);
+                for (int k = 0; k < ns[i] * ROWS; k++)
+                    ck_assert_msg(same_float(Y[k], ref[k]), "%s cols %lld %s n=%d: Y[%d] = %a, "
+                                  "row alone on the portable set %a", gguf_tensor_type_name(type),
+                                  (long long)cols, impls[s], ns[i], k, (double)Y[k], (double)ref[k]);
+            }
+    }
+    fr_kernels_set_f16_impl(NULL);
+    free(c.w);
+    free(c.X);
+}
+
 START_TEST(test_kernels_every_type_set_and_batch)
 {
     uint32_t type = qtypes[_i];
@@ -388,6 +418,14 @@ START_TEST(test_kernels_every_type_set_and_batch)
     for (int b = 0; b < 3; b++)
         run_kernel_case(type, 37, blocks[b] * (tt->blck == 1 ? 32 : tt->blck) + (tt->blck == 1 ? b : 0),
                         pools);
+    /* Long rows: the AVX-512 legacy kernels prepare the activations on the stack and hand
+     * rows too long for it to the AVX2 kernels (a batch past 46 groups of 256 elements,
+     * one input past 73): both sides of both limits. */
+    if (tt->blck == 32) {
+        const int64_t long_blocks[] = {368, 376, 584, 592};
+        for (int b = 0; b < 4; b++)
+            run_long_case(type, long_blocks[b] * 32, pools[1]);
+    }
     for (int p = 0; p < 3; p++)
         fr_pool_destroy(pools[p]);
 }

@@ -13,7 +13,8 @@
  *   the sampler's RNG (u64 x 4); the text stream (4 bytes, i32 n, u8 at_start, pad);
  *   the estimator: u32 length and its exported text (0: none);
  *   (format 2) the guard of an automatic VERIFY: u32 length (0: it was off), then u8 full,
- *   probe, pad x 2; i32 full_left, backoff, exit_layer; u64 since_full; the window being
+ *   probe, resumed, pad; i32 full_left, backoff, exit_layer; u64 since_full; f64 token_ms
+ *   (VERIFY's smoothed time per token); the window being
  *   measured and the last judged one (u64 tokens, shallow, deep[FR_GUARD_ROWS] each); the
  *   running averages (f64 shallow_ms, full_ms, deep_ms[FR_GUARD_ROWS]; u32 n_shallow,
  *   n_full, n_deep[FR_GUARD_ROWS]);
@@ -60,7 +61,7 @@ static void put_u32(wr *w, uint32_t v) { put(w, &v, sizeof v); }
 
 /* The guard block's length after its u32 length. */
 #define GUARD_WIN_BYTES ((2 + FR_GUARD_ROWS) * 8)
-#define GUARD_BYTES (4 + 3 * 4 + 8 + 2 * GUARD_WIN_BYTES + (2 + FR_GUARD_ROWS) * 8 + \
+#define GUARD_BYTES (4 + 3 * 4 + 8 + 8 + 2 * GUARD_WIN_BYTES + (2 + FR_GUARD_ROWS) * 8 + \
                      (2 + FR_GUARD_ROWS) * 4)
 
 static void put_window(wr *w, const fr_guard_window *win)
@@ -77,12 +78,13 @@ static void put_guard(wr *w, const fr_verify_guard *g)
         return;
     }
     put_u32(w, GUARD_BYTES);
-    const unsigned char flags[4] = {g->full, g->probe, 0, 0};
+    const unsigned char flags[4] = {g->full, g->probe, g->resumed, 0};
     put(w, flags, 4);
     put_i32(w, g->full_left);
     put_i32(w, g->backoff);
     put_i32(w, g->exit_layer);
     put(w, &g->since_full, 8);
+    put(w, &g->token_ms, 8);
     put_window(w, &g->win);
     put_window(w, &g->judged);
     put(w, &g->cost.shallow_ms, 8);
@@ -298,10 +300,12 @@ static free_status take_guard(rd *r, fr_verify_guard *g, bool *on, fr_error *err
     take_copy(r, flags, 4);
     g->full = flags[0] != 0;
     g->probe = flags[1] != 0;
+    g->resumed = flags[2] != 0;
     g->full_left = take_i32(r);
     g->backoff = take_i32(r);
     g->exit_layer = take_i32(r);
     take_copy(r, &g->since_full, 8);
+    take_copy(r, &g->token_ms, 8);
     take_window(r, &g->win);
     take_window(r, &g->judged);
     take_copy(r, &g->cost.shallow_ms, 8);
@@ -315,7 +319,8 @@ static free_status take_guard(rd *r, fr_verify_guard *g, bool *on, fr_error *err
     bool ok = g->full_left >= 0 && g->full_left <= FR_GUARD_FULL_CAP &&
               g->backoff >= FR_GUARD_FULL_RUN && g->backoff <= FR_GUARD_FULL_CAP &&
               time_ok(g->cost.shallow_ms) && time_ok(g->cost.full_ms) &&
-              (flags[0] | flags[1]) <= 1 && (!g->probe || g->full);
+              time_ok(g->token_ms) && (flags[0] | flags[1] | flags[2]) <= 1 &&
+              flags[3] == 0 && (!g->probe || g->full);
     for (int32_t k = 0; k < FR_GUARD_ROWS; k++)
         ok = ok && time_ok(g->cost.deep_ms[k]);
     if (!ok)
@@ -330,6 +335,8 @@ static void apply_guard(struct free_ctx *ctx, const fr_verify_guard *in)
     fr_verify_guard *g = &ctx->guard;
     g->full = in->full;
     g->probe = in->probe;
+    g->resumed = in->resumed;
+    g->token_ms = in->token_ms;
     g->full_left = in->full_left;
     g->backoff = in->backoff;
     g->win = in->win;

@@ -67,16 +67,25 @@ fr_guard_verdict fr_guard_judge(const fr_guard_costs *c, const fr_guard_bytes *b
     if (!(ms > 0.0))
         return FR_GUARD_KEEP; /* nothing timed: no evidence against VERIFY */
     *token_ms = ms / tokens;
+    return fr_guard_decide(c, *token_ms, full_fresh, speedup);
+}
+
+fr_guard_verdict fr_guard_decide(const fr_guard_costs *c, double token_ms, bool full_fresh,
+                                 double *speedup)
+{
+    *speedup = 0.0;
+    if (!(token_ms > 0.0))
+        return FR_GUARD_KEEP;
     if (!full_fresh || !c->n_full)
         return FR_GUARD_MEASURE;
-    *speedup = c->full_ms / *token_ms;
+    *speedup = c->full_ms / token_ms;
     return *speedup < FR_GUARD_MIN_GAIN ? FR_GUARD_FALL_BACK : FR_GUARD_KEEP;
 }
 
 void fr_guard_clear_counters(fr_verify_guard *g)
 {
     g->fallbacks = g->full_tokens = g->windows = g->probes = 0;
-    g->speedup = g->token_ms = 0.0;
+    g->speedup = 0.0;
 }
 
 void fr_guard_start(fr_verify_guard *g, bool on, bool timed, int32_t exit_layer,
@@ -93,7 +102,8 @@ void fr_guard_start(fr_verify_guard *g, bool on, bool timed, int32_t exit_layer,
     g->full_tokens = old.full_tokens;
     g->windows = old.windows;
     g->probes = old.probes;
-    /* The costs are this model's on this machine at this exit layer. */
+    /* The costs are this model's on this machine at this exit layer (VERIFY's time per
+     * token depends on the threshold too: it starts again). */
     if (old.exit_layer == exit_layer) {
         g->cost = old.cost;
         g->since_full = old.since_full;
@@ -169,11 +179,29 @@ static void decide(fr_verify_guard *g, fr_guard_verdict v)
     }
 }
 
-static void judge_window(fr_verify_guard *g, bool full_fresh)
+static bool full_fresh(const fr_verify_guard *g)
 {
-    fr_guard_verdict v = fr_guard_judge(&g->cost, &g->bytes, &g->judged, g->timed, full_fresh,
-                                        &g->speedup, &g->token_ms);
-    decide(g, v);
+    return g->cost.n_full > 0 && g->since_full <= FR_GUARD_FRESH;
+}
+
+/* The window just ended (g->judged): the byte model judges it alone; with timings its
+ * time per token joins the smoothed one, which decides. */
+static void judge_window(fr_verify_guard *g)
+{
+    if (!g->timed) {
+        double unused;
+        decide(g, fr_guard_judge(&g->cost, &g->bytes, &g->judged, false, false, &g->speedup,
+                                 &unused));
+        return;
+    }
+    const double ms = fr_guard_window_ms(&g->cost, &g->judged);
+    if (ms > 0.0 && g->judged.tokens > 0) {
+        const double t = ms / (double)g->judged.tokens;
+        const double w = g->resumed ? FR_GUARD_SMOOTH_RESUMED : FR_GUARD_SMOOTH;
+        g->token_ms = g->token_ms > 0.0 ? g->token_ms + w * (t - g->token_ms) : t;
+    }
+    g->resumed = false;
+    decide(g, fr_guard_decide(&g->cost, g->token_ms, full_fresh(g), &g->speedup));
 }
 
 void fr_guard_step_done(fr_verify_guard *g, uint32_t tokens)
@@ -188,11 +216,12 @@ void fr_guard_step_done(fr_verify_guard *g, uint32_t tokens)
         g->full = false;
         memset(&g->win, 0, sizeof g->win);
         if (g->probe) {
-            /* The full-depth time is measured now: the waiting window is judged. */
+            /* The full-depth time is measured now: the decision that waited is taken. */
             g->probe = false;
-            judge_window(g, true);
-            if (g->full && g->probe) /* no full-depth time came: do not probe forever */
-                g->full = g->probe = false;
+            fr_guard_verdict v = fr_guard_decide(&g->cost, g->token_ms, true, &g->speedup);
+            decide(g, v == FR_GUARD_MEASURE ? FR_GUARD_KEEP : v); /* never probe forever */
+        } else {
+            g->resumed = true;
         }
         return;
     }
@@ -202,7 +231,7 @@ void fr_guard_step_done(fr_verify_guard *g, uint32_t tokens)
         return;
     g->judged = g->win;
     memset(&g->win, 0, sizeof g->win);
-    judge_window(g, g->cost.n_full > 0 && g->since_full <= FR_GUARD_FRESH);
+    judge_window(g);
 }
 
 /* ---- the context's guard (context.h) ------------------------------------------------ */

@@ -40,6 +40,10 @@
 #define FR_GUARD_FRESH 512
 /* VERIFY is kept while its predicted speed-up is at least this. */
 #define FR_GUARD_MIN_GAIN 1.02
+/* VERIFY's time per token is smoothed over windows (one window's acceptance varies a lot
+ * with the text): a window weighs 1/3, or 1/2 when it follows a full-depth run. */
+#define FR_GUARD_SMOOTH (1.0 / 3.0)
+#define FR_GUARD_SMOOTH_RESUMED 0.5
 
 /* Running averages (ms) of this context's passes. */
 typedef struct fr_guard_costs {
@@ -66,7 +70,8 @@ typedef struct fr_verify_guard {
     bool timed;                 /* decisions from measured times (greedy); else bytes */
     bool cpu_clock;             /* times are the thread's CPU time (one thread) */
     bool full;                  /* decoding at full depth now */
-    bool probe;                 /* ... as a measurement probe: `judged` waits on it */
+    bool probe;                 /* ... as a measurement probe: the decision waits on it */
+    bool resumed;               /* the window under way follows a full-depth run */
     int32_t full_left;          /* full-depth tokens before the next decision */
     int32_t backoff;            /* length of the next full-depth run */
     int32_t exit_layer;         /* Ls the costs were measured at */
@@ -75,10 +80,11 @@ typedef struct fr_verify_guard {
     fr_guard_window judged;     /* the last window judged (or waiting for a probe) */
     fr_guard_costs cost;
     fr_guard_bytes bytes;
-    /* reported (free_stats.verify_*); the counters restart with the statistics */
+    double token_ms;            /* VERIFY's predicted ms per token, smoothed over windows
+                                   (timed; 0 before a window) */
+    /* reported (free_stats.verify_*); these restart with the statistics */
     uint64_t fallbacks, full_tokens, windows, probes;
-    double speedup;             /* the last judged window's prediction, 0 before one */
-    double token_ms;            /* ... VERIFY's predicted time per token (timed) */
+    double speedup;             /* the last judgement's prediction, 0 before one */
 } fr_verify_guard;
 
 typedef enum fr_guard_verdict {
@@ -96,13 +102,17 @@ void fr_guard_average(double *avg, uint32_t *n, double ms);
  * a pass kind c has no time for. */
 double fr_guard_window_ms(const fr_guard_costs *c, const fr_guard_window *w);
 
-/* Judges window w: with timings (full_fresh: c->full_ms was measured recently), the
- * speed-up full_ms / (VERIFY's predicted ms per token); without (timed false), the byte
- * model's (b: weights read per token at full depth over those read per token in w).
+/* Judges window w alone: with timings (full_fresh: c->full_ms was measured recently),
+ * the speed-up full_ms / (VERIFY's predicted ms per token); without (timed false), the
+ * byte model's (b: weights read per token at full depth over those read per token in w).
  * *speedup and *token_ms (0 without timings) receive the prediction. */
 fr_guard_verdict fr_guard_judge(const fr_guard_costs *c, const fr_guard_bytes *b,
                                 const fr_guard_window *w, bool timed, bool full_fresh,
                                 double *speedup, double *token_ms);
+/* The timed decision from VERIFY's (smoothed) ms per token: KEEP when it is unknown
+ * (<= 0), MEASURE when the full-depth time is not fresh, else by the speed-up. */
+fr_guard_verdict fr_guard_decide(const fr_guard_costs *c, double token_ms, bool full_fresh,
+                                 double *speedup);
 
 /* (Re)starts the guard for a new mode: on, timed (greedy sampling), the exit layer and the
  * pass bytes. The measured costs survive while the exit layer stays; the reported

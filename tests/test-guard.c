@@ -224,6 +224,48 @@ START_TEST(follows_changes)
 }
 END_TEST
 
+/* Steps until the guard takes a decision (a probe's included); returns it: 'k' kept, 'f'
+ * fallback. */
+static char one_decision(fr_verify_guard *g, const machine *mc, int accepted)
+{
+    const uint64_t w0 = g->windows, f0 = g->fallbacks;
+    while (g->windows == w0) {
+        if (fr_guard_at_full_depth(g))
+            full_step(g, mc);
+        else
+            verify_step(g, mc, 8, accepted);
+    }
+    return g->fallbacks > f0 ? 'f' : 'k';
+}
+
+/* One window's acceptance varies with the text: a single poor window among good ones does
+ * not make it fall back, two in a row do; after a full-depth run the next window weighs
+ * more. */
+START_TEST(smoothed_over_windows)
+{
+    const machine f16 = {0.30, 0.95, 0.04, 1.2};
+    fr_verify_guard g = fresh(true);
+    run(&g, &f16, 6, 1000);
+    ck_assert_int_eq(one_decision(&g, &f16, 6), 'k'); /* the next window starts afresh */
+    ck_assert_uint_eq(g.fallbacks, 0);
+    const double good = g.token_ms; /* 3.97 ms per 7 tokens */
+    ck_assert_double_eq_tol(good, 3.97 / 7.0, 1e-9);
+    /* 1 of 8 drafts accepted: 3.97 ms per 2 tokens, 1.65x a full step's time. */
+    ck_assert_int_eq(one_decision(&g, &f16, 1), 'k');
+    ck_assert_double_eq_tol(g.token_ms, good + (3.97 / 2.0 - good) * FR_GUARD_SMOOTH, 1e-9);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(one_decision(&g, &f16, 6), 'k'); /* good again */
+    ck_assert_int_eq(one_decision(&g, &f16, 1), 'k');
+    ck_assert_int_eq(one_decision(&g, &f16, 1), 'f'); /* two in a row */
+    ck_assert(g.full);
+    /* After the run, one good window brings VERIFY back (it weighs 1/2). */
+    const double before = g.token_ms;
+    ck_assert_int_eq(one_decision(&g, &f16, 6), 'k');
+    ck_assert_double_eq_tol(g.token_ms, before + (good - before) * FR_GUARD_SMOOTH_RESUMED,
+                            1e-9);
+}
+END_TEST
+
 /* With a sampler that draws, no clock: the byte model decides, no probe ever runs. */
 START_TEST(sampling_uses_bytes)
 {
@@ -288,6 +330,7 @@ static Suite *guard_suite(void)
     tcase_add_test(tc, falls_back_where_verify_loses);
     tcase_add_test(tc, keeps_verify_where_it_wins);
     tcase_add_test(tc, follows_changes);
+    tcase_add_test(tc, smoothed_over_windows);
     tcase_add_test(tc, sampling_uses_bytes);
     tcase_add_test(tc, off_does_nothing);
     tcase_add_test(tc, restart_keeps_costs);

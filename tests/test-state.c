@@ -225,6 +225,7 @@ START_TEST(guard_round_trip)
     ck_assert_int_eq(g->full_left, 7);
     ck_assert_int_eq(g->backoff, 512);
     ck_assert_uint_eq(g->since_full, saved.since_full);
+    ck_assert(g->token_ms == saved.token_ms && g->resumed == saved.resumed);
     ck_assert(!memcmp(&g->cost, &saved.cost, sizeof g->cost));
     ck_assert(!memcmp(&g->win, &saved.win, sizeof g->win));
     ck_assert(!memcmp(&g->judged, &saved.judged, sizeof g->judged));
@@ -245,7 +246,7 @@ START_TEST(guard_round_trip)
 
     /* A format-1 state: the same bytes without the guard block. */
     const size_t rows = FR_GUARD_ROWS;
-    const size_t block = 4 + 12 + 8 + 2 * (2 + rows) * 8 + (2 + rows) * 8 + (2 + rows) * 4;
+    const size_t block = 4 + 12 + 8 + 8 + 2 * (2 + rows) * 8 + (2 + rows) * 8 + (2 + rows) * 4;
     uint32_t len;
     memcpy(&len, state + n - 8 - block - 4, 4);
     ck_assert_uint_eq(len, block);

@@ -589,8 +589,9 @@ typedef struct free_stats {
      * predicts VERIFY's speed-up over full depth: with greedy decoding from this context's
      * measured pass times (running averages of a shallow pass, a deep pass of k rows for
      * each k, a full-depth step; 4-step full-depth probes keep the last fresh) applied to
-     * the passes the window ran; with a sampler that draws, from the weights read per
-     * token (so that seeded runs repeat). Below 1.02 (timed) or 1 (bytes) it decodes at
+     * the passes the window ran, smoothed over windows; with a sampler that draws, from
+     * the weights read per token (so that seeded runs repeat). In free_batch_step the
+     * shared passes are counted but not timed. Below 1.02 (timed) or 1 (bytes) it decodes at
      * full depth for 128 tokens (doubling while VERIFY keeps failing, up to 1024) and
      * then tries VERIFY again. The text does not depend on it (greedy VERIFY is exact). */
     int32_t exit_auto;           /* non-zero: exit_mode was resolved from FREE_EXIT_AUTO */
@@ -605,7 +606,7 @@ typedef struct free_stats {
     int32_t verify_probing;      /* non-zero while a full-depth probe measures */
     uint64_t verify_windows;     /* windows judged (kept + fallbacks) */
     uint64_t verify_probes;      /* full-depth probes run to time a full-depth step */
-    double verify_token_ms;      /* VERIFY's predicted time per token, last window */
+    double verify_token_ms;      /* VERIFY's predicted time per token, smoothed */
     double verify_full_ms;       /* a full-depth step */
     double verify_shallow_ms;    /* a shallow pass (layers [0, Ls) and the exit head) */
     double verify_deep_ms;       /* a deep pass, averaged over the last window's passes */

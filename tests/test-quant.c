@@ -411,11 +411,14 @@ START_TEST(test_kernels_every_type_set_and_batch)
     for (int p = 0; p < 3; p++)
         ck_assert_int_eq(fr_pool_create(p + 1, &pools[p], NULL), FREE_OK);
     /* Column counts: fewer blocks than the 8 accumulator lanes, a multiple of 8, and a
-     * remainder; 37 rows is not a multiple of the 16-row groups. */
-    int64_t blocks[] = {3, 8, 13};
-    if (tt->blck == 256)
+     * remainder (and for K-quants two groups of 8 and a remainder); 37 rows is not a multiple of the 16-row groups. */
+    int64_t blocks[] = {3, 8, 13, 0};
+    int nb = 3;
+    if (tt->blck == 256) { /* the K-quant kernels take super-blocks eight at a time */
         blocks[2] = 11;
-    for (int b = 0; b < 3; b++)
+        blocks[nb++] = 19; /* two whole groups and a remainder */
+    }
+    for (int b = 0; b < nb; b++)
         run_kernel_case(type, 37, blocks[b] * (tt->blck == 1 ? 32 : tt->blck) + (tt->blck == 1 ? b : 0),
                         pools);
     /* Long rows: the AVX-512 legacy kernels prepare the activations on the stack and hand

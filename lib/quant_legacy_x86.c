@@ -261,11 +261,16 @@ FR_AVX512Q static FR_INLINE void nib_window(const uint8_t *p, int64_t have, leg_
                                             const nib_idx *ix, __m512i *lo, __m512i *hi,
                                             __m512i *meta)
 {
-    __mmask64 m0 = have >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << have) - 1);
-    __mmask64 m1 = have >= 128 ? ~(__mmask64)0
-                   : have > 64 ? (((__mmask64)1 << (have - 64)) - 1)
-                               : 0;
-    __m512i a = _mm512_maskz_loadu_epi8(m0, p), b = _mm512_maskz_loadu_epi8(m1, p + 64);
+    __m512i a, b;
+    if (have >= 128) {
+        a = _mm512_loadu_si512((const void *)p);
+        b = _mm512_loadu_si512((const void *)(p + 64));
+    } else { /* the end of the row */
+        __mmask64 m0 = have >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << have) - 1);
+        __mmask64 m1 = have > 64 ? (((__mmask64)1 << (have - 64)) - 1) : 0;
+        a = _mm512_maskz_loadu_epi8(m0, p);
+        b = _mm512_maskz_loadu_epi8(m1, p + 64);
+    }
     __m512i q = _mm512_permutex2var_epi8(a, ix->qs, b);
     *meta = _mm512_permutex2var_epi8(a, ix->meta, b);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
@@ -374,21 +379,18 @@ FR_AVX512Q static FR_INLINE __m512 l5_step(__m512 acc, const __m512i wa[4], cons
     return _mm512_add_ps(acc, p);
 }
 
-/* The two outputs of a pair's accumulator. */
+/* The two outputs of a pair's accumulator: quant.h's tree
+ * ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) on both inputs' lanes at once (block q
+ * is lane 4q, block 4 + q lane 4q + 1: adjacent lanes, then quarters 0 + 2 and 1 + 3). */
 FR_AVX512Q static FR_INLINE void l5_finish(__m512 acc, float *first, float *second)
 {
-    _Alignas(64) float t[16];
-    _mm512_store_ps(t, acc);
-    float a[8], b[8];
-    for (int q = 0; q < 4; q++) {
-        a[q] = t[4 * q];
-        a[4 + q] = t[4 * q + 1];
-        b[q] = t[4 * q + 2];
-        b[4 + q] = t[4 * q + 3];
-    }
-    *first = fr_qsum8(a);
+    __m512 t = _mm512_add_ps(acc, _mm512_permute_ps(acc, _MM_SHUFFLE(2, 3, 0, 1)));
+    __m512 u = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, _MM_SHUFFLE(1, 0, 3, 2)));
+    __m512 y = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
+    __m128 y0 = _mm512_castps512_ps128(y);
+    *first = _mm_cvtss_f32(y0);
     if (second)
-        *second = fr_qsum8(b);
+        *second = _mm_cvtss_f32(_mm_movehl_ps(y0, y0));
 }
 
 /* The prepared activations of a call: input i's codes at X + i * ldx, pair p's scales and

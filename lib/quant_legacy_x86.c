@@ -81,11 +81,12 @@ FR_AVX2 static FR_INLINE __m256 leg_fstep(__m256 acc, __m256 dw, __m256 mw, leg_
     return _mm256_add_ps(acc, p);
 }
 
+/* quant.h's tree ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) in registers. */
 FR_AVX2 static FR_INLINE float leg_finish(__m256 acc)
 {
-    float a[8];
-    _mm256_storeu_ps(a, acc);
-    return fr_qsum8(a);
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
 }
 
 /* ---- AVX2 ------------------------------------------------------------------------------ */

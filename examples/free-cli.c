@@ -515,7 +515,7 @@ static void print_stats(const free_ctx *ctx)
             "\"bmm_agree\": [%.6g, %.6g], \"bmm_disagree\": [%.6g, %.6g], "
             "\"exit_auto\": %s, \"verify_fallbacks\": %llu, \"verify_full_tokens\": %llu, "
             "\"verify_speedup\": %.4f, \"verify_full_depth\": %s, "
-            "\"verify_timed\": %s, \"verify_windows\": %llu, \"verify_probes\": %llu, "
+            "\"verify_timed\": %d, \"verify_windows\": %llu, \"verify_probes\": %llu, "
             "\"verify_token_ms\": %.4f, \"verify_full_ms\": %.4f, "
             "\"verify_shallow_ms\": %.4f, \"verify_deep_ms\": %.4f, "
             "\"verify_deep_rows\": %.3f, "
@@ -536,7 +536,7 @@ static void print_stats(const free_ctx *ctx)
             s.bmm_alpha_disagree, s.bmm_beta_disagree, s.exit_auto ? "true" : "false",
             (unsigned long long)s.verify_fallbacks, (unsigned long long)s.verify_full_tokens,
             s.verify_speedup, s.verify_full_depth ? "true" : "false",
-            s.verify_timed ? "true" : "false", (unsigned long long)s.verify_windows,
+            s.verify_timed, (unsigned long long)s.verify_windows,
             (unsigned long long)s.verify_probes, s.verify_token_ms, s.verify_full_ms,
             s.verify_shallow_ms, s.verify_deep_ms, s.verify_deep_rows, traj, finish_name(free_ctx_finish_reason(ctx)));
 }

@@ -76,8 +76,16 @@ fr_guard_verdict fr_guard_decide(const fr_guard_costs *c, double token_ms, bool 
     *speedup = 0.0;
     if (!(token_ms > 0.0))
         return FR_GUARD_KEEP;
-    if (!full_fresh || !c->n_full)
+    if (!full_fresh || !c->n_full) {
+        /* A full-depth step runs the deep layers and the head on one row, like a one-row
+         * deep pass, plus the shallow layers: that pass's time is a lower bound. When
+         * even the bound shows a clear gain, no probe is needed. */
+        if (c->n_deep[1] && c->deep_ms[1] > FR_GUARD_SURE_GAIN * token_ms) {
+            *speedup = c->deep_ms[1] / token_ms;
+            return FR_GUARD_KEEP;
+        }
         return FR_GUARD_MEASURE;
+    }
     *speedup = c->full_ms / token_ms;
     return *speedup < FR_GUARD_MIN_GAIN ? FR_GUARD_FALL_BACK : FR_GUARD_KEEP;
 }

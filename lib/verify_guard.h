@@ -40,6 +40,10 @@
 #define FR_GUARD_FRESH 512
 /* VERIFY is kept while its predicted speed-up is at least this. */
 #define FR_GUARD_MIN_GAIN 1.02
+/* Without a fresh full-depth time, VERIFY is kept without a probe when a one-row deep
+ * pass alone (less than a full-depth step) takes this many times VERIFY's time per
+ * token. */
+#define FR_GUARD_SURE_GAIN 1.25
 /* VERIFY's time per token is smoothed over windows (one window's acceptance varies a lot
  * with the text): a window weighs 1/3, or 1/2 when it follows a full-depth run. */
 #define FR_GUARD_SMOOTH (1.0 / 3.0)
@@ -110,7 +114,9 @@ fr_guard_verdict fr_guard_judge(const fr_guard_costs *c, const fr_guard_bytes *b
                                 const fr_guard_window *w, bool timed, bool full_fresh,
                                 double *speedup, double *token_ms);
 /* The timed decision from VERIFY's (smoothed) ms per token: KEEP when it is unknown
- * (<= 0), MEASURE when the full-depth time is not fresh, else by the speed-up. */
+ * (<= 0); when the full-depth time is not fresh, KEEP if a one-row deep pass (a lower
+ * bound of a full-depth step) already shows a gain of FR_GUARD_SURE_GAIN (*speedup is
+ * then that bound), else MEASURE; otherwise by the speed-up. */
 fr_guard_verdict fr_guard_decide(const fr_guard_costs *c, double token_ms, bool full_fresh,
                                  double *speedup);
 

@@ -115,11 +115,17 @@ START_TEST(judge_from_costs)
     ck_assert_int_eq(fr_guard_judge(&c, &BYTES, &w, true, true, &s, &ms), FR_GUARD_FALL_BACK);
     c.full_ms = 1.01 * FR_GUARD_MIN_GAIN * ms;
     ck_assert_int_eq(fr_guard_judge(&c, &BYTES, &w, true, true, &s, &ms), FR_GUARD_KEEP);
-    /* Without a fresh full-depth time, it asks for a probe. */
+    /* Without a fresh full-depth time: a one-row deep pass (1 ms) already takes 1.67x
+     * VERIFY's 0.6 ms per token, a sure gain; at 8 ms for the 9-row passes it does not,
+     * and it asks for a probe. */
+    ck_assert_int_eq(fr_guard_judge(&c, &BYTES, &w, true, false, &s, &ms), FR_GUARD_KEEP);
+    ck_assert_double_eq_tol(s, 1.0 / 0.6, 1e-9);
+    c.deep_ms[9] = 8.0;
     ck_assert_int_eq(fr_guard_judge(&c, &BYTES, &w, true, false, &s, &ms), FR_GUARD_MEASURE);
     ck_assert(s == 0.0 && ms > 0.0);
     c.n_full = 0;
     ck_assert_int_eq(fr_guard_judge(&c, &BYTES, &w, true, true, &s, &ms), FR_GUARD_MEASURE);
+    c.deep_ms[9] = 1.3;
     /* A pass kind with no time: no evidence, kept. */
     w.deep[5] = 1;
     ck_assert(fr_guard_window_ms(&c, &w) < 0.0);
@@ -198,6 +204,34 @@ START_TEST(keeps_verify_where_it_wins)
     ck_assert_uint_eq(full, g.probes * FR_GUARD_PROBE);
     ck_assert_uint_eq(g.full_tokens, full);
     ck_assert_msg(full < 10000 / 100, "%llu tokens at full depth", (unsigned long long)full);
+}
+END_TEST
+
+/* Without a fresh full-depth time, a one-row deep pass (which a full-depth step exceeds)
+ * that already shows a clear gain spares the probe; a marginal one does not. */
+START_TEST(lower_bound_spares_probes)
+{
+    fr_guard_costs c;
+    memset(&c, 0, sizeof c);
+    c.deep_ms[1] = 1.0, c.n_deep[1] = 3;
+    double s;
+    ck_assert_int_eq(fr_guard_decide(&c, 0.5, false, &s), FR_GUARD_KEEP);
+    ck_assert_double_eq_tol(s, 2.0, 1e-12);
+    ck_assert_int_eq(fr_guard_decide(&c, 0.9, false, &s), FR_GUARD_MEASURE);
+    c.n_deep[1] = 0;
+    ck_assert_int_eq(fr_guard_decide(&c, 0.5, false, &s), FR_GUARD_MEASURE);
+    /* F16-like costs with one-row passes among the checks: never a probe. */
+    const machine f16 = {0.30, 0.95, 0.04, 1.2};
+    fr_verify_guard g = fresh(true);
+    uint64_t produced = 0;
+    while (produced < 10000) {
+        ck_assert(!fr_guard_at_full_depth(&g));
+        produced += verify_step(&g, &f16, 0, 0); /* one row, one token */
+        for (int i = 0; i < 3; i++)
+            produced += verify_step(&g, &f16, 8, 8);
+    }
+    ck_assert_uint_eq(g.probes + g.fallbacks + g.full_tokens, 0);
+    ck_assert(g.windows > 0 && g.speedup > FR_GUARD_SURE_GAIN);
 }
 END_TEST
 
@@ -331,6 +365,7 @@ static Suite *guard_suite(void)
     tcase_add_test(tc, keeps_verify_where_it_wins);
     tcase_add_test(tc, follows_changes);
     tcase_add_test(tc, smoothed_over_windows);
+    tcase_add_test(tc, lower_bound_spares_probes);
     tcase_add_test(tc, sampling_uses_bytes);
     tcase_add_test(tc, off_does_nothing);
     tcase_add_test(tc, restart_keeps_costs);

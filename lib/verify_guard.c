@@ -227,7 +227,13 @@ void fr_guard_step_done(fr_verify_guard *g, uint32_t tokens)
             /* The full-depth time is measured now: the decision that waited is taken. */
             g->probe = false;
             fr_guard_verdict v = fr_guard_decide(&g->cost, g->token_ms, true, &g->speedup);
-            decide(g, v == FR_GUARD_MEASURE ? FR_GUARD_KEEP : v); /* never probe forever */
+            if (v == FR_GUARD_MEASURE) {
+                /* The probe's steps were not timed (passes shared in free_batch_step):
+                 * rather than probe forever, judge by bytes from now on. */
+                g->timed = false;
+                v = FR_GUARD_KEEP;
+            }
+            decide(g, v);
         } else {
             g->resumed = true;
         }

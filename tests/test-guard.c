@@ -321,6 +321,25 @@ START_TEST(sampling_uses_bytes)
 }
 END_TEST
 
+/* Passes counted but a probe's full-depth steps not timed (free_batch_step shares them):
+ * after that probe the guard judges by bytes instead of probing on. */
+START_TEST(untimed_probe_turns_to_bytes)
+{
+    const machine f16 = {0.30, 0.95, 0.90, 1.2}; /* deep passes cost k rows: no sure gain */
+    fr_verify_guard g = fresh(true);
+    uint64_t produced = 0;
+    while (produced < FR_GUARD_WINDOW)
+        produced += verify_step(&g, &f16, 8, 6);
+    ck_assert(g.full && g.probe);
+    for (int i = 0; i < FR_GUARD_PROBE; i++)
+        fr_guard_step_done(&g, 1); /* no fr_guard_full_step: untimed */
+    ck_assert(!g.timed && !g.full);
+    ck_assert_uint_eq(g.probes, 1);
+    run(&g, &f16, 6, 2000);
+    ck_assert_uint_eq(g.probes, 1);
+}
+END_TEST
+
 /* Off (an explicit VERIFY): nothing is counted, never full depth. */
 START_TEST(off_does_nothing)
 {
@@ -367,6 +386,7 @@ static Suite *guard_suite(void)
     tcase_add_test(tc, smoothed_over_windows);
     tcase_add_test(tc, lower_bound_spares_probes);
     tcase_add_test(tc, sampling_uses_bytes);
+    tcase_add_test(tc, untimed_probe_turns_to_bytes);
     tcase_add_test(tc, off_does_nothing);
     tcase_add_test(tc, restart_keeps_costs);
     suite_add_tcase(s, tc);

@@ -19,6 +19,7 @@
 #include "clock.h"
 #include "log.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,6 +147,10 @@ static void run_layers(const struct free_model *m, const fr_stream_rows *rows,
         int32_t p = 0;
         while (p < ns && lo[p] <= a && hi[p] >= next)
             p++;
+#ifndef NDEBUG
+        for (int32_t j = p; j < ns; j++) /* the others do not need these layers */
+            assert(lo[j] >= next || hi[j] <= a);
+#endif
         if (p > 0)
             fr_layers_forward_streams(m, a, next, rows, p, x, ws, pool);
         a = next;

@@ -152,6 +152,7 @@ enum { FB_MAX_PARALLEL = 8 }; /* counts in --parallel N1,N2,.. */
 
 typedef struct fb_options {
     const char *model, *prompts, *json, *svg, *modes;
+    const char *calibration; /* --calibration: the curve agree:A modes read */
     int n_tokens, threads, reps, max_prompts, warmup, exit_layer, check;
     int parallel;    /* --parallel N: N streams through free_batch_step (parallel.c) */
     int parallel_list[FB_MAX_PARALLEL], n_parallel; /* --parallel N1,N2,..: every count (parallel[0] =

@@ -55,8 +55,10 @@ int fb_make_ctx(const free_model *m, const fb_options *o, fb_config *c)
     if (c->auto_mode)
         p.exit_mode = FREE_EXIT_AUTO;
     p.agreement_stats = 1; /* the agreement column covers FREE's early exits */
-    if (c->min_agreement > 0)
+    if (c->min_agreement > 0) {
         p.min_agreement = (float)c->min_agreement;
+        p.calibration_file = o->calibration;
+    }
     free_status s = free_ctx_create(m, &p, &c->ctx);
     if (s == FREE_OK && (c->auto_mode || c->min_agreement > 0)) {
         free_stats st; /* the threshold the library chose */

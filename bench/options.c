@@ -21,6 +21,8 @@ static void usage(FILE *f)
         "                       none,free:0.3,free:0.5,free:0.7,free:0.9,adaptive,verify:0.5);\n"
         "                       also auto (the library's default mode) and agree:A (FREE\n"
         "                       at min_agreement A)\n"
+        "  --calibration FILE   agree:A modes read the curve of FILE (free-calibrate -o)\n"
+        "                       instead of the model's\n"
         "                       none is always run first as the baseline\n"
         "  -r, --reps N         repetitions (default 3)\n"
         "  --parallel N         N prompts at once through free_batch_step (each exactly -n\n"
@@ -70,6 +72,7 @@ int fb_parse_args(int argc, char **argv, fb_options *o)
         else if (!strcmp(a, "-f") || !strcmp(a, "--prompts-file")) o->prompts = v;
         else if (!strcmp(a, "--modes")) o->modes = v;
         else if (!strcmp(a, "--json")) o->json = v;
+        else if (!strcmp(a, "--calibration")) o->calibration = v;
         else if (!strcmp(a, "--svg")) o->svg = v;
         else if (!strcmp(a, "-n") || !strcmp(a, "--tokens")) num = &o->n_tokens, lo = 1;
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) num = &o->threads, hi = 256;

@@ -7,6 +7,7 @@
  * agree component. The guards the reference lacks only decide whether a fit may move the
  * threshold, never where to, so on clean data the result equals the reference's. */
 #include "bmm.h"
+#include "exit_policy.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -228,10 +229,41 @@ static double beta_mean(const fr_beta *b)
     return b->alpha / (b->alpha + b->beta);
 }
 
+static const float AGREEMENT_GRID[] = {0.05f, 0.1f, 0.15f, 0.2f, 0.25f, 0.3f, 0.35f, 0.4f,
+                                       0.45f, 0.5f, 0.55f, 0.6f, 0.65f, 0.7f, 0.75f, 0.8f,
+                                       0.85f, 0.9f, 0.925f, 0.95f, 0.97f, 0.98f, 0.99f};
+#define N_AGREEMENT_GRID ((int)(sizeof AGREEMENT_GRID / sizeof AGREEMENT_GRID[0]))
+
+float fr_bmm_rule_agreement(const double *x, const unsigned char *y, size_t n, double a)
+{
+    uint64_t above[N_AGREEMENT_GRID] = {0}, agreed[N_AGREEMENT_GRID] = {0};
+    for (size_t i = 0; i < n; i++)
+        for (int g = 0; g < N_AGREEMENT_GRID && x[i] > AGREEMENT_GRID[g]; g++) {
+            above[g]++;
+            agreed[g] += y[i];
+        }
+    for (int g = 0; g < N_AGREEMENT_GRID; g++)
+        if (above[g] > 0 &&
+            fr_wilson_lower((double)agreed[g] / (double)above[g], (double)above[g]) >= a)
+            return AGREEMENT_GRID[g];
+    return NAN;
+}
+
 bool fr_bmm_refit(fr_bmm *b)
 {
     if (!b || b->frozen)
         return false;
+    if (b->p.min_agreement > 0.0f) {
+        if (b->len < 2 * (size_t)b->p.min_per_class)
+            return false;
+        float t = fr_bmm_rule_agreement(b->x, b->y, b->len, b->p.min_agreement);
+        if (isfinite(t))
+            b->threshold = fminf(fmaxf(t, b->p.min_threshold), b->p.max_threshold);
+        b->fits++;
+        if (b->fits >= b->p.max_updates)
+            b->frozen = true;
+        return true;
+    }
     uint64_t need = (uint64_t)b->p.min_per_class;
     if (b->n_agree < need || b->n_disagree < need)
         return false;

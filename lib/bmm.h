@@ -29,6 +29,8 @@ typedef struct fr_bmm_params {
                             * generation start (default) */
     int32_t capacity;      /* samples kept (ring), default 4096; >= 2 * min_per_class */
     float cont_lo, cont_hi;/* search range of the continuous rule, default 0.05 .. 0.95 */
+    float min_agreement;   /* > 0: the min_agreement rule instead of the Beta mixture (see
+                            * fr_bmm_rule_agreement); 0 (default) = off */
 } fr_bmm_params;
 
 /* One Beta component. */
@@ -70,6 +72,13 @@ void fr_bmm_begin_generation(fr_bmm *b);
  * the count of fits to max_updates freezes the estimator. */
 bool fr_bmm_refit(fr_bmm *b);
 float fr_bmm_threshold(const fr_bmm *b);
+
+/* The min_agreement rule on samples gathered while decoding: the lowest point of
+ * FR_BMM_AGREEMENT_GRID whose samples above it (confidence > point) agree at a rate whose
+ * one-sided 95% Wilson lower bound is at least a; NAN when none. A fit under this rule
+ * needs 2 * min_per_class samples (of any class) and leaves the threshold where it is when
+ * no point qualifies. */
+float fr_bmm_rule_agreement(const double *x, const unsigned char *y, size_t n, double a);
 void fr_bmm_get_state(const fr_bmm *b, fr_bmm_state *out);
 
 /* Calibration text: save the state (threshold, components, counts, frozen) and restore

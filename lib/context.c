@@ -201,6 +201,7 @@ static void bmm_params_from(const free_ctx_params *p, fr_bmm_params *bp)
     bp->min_per_class = p->bmm_min_per_class;
     bp->max_updates = p->bmm_max_updates;
     bp->refit_every = p->bmm_refit_every;
+    bp->min_agreement = p->min_agreement; /* its rule replaces the Beta mixture's */
     if (p->bmm_capacity > 0)
         bp->capacity = p->bmm_capacity;
 }
@@ -250,6 +251,14 @@ static free_status resolve_exit(struct free_ctx *ctx, free_ctx_params *p, int32_
             return fr_fail(err, FREE_ERR_INVALID_ARG,
                            "min_agreement %g needs exit_mode FREE_EXIT_FREE or "
                            "FREE_EXIT_VERIFY", (double)p->min_agreement);
+        if (calib.n == 0 && p->adaptive) {
+            /* The third source: samples gathered while decoding (the estimator's rule
+             * becomes min_agreement's), starting from `threshold`. */
+            fr_log(FREE_LOG_INFO, "min_agreement %g without a calibration curve: from "
+                                  "threshold %g, refitted on the samples decoding gathers",
+                   (double)p->min_agreement, (double)p->threshold);
+            return FREE_OK;
+        }
         if (calib.n == 0)
             return fr_fail(err, FREE_ERR_INVALID_ARG,
                            "min_agreement %g needs a calibration curve, and the model has no "

@@ -5,6 +5,7 @@
 #include "test-common.h"
 #include "tiny-model.h"
 
+#include "bmm.h"
 #include "calib_file.h"
 #include "gguf.h"
 #include "gguf_write.h"
@@ -405,6 +406,93 @@ START_TEST(min_agreement_with_counts)
 }
 END_TEST
 
+/* The third source: the min_agreement rule on samples gathered while decoding (the
+ * estimator's ring), against a direct count; the estimator applies it at its refits. */
+START_TEST(agreement_rule_on_samples)
+{
+    enum { N = 3000 };
+    static double x[N];
+    static unsigned char y[N];
+    uint64_t seed = 9;
+    for (int i = 0; i < N; i++) {
+        x[i] = (double)(tm_rng_next(&seed) % 10000) / 10000.0;
+        /* agreement rises with confidence: 1 in 10 disagree below 0.6, 1 in 1000 above */
+        const uint64_t r = tm_rng_next(&seed) % 1000;
+        y[i] = x[i] > 0.6 ? r != 0 : r >= 100;
+    }
+    const double targets[] = {0.8, 0.95, 0.99, 0.9999};
+    for (int k = 0; k < 4; k++) {
+        float want = NAN;
+        for (int g = 0; g < 100 && isnan(want); g++) {
+            const float t = g / 100.0f;
+            uint64_t above = 0, agreed = 0;
+            for (int i = 0; i < N; i++)
+                if (x[i] > t) {
+                    above++;
+                    agreed += y[i];
+                }
+            /* the rule's grid: 0.05 steps to 0.9, then 0.925 0.95 0.97 0.98 0.99 */
+            const bool on_grid = (g % 5 == 0 && g > 0 && g <= 90);
+            if (on_grid && above &&
+                fr_wilson_lower((double)agreed / (double)above, (double)above) >= targets[k])
+                want = t;
+        }
+        const float got = fr_bmm_rule_agreement(x, y, N, targets[k]);
+        if (isnan(want))
+            ck_assert_msg(isnan(got) || got > 0.9f, "target %g: %g", targets[k], (double)got);
+        else
+            ck_assert_msg(fabsf(got - want) < 1e-6f, "target %g: %g, want %g", targets[k],
+                          (double)got, (double)want);
+    }
+    ck_assert(isnan(fr_bmm_rule_agreement(x, y, 0, 0.5)));
+
+    /* The estimator under the rule. */
+    fr_bmm_params bp;
+    fr_bmm_params_default(&bp);
+    bp.min_agreement = 0.99f;
+    bp.refit_every = 0;
+    fr_bmm *b = NULL;
+    fr_error err;
+    ck_assert_int_eq(fr_bmm_create(&bp, &b, &err), FREE_OK);
+    ck_assert(fr_bmm_threshold(b) == 0.9f);
+    for (int i = 0; i < 10; i++)
+        fr_bmm_add(b, (float)x[i], y[i]);
+    ck_assert(!fr_bmm_refit(b)); /* 2 * min_per_class samples first */
+    for (int i = 10; i < N; i++)
+        fr_bmm_add(b, (float)x[i], y[i]);
+    ck_assert(fr_bmm_refit(b));
+    const float expect = fr_bmm_rule_agreement(x, y, N, 0.99);
+    ck_assert(isfinite(expect));
+    ck_assert_msg(fabsf(fr_bmm_threshold(b) - expect) < 1e-6f, "%g vs %g",
+                  (double)fr_bmm_threshold(b), (double)expect);
+    fr_bmm_destroy(b);
+
+    /* A context: adaptive with min_agreement needs no curve (it starts at threshold). */
+    tiny_model tm;
+    free_model *m = tiny_loaded(&tm);
+    free_ctx_params p;
+    free_ctx_params_init(&p, sizeof p);
+    p.n_threads = 1;
+    p.exit_mode = FREE_EXIT_FREE;
+    p.adaptive = 1;
+    p.threshold = 0.7f;
+    p.min_agreement = 0.99f;
+    free_ctx *ctx = NULL;
+    ck_assert_msg(free_ctx_create(m, &p, &ctx) == FREE_OK, "%s", free_last_error());
+    free_stats st;
+    st.size = sizeof st;
+    ck_assert_int_eq(free_ctx_stats(ctx, &st), FREE_OK);
+    ck_assert(st.threshold == 0.7f);
+    int32_t toks[4] = {1, 50, 60, 70}, t;
+    ck_assert_int_eq(free_prefill(ctx, toks, 4), FREE_OK);
+    for (int i = 0; i < 40; i++)
+        ck_assert_int_eq(free_step(ctx, &t, NULL), FREE_OK);
+    free_ctx_destroy(ctx);
+    free_model_destroy(m);
+    tm_destroy(&tm);
+}
+END_TEST
+
 static Suite *calib_suite(void)
 {
     Suite *s = suite_create("calib");
@@ -414,6 +502,7 @@ static Suite *calib_suite(void)
     tcase_add_test(tc, writer_round_trip);
     tcase_add_test(tc, bad_files_say_why);
     tcase_add_test(tc, min_agreement_with_counts);
+    tcase_add_test(tc, agreement_rule_on_samples);
     suite_add_tcase(s, tc);
     return s;
 }

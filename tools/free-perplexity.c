@@ -3,6 +3,7 @@
  *
  *     free-perplexity -m MODEL -f TEXT [-c 128] [--chunks K] [-t T] [-b N]
  *                     [--exit none|free|verify] [--threshold X] [--exit-layer N]
+ *                     [--min-agreement A] [--calibration CALIB.gguf]
  *
  * The whole text is tokenized (BOS first when the vocabulary adds one) and split into
  * chunks of c tokens (a remainder shorter than c is dropped); each chunk is evaluated on
@@ -15,6 +16,9 @@
  * confidence passes the threshold, the exit head's logits stand in for the full model's
  * (teacher forcing: every position sees the true previous tokens, through free_eval_exit).
  * --exit verify is lossless, so its perplexity is the full model's (none).
+ * The threshold of --exit free is free-cli's: --threshold X, else the calibrated one for
+ * --min-agreement A (default 0.99; the model's free.calib.* curve or --calibration's), else
+ * 0.9 for a model without a curve.
  *
  * Progress on stderr; the last stdout line is "PPL = 11.0930 +/- 0.3615". */
 #include "model.h"
@@ -32,7 +36,9 @@ typedef struct options {
     const char *model, *text;
     long n_ctx, chunks, threads, batch, exit_layer;
     int exit_mode;
-    float threshold;
+    float threshold, min_agreement;
+    bool threshold_given;
+    const char *calibration;
 } options;
 
 static void usage(FILE *fp)
@@ -48,7 +54,11 @@ static void usage(FILE *fp)
             "  -b N          rows per batched pass (default 64)\n"
             "  --exit free   exit-head logits where its confidence > threshold (teacher\n"
             "                forcing): the perplexity of early exit; verify = none (lossless)\n"
-            "  --threshold X confidence threshold for --exit free (default 0.9)\n"
+            "  --threshold X confidence threshold for --exit free (default: the calibrated\n"
+            "                one for --min-agreement, else 0.9)\n"
+            "  --min-agreement A  the lowest calibrated threshold whose token agreement's\n"
+            "                Wilson bound is >= A (default 0.99, as free-cli)\n"
+            "  --calibration F  the calibration curve of file F (free-calibrate -o)\n"
             "  --exit-layer N  exit layer (default: the file's free.exit_layer)\n");
 }
 
@@ -100,6 +110,13 @@ static int parse_args(int argc, char **argv, options *o)
             char *end;
             o->threshold = strtof(v, &end);
             ok = end != v && !*end && isfinite(o->threshold);
+            o->threshold_given = true;
+        } else if (strcmp(a, "--min-agreement") == 0) {
+            char *end;
+            o->min_agreement = strtof(v, &end);
+            ok = end != v && !*end && o->min_agreement > 0.0f && o->min_agreement <= 1.0f;
+        } else if (strcmp(a, "--calibration") == 0) {
+            o->calibration = v;
         } else if (strcmp(a, "--exit") == 0) {
             if (strcmp(v, "none") == 0)
                 o->exit_mode = FREE_EXIT_NONE;
@@ -228,8 +245,20 @@ int main(int argc, char **argv)
     p.exit_layer = (int32_t)o.exit_layer;
     p.threshold = o.threshold;
     p.exit_mode = o.exit_mode; /* explicit: the library default (auto) would pick its own */
+    p.calibration_file = o.calibration;
+    const bool implicit = o.exit_mode == FREE_EXIT_FREE && !o.threshold_given &&
+                          o.min_agreement == 0.0f;
+    if (o.exit_mode == FREE_EXIT_FREE && !o.threshold_given)
+        p.min_agreement = implicit ? 0.99f : o.min_agreement;
     free_ctx *ctx = NULL;
-    if (free_ctx_create(m, &p, &ctx) != FREE_OK) {
+    free_status cs = free_ctx_create(m, &p, &ctx);
+    if (cs == FREE_ERR_INVALID_ARG && implicit && strstr(free_last_error(), "free.calib")) {
+        fprintf(stderr, "free-perplexity: the model has no calibration curve: threshold %g\n",
+                (double)p.threshold);
+        p.min_agreement = 0.0f;
+        cs = free_ctx_create(m, &p, &ctx);
+    }
+    if (cs != FREE_OK) {
         fprintf(stderr, "free-perplexity: %s\n", free_last_error());
         free(tokens);
         free_model_destroy(m);
@@ -256,7 +285,8 @@ int main(int argc, char **argv)
                                                          ? "verify (lossless: = none)"
                                                          : "none");
     if (use_exit)
-        fprintf(stderr, " (exit layer %d, threshold %g)", p.exit_layer, (double)p.threshold);
+        fprintf(stderr, " (exit layer %d, threshold %g%s)", p.exit_layer, (double)p.threshold,
+                p.min_agreement > 0.0f ? ", from min_agreement" : "");
     fprintf(stderr, "\n");
 
     const int32_t first = c / 2;

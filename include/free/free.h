@@ -347,7 +347,11 @@ typedef struct free_ctx_params {
      * at least min_agreement; when no point reaches it, threshold 1 (no early exits) and a
      * warning. Needs FREE_EXIT_FREE or FREE_EXIT_VERIFY and a curve (else
      * FREE_ERR_INVALID_ARG); it replaces `threshold` (and the adaptive estimator's start).
-     * 0 = off (default). */
+     * With `adaptive`, the third source: the estimator's rule becomes this one, applied
+     * to the samples decoding gathers (each synchronized row's confidence and whether the
+     * exit head agreed; at the estimator's refit points, within its bounds; the threshold
+     * stays while no point qualifies), and no curve is needed (the start is then
+     * `threshold`). 0 = off (default). */
     float min_agreement;
     /* FREE mode runs the final head only on the last row of a synchronizing pass (the
      * row the next token comes from; 0.2), so the agreement_* stats then count only the

@@ -16,7 +16,10 @@
  * BOS first when the vocabulary adds one), every row after the first measured.
  * Agreement: the exit head's argmax equals the final head's (on the same row). The
  * sample count of a threshold is the number of positions whose confidence exceeds it,
- * which is what the one-sided Wilson bound of min_agreement needs.
+ * which is what the one-sided Wilson bound of min_agreement needs; with --decode, the
+ * effective number: the exits checked divided by the design effect of the prompts (the
+ * between-prompt variance of the disagreement rate over its binomial variance, at least
+ * 1), since the tokens of one text are not independent draws.
  *
  * -o writes a calibration file: a GGUF without tensors holding free.calib.thresholds,
  * .exit_rate, .agreement, .samples (f32 arrays), .exit_layer (u32), .positions (u32) and
@@ -387,7 +390,12 @@ static int decode_curve(run *r, const options *o, fr_calib *c)
             rc = 1;
             break;
         }
+        double sum_e2 = 0.0, sum_ew = 0.0, sum_w2 = 0.0; /* per-prompt cross sums */
+        int used = 0;
         for (int k = 0; k < n_prompts && !rc; k++) {
+            free_stats before;
+            before.size = sizeof before;
+            free_ctx_stats(r->ctx, &before);
             int32_t *tok = NULL;
             size_t n = 0;
             if (tokenize(r->m, lines[k], bos, &tok, &n) || n == 0 ||
@@ -410,6 +418,19 @@ static int decode_curve(run *r, const options *o, fr_calib *c)
                 fprintf(stderr, "free-calibrate: decoding: %s\n", free_ctx_last_error(r->ctx));
                 rc = 1;
             }
+            free_stats after;
+            after.size = sizeof after;
+            free_ctx_stats(r->ctx, &after);
+            const double deep_k = (double)((after.tokens - after.shallow_exits) -
+                                           (before.tokens - before.shallow_exits));
+            const double e = (double)(after.agreement_checked - before.agreement_checked) -
+                             deep_k;
+            const double w = (double)((after.agreement_checked - after.agreement_matched) -
+                                      (before.agreement_checked - before.agreement_matched));
+            sum_e2 += e * e;
+            sum_ew += e * w;
+            sum_w2 += w * w;
+            used++;
         }
         free_stats st;
         st.size = sizeof st;
@@ -423,12 +444,26 @@ static int decode_curve(run *r, const options *o, fr_calib *c)
                                     : 0.0f;
         c->agreement[i] = checked ? (float)((double)(checked - wrong) / (double)checked)
                                   : 1.0f;
-        c->samples[i] = (double)checked;
+        /* The tokens of one text share its fate (once it parts from full depth's, more
+         * exits differ), so they are not independent draws: the sample count is the
+         * effective one, checked / design effect, with the variance of the disagreement
+         * rate estimated between prompts (a ratio estimator over prompts as clusters). */
+        double deff = 1.0;
+        if (checked > 0 && wrong > 0 && wrong < checked && used > 1) {
+            const double pw = (double)wrong / (double)checked, E = (double)checked;
+            const double v_cluster = (double)used / (double)(used - 1) *
+                                     (sum_w2 - 2.0 * pw * sum_ew + pw * pw * sum_e2) / (E * E);
+            const double v_binom = pw * (1.0 - pw) / E;
+            if (v_cluster > v_binom)
+                deff = v_cluster / v_binom;
+        }
+        c->samples[i] = floor((double)checked / deff);
         if (st.tokens > r->acc.positions)
             r->acc.positions = st.tokens;
         fprintf(stderr, "free-calibrate: threshold %.3f: %llu tokens, %llu early exits "
-                "checked, %llu differ\n", (double)GRID[g], (unsigned long long)st.tokens,
-                (unsigned long long)checked, (unsigned long long)wrong);
+                "checked, %llu differ; design effect %.2f over %d prompts\n",
+                (double)GRID[g], (unsigned long long)st.tokens, (unsigned long long)checked,
+                (unsigned long long)wrong, deff, used);
     }
     free(lines);
     free(buf);

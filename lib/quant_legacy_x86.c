@@ -357,14 +357,18 @@ enum { L5_X = 256, L5_S = 192 };
  * the pair's lane order, s the pair's stored scales and sums. */
 FR_AVX512Q static FR_INLINE __m512 l5_step(__m512 acc, const __m512i wa[4], const __m512i wb[4],
                                            const int8_t *xa, const int8_t *xb, __m512 dw,
-                                           __m512 mw, const uint8_t *s, leg_kind k)
+                                           __m512 mw, const uint8_t *s, leg_kind k,
+                                           const int two_windows)
 {
     const __m512i z = _mm512_setzero_si512();
 #define L5_LD(p) _mm512_load_si512((const void *)(p))
     __m512i a0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wa[0], L5_LD(xa)), wa[1], L5_LD(xa + 64));
-    __m512i a1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wa[2], L5_LD(xa + 128)), wa[3], L5_LD(xa + 192));
     __m512i b0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wb[0], L5_LD(xb)), wb[1], L5_LD(xb + 64));
-    __m512i b1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wb[2], L5_LD(xb + 128)), wb[3], L5_LD(xb + 192));
+    __m512i a1 = z, b1 = z; /* a group of four blocks (the end of a row): sums 0 */
+    if (two_windows) {
+        a1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wa[2], L5_LD(xa + 128)), wa[3], L5_LD(xa + 192));
+        b1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, wb[2], L5_LD(xb + 128)), wb[3], L5_LD(xb + 192));
+    }
 #undef L5_LD
     /* per quarter q: a0 = block q's four lanes, a1 = block 4 + q's (first input), b0, b1 */
     __m512i sa = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
@@ -472,8 +476,9 @@ FR_AVX512Q static FR_INLINE void l5_row(const uint8_t *w, int64_t nb, const l5_w
         FR_UNROLL
         for (int q = 0; q < P; q++) {
             const int8_t *xa = (const int8_t *)ws->X + 2 * (p0 + q) * ws->ldx + g * L5_X;
-            acc[q] = l5_step(acc[q], wv, wv, xa, xa + ws->ldx, dw, mw,
-                             ws->S + (p0 + q) * ws->lds + g * L5_S, k);
+            const uint8_t *sq = ws->S + (p0 + q) * ws->lds + g * L5_S;
+            acc[q] = nblk > 4 ? l5_step(acc[q], wv, wv, xa, xa + ws->ldx, dw, mw, sq, k, 1)
+                              : l5_step(acc[q], wv, wv, xa, xa + ws->ldx, dw, mw, sq, k, 0);
         }
     }
     for (int q = 0; q < P; q++)
@@ -499,7 +504,8 @@ FR_AVX512Q static FR_INLINE void l5_rowpair(const uint8_t *wa, const uint8_t *wb
                                                        _mm512_castps256_ps512(mb))
                               : _mm512_setzero_ps();
         const int8_t *x = (const int8_t *)ws->X + g * L5_X;
-        acc = l5_step(acc, va, vb, x, x, dw, mw, ws->S + g * L5_S, k);
+        acc = nblk > 4 ? l5_step(acc, va, vb, x, x, dw, mw, ws->S + g * L5_S, k, 1)
+                       : l5_step(acc, va, vb, x, x, dw, mw, ws->S + g * L5_S, k, 0);
     }
     l5_finish(acc, oa, ob);
 }

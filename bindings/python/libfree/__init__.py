@@ -481,7 +481,8 @@ class Context(_Handle):
     returning True to abort), and the sampling controls min_p, repeat_penalty,
     repeat_last_n, frequency_penalty, presence_penalty and stop (a str or a list of
     str), and min_agreement (free/verify: the lowest calibrated threshold whose token
-    agreement is at least this, 95% lower bound). The default exit_mode 'auto' decodes a
+    agreement is at least this, 95% lower bound) and calibration_file (the path of a
+    calibration curve written by free-calibrate -o, used instead of the model's). The default exit_mode 'auto' decodes a
     model with a trained exit in VERIFY at its calibrated threshold (falling back to full
     depth when drafting does not pay) and one without at full depth. threshold,
     min_agreement and adaptive apply only to early exit: given without an exit mode they
@@ -546,7 +547,7 @@ class Context(_Handle):
                 raise TypeError(f"unknown context parameter {name!r}")
             if name in _FIXED_AT_CREATION and not allow_fixed:
                 raise ValueError(f"{name} can only be set when creating the context")
-            if value is None and name not in ("calibration", "abort_fn"):
+            if value is None and name not in ("calibration", "calibration_file", "abort_fn"):
                 continue
             if name == "exit_mode":
                 value = _enum_value(ExitMode, value, "exit_mode")
@@ -562,6 +563,11 @@ class Context(_Handle):
                     raise ValueError("calibration text has a NUL byte at offset "
                                      f"{value.index(bytes(1))}")
                 keep["calibration"] = value
+            elif name == "calibration_file":
+                # A path (str, bytes or os.PathLike) of a calibration curve file; read by
+                # the library during the call, like calibration.
+                value = None if value is None else os.fsencode(value)
+                keep["calibration_file"] = value
             elif name == "abort_fn":
                 if value is not None and not callable(value):
                     raise TypeError("abort_fn must be callable or None")
@@ -608,6 +614,8 @@ class Context(_Handle):
         # the estimator learned since.
         self._params.calibration = None
         self._keep.pop("calibration", None)
+        self._params.calibration_file = None
+        self._keep.pop("calibration_file", None)
 
     @staticmethod
     def _wrap_abort(fn):
@@ -629,7 +637,7 @@ class Context(_Handle):
     def params(self):
         """The parameters in force, as a dict."""
         out = {name: getattr(self._params, name) for name in _PARAM_NAMES
-               if name not in ("abort_fn", "calibration", "stop")}
+               if name not in ("abort_fn", "calibration", "calibration_file", "stop")}
         out["exit_mode"] = ExitMode(out["exit_mode"])
         out["bmm_rule"] = BmmRule(out["bmm_rule"])
         p = self._params

@@ -2,6 +2,8 @@
 the context's settings, calls that stand alone, a one-shot Model.generate, and Python's
 built-in exceptions for bad arguments (issue 15, items 1-3)."""
 
+import os
+
 import pytest
 
 import libfree
@@ -49,6 +51,16 @@ def test_auto_threshold_and_min_agreement(llama22):
         assert s.threshold == pytest.approx(0.8)      # the file's curve: 0.9912 at 0.8
     with pytest.raises(ValueError, match="contradicts"):
         llama22.context(exit_mode="none", min_agreement=0.99)
+    # A calibration file (free-calibrate -o) replaces the model's curve.
+    calib = os.path.join(os.path.dirname(__file__), "..", "..", "..", "bench", "calib",
+                         "free-llama-22M.decode.gguf")
+    with llama22.context(exit_mode="free", min_agreement=0.99,
+                         calibration_file=calib) as ctx:
+        assert ctx.stats().threshold == pytest.approx(0.7)  # bench/calib: 0.9907 at 0.7
+        assert "calibration_file" not in ctx.params()
+    with pytest.raises(_errors.LibraryIOError, match="calibration file"):
+        llama22.context(exit_mode="free", min_agreement=0.99,
+                        calibration_file=calib + ".absent")
 
 
 def test_each_call_stands_alone(stories):

@@ -14,9 +14,9 @@
  * - Rows of a thread's range are contiguous in memory, so the range is one sequential
  *   stream of bytes: ahead of the tile being computed, a software prefetch into L2 walks
  *   that stream GEMV_PF_BLOCKS tiles ahead, at the pace the tile consumes it, and stops at
- *   the end of the range (the last tiles of a matrix are thus prefetched too); before the
- *   first tile, the first GEMV_PF_BLOCKS tiles are requested at once, so a matrix does not
- *   start cold. Short rows are many short streams, which the hardware prefetchers alone
+ *   the end of the range (the last tile of a range is thus prefetched too); before the
+ *   first tile, the first GEMV_PF_BLOCKS tiles are requested at once, so a range does not
+ *   start cold. Two or three tiles ahead measured no better than one (bench/README.md). Short rows are many short streams, which the hardware prefetchers alone
  *   follow poorly. L2, not L1: a tile of 8 FFN-down rows (3456 columns) is 55 KB, more
  *   than L1.
  * - On the 2-core Zen 4 development machine, the conversion (vcvtph2ps) bounds this loop
@@ -34,7 +34,7 @@
 #define GEMV_R 8
 #endif
 #ifndef GEMV_PF_BLOCKS
-#define GEMV_PF_BLOCKS 2
+#define GEMV_PF_BLOCKS 1
 #endif
 
 /* Prefetches [p, min(p + len, end)) into L2, a line at a time. */

@@ -16,9 +16,10 @@
  *   that stream GEMV_PF_BLOCKS tiles ahead, at the pace the tile consumes it, and stops at
  *   the end of the range (the last tile of a range is thus prefetched too); before the
  *   first tile, the first GEMV_PF_BLOCKS tiles are requested at once, so a range does not
- *   start cold. Two or three tiles ahead measured no better than one (bench/README.md). Short rows are many short streams, which the hardware prefetchers alone
+ *   start cold. Short rows are many short streams, which the hardware prefetchers alone
  *   follow poorly. L2, not L1: a tile of 8 FFN-down rows (3456 columns) is 55 KB, more
- *   than L1.
+ *   than L1. Two or three tiles ahead, 4, 12 or 16 rows a tile, and hints T0 or NTA
+ *   measured no better (bench/README.md).
  * - On the 2-core Zen 4 development machine, the conversion (vcvtph2ps) bounds this loop
  *   at about 60 GB/s of F16 weights from L3; memory gives one core 25-29 GB/s, so the loop
  *   has the slack to overlap the two. */

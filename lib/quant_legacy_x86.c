@@ -531,7 +531,7 @@ FR_AVX512Q static FR_INLINE void l5_rowpair(const uint8_t *wa, const uint8_t *wb
 enum { L5_BUF = 32768 };
 
 /* A thread's share of a matrix from which decoding prefetches the next rows (l5_rowpair). */
-#define L5_PREFETCH_BYTES ((size_t)512 << 10)
+#define L5_PREFETCH_BYTES ((size_t)256 << 10)
 #ifndef L5_PREFETCH_AHEAD
 #define L5_PREFETCH_AHEAD ((size_t)8192)
 #endif

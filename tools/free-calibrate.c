@@ -29,6 +29,7 @@
 #include "calib_file.h"
 #include "model.h"
 #include "tokenizer.h"
+#include "tool_args.h"
 
 #include <free/free.h>
 
@@ -73,17 +74,6 @@ static void usage(FILE *fp)
             "  --write-model F write a copy of the model carrying the curve\n");
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
 static int parse_args(int argc, char **argv, options *o)
 {
     memset(o, 0, sizeof *o);
@@ -111,19 +101,19 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--write-model"))
             o->model_out = v;
         else if (!strcmp(a, "-n"))
-            ok = parse_long(v, 1, 1 << 16, &o->n_predict);
+            ok = tool_parse_long(v, 1, 1 << 16, &o->n_predict);
         else if (!strcmp(a, "-c"))
-            ok = parse_long(v, 4, 1 << 16, &o->n_ctx);
+            ok = tool_parse_long(v, 4, 1 << 16, &o->n_ctx);
         else if (!strcmp(a, "--calib-tokens"))
-            ok = parse_long(v, 1, 1L << 30, &o->max_positions);
+            ok = tool_parse_long(v, 1, 1L << 30, &o->max_positions);
         else if (!strcmp(a, "-t"))
-            ok = parse_long(v, 1, 256, &o->threads);
+            ok = tool_parse_long(v, 1, 256, &o->threads);
         else if (!strcmp(a, "--decode")) {
             char *end;
             o->decode_from = strtod(v, &end);
             ok = end != v && !*end && o->decode_from > 0.0 && o->decode_from < 1.0;
         } else if (!strcmp(a, "--exit-layer"))
-            ok = parse_long(v, 1, 65535, &o->exit_layer);
+            ok = tool_parse_long(v, 1, 65535, &o->exit_layer);
         else {
             fprintf(stderr, "free-calibrate: unknown option %s\n", a);
             usage(stderr);

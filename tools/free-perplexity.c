@@ -23,6 +23,7 @@
  * Progress on stderr; the last stdout line is "PPL = 11.0930 +/- 0.3615". */
 #include "model.h"
 #include "tokenizer.h"
+#include "tool_args.h"
 
 #include <free/free.h>
 
@@ -62,17 +63,6 @@ static void usage(FILE *fp)
             "  --exit-layer N  exit layer (default: the file's free.exit_layer)\n");
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
 /* Returns 0 to run, 1 for --help, 2 on a bad command line (message printed). */
 static int parse_args(int argc, char **argv, options *o)
 {
@@ -97,15 +87,15 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (strcmp(a, "-f") == 0 || strcmp(a, "--file") == 0) {
             o->text = v;
         } else if (strcmp(a, "-c") == 0 || strcmp(a, "--ctx-size") == 0) {
-            ok = parse_long(v, 4, 1 << 20, &o->n_ctx) && o->n_ctx % 2 == 0;
+            ok = tool_parse_long(v, 4, 1 << 20, &o->n_ctx) && o->n_ctx % 2 == 0;
         } else if (strcmp(a, "--chunks") == 0) {
-            ok = parse_long(v, 1, 1L << 30, &o->chunks);
+            ok = tool_parse_long(v, 1, 1L << 30, &o->chunks);
         } else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) {
-            ok = parse_long(v, 1, 256, &o->threads);
+            ok = tool_parse_long(v, 1, 256, &o->threads);
         } else if (strcmp(a, "-b") == 0 || strcmp(a, "--batch-size") == 0) {
-            ok = parse_long(v, 1, 4096, &o->batch);
+            ok = tool_parse_long(v, 1, 4096, &o->batch);
         } else if (strcmp(a, "--exit-layer") == 0) {
-            ok = parse_long(v, 1, 65535, &o->exit_layer);
+            ok = tool_parse_long(v, 1, 65535, &o->exit_layer);
         } else if (strcmp(a, "--threshold") == 0) {
             char *end;
             o->threshold = strtof(v, &end);

@@ -3,7 +3,9 @@
  *
  *   bench-kernels [seconds-per-case [section]]     (default 0.3, every section)
  *
- * Sections: memory, pool, gemv, model, prefill, batched, f32. "prefill" runs the model's
+ * Sections: memory, pool, gemv, model, prefill, few, batched, f32, quant. "few" runs the
+ * model's matrices at n = 1 .. 12 (the synchronizing and verify passes of early exit),
+ * cold, then hot ("model-22Mh": every layer reads layer 0's matrices, which stay in L3). "prefill" runs the model's
  * matrices at n = 64 (one prefill batch). "batched" is the table of
  * fr_matmul at n = 1 .. 128 inputs for F16 and F32 weights, both layer shapes, 1 and 2
  * threads, for each SIMD implementation the CPU has; "x n=1" is the time of a call over
@@ -235,7 +237,7 @@ static void bench_f32(fr_pool *pool, const char *label)
 }
 
 /* The matrices of one free-llama-22M token (12 layers + LM head), each read once. */
-static void bench_model(fr_pool *pool, int n)
+static void bench_model_t(fr_pool *pool, int n, bool hot)
 {
     const int64_t shapes[7][2] = {{384, 384}, {128, 384}, {128, 384}, {384, 384},
                                   {1024, 384}, {1024, 384}, {384, 1024}};
@@ -245,6 +247,11 @@ static void bench_model(fr_pool *pool, int n)
     double bytes = 0;
     for (int i = 0; i < NM; i++) {
         int64_t r = i < L * 7 ? shapes[i % 7][0] : 4096, cc = i < L * 7 ? shapes[i % 7][1] : 384;
+        if (hot && i >= 7 && i < L * 7) { /* every layer reads layer 0's weights */
+            mats[i] = mats[i % 7];
+            bytes += (double)(r * cc) * 2;
+            continue;
+        }
         fr_f16 *d = xmalloc((size_t)(r * cc) * 2);
         for (int64_t k = 0; k < r * cc; k++)
             d[k] = fr_f32_to_f16(frand(&s) * 0.1f);
@@ -269,9 +276,10 @@ static void bench_model(fr_pool *pool, int n)
         sum += p;
         tokens++;
     } while (now_s() - t0 < 2 * g_secs);
-    printf("model-22M  all %d matrices (%.1f MB) n=%-2d %dT: best %7.3f ms/pass = %6.1f "
-           "passes/s, %5.1f GB/s (mean %.3f ms)\n", NM, bytes / 1e6, n, fr_pool_size(pool),
-           best * 1e3, 1 / best, bytes / best / 1e9, sum / tokens * 1e3);
+    printf("model-22M%s all %d matrices (%.1f MB) n=%-2d %dT: best %7.3f ms/pass = %6.1f "
+           "passes/s, %5.1f GB/s (mean %.3f ms, %.3f ms/row, %.0f GFLOP/s)\n", hot ? "h" : " ", NM,
+           bytes / 1e6, n, fr_pool_size(pool), best * 1e3, 1 / best, bytes / best / 1e9,
+           sum / tokens * 1e3, sum / tokens * 1e3 / n, bytes * n / (sum / tokens) / 1e9);
     if (n >= 16) { /* batched: where the time goes, by matrix (mean over passes) */
         static const char *names[8] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
         printf("  by matrix (mean ms/pass, GFLOP/s):");
@@ -282,9 +290,15 @@ static void bench_model(fr_pool *pool, int n)
         }
     }
     for (int i = 0; i < NM; i++)
-        free((void *)mats[i].data);
+        if (!hot || i < 7 || i >= L * 7)
+            free((void *)mats[i].data);
     free(X);
     free(Y);
+}
+
+static void bench_model(fr_pool *pool, int n)
+{
+    bench_model_t(pool, n, false);
 }
 
 
@@ -472,6 +486,17 @@ int main(int argc, char **argv)
     }
     for (int p = 0; p < 2 && want(section, "prefill"); p++)
         bench_model(pools[p], 64);
+    /* Few inputs (the synchronizing / verify passes): n = 1 .. 12 over the model's
+     * matrices (40 MB, streamed from L3 / memory like a 44 MB model's layers). */
+    static const int few_n[] = {1, 2, 3, 4, 5, 6, 8, 12};
+    for (int p = 0; p < 2 && want(section, "few"); p++)
+        for (int i = 0; i < (int)(sizeof few_n / sizeof *few_n); i++)
+            bench_model(pools[p], few_n[i]);
+    /* The same with every layer reading layer 0's matrices (6.3 MB, hot in L3): what the
+     * kernels cost when the weights do not come from memory. */
+    for (int p = 0; p < 2 && want(section, "few"); p++)
+        for (int i = 0; i < (int)(sizeof few_n / sizeof *few_n); i++)
+            bench_model_t(pools[p], few_n[i], true);
     /* The portable implementation has no batched SIMD path (F32 goes to cblas, below). */
     for (int ii = 0; ii < 2 && want(section, "batched"); ii++)
         if (fr_kernels_set_f16_impl(impls[ii]) == 0)

@@ -6,9 +6,10 @@
  * which one runs changes the speed only, never a bit of the results:
  *
  * - Few inputs (decoding, and the few-row "synchronization" passes of early exit): the
- *   product is bound by the weights streaming in from L3 or memory, so each weight must
- *   be loaded and converted once. Tiles of R rows x NB inputs of vector accumulators sit in
- *   registers (up to 6 inputs a pass with AVX-512, 4 with AVX2); the first pass over a
+ *   product is bound by the weights streaming in from L3 or memory (one or two inputs) or
+ *   by the FMAs (4 or more: about one 16-lane FMA a cycle, whatever the tiles), so each
+ *   weight is read from memory once. Tiles of R rows x NB inputs of vector accumulators sit
+ *   in registers (up to 4 inputs a pass with both sets); the first pass over a
  *   block of 8 rows prefetches the next block (short rows are many short streams, which
  *   the hardware prefetcher misses), later passes find it in L1. A tile's horizontal sums
  *   are done 16 (8) at a time by the same additions in vector form (avx512_hsum16).
@@ -644,16 +645,18 @@ FR_AVX512 static FR_INLINE __m512 avx512_load_w_part(const void *W, int f16, int
 }
 
 /* Few inputs: tiles of R rows x NB inputs of accumulators, one pass of a tile over its
- * rows, so that every weight is loaded and converted once: R x NB <= 24 accumulators, the
- * NB inputs and a weight fit the 32 registers. Up to 6 inputs a pass (8 inputs as 4 + 4
- * with 4 x 4 tiles: 14% less time per pass than one pass of 2 x 8 tiles, whose 8 input
- * loads per 16 FMAs cost more than converting each weight twice); the tile shape for a
- * pass of nb inputs is avx512_tile_rows(nb) x nb. */
-enum { AVX512_NB = 6, AVX512_BLOCK = 8 };
+ * rows, so that a pass loads and converts every weight once: R x NB <= 24 accumulators, the
+ * NB inputs and a weight fit the 32 registers. Up to 4 inputs a pass: more inputs go in
+ * passes of 4 or fewer over the same block of rows, the later ones reading the weights from
+ * L1 (bench-kernels few, the model's matrices hot, 1 thread: n = 8 as 4 + 4 with 4 x 4
+ * tiles takes 3.18 ms against 3.70 as one pass of 2 x 8 tiles, whose 8 input loads per 16
+ * FMAs cost more than converting each weight twice; n = 12 as 4 + 4 + 4 4.72 ms against
+ * 5.11 as 6 + 6). The tile shape for a pass of nb inputs is avx512_tile_rows(nb) x nb. */
+enum { AVX512_NB = 4, AVX512_BLOCK = 8 };
 
 static FR_INLINE int avx512_tile_rows(int nb)
 {
-    return nb <= 3 ? 8 : nb <= 6 ? 4 : 2;
+    return nb <= 3 ? 8 : 4;
 }
 
 /* The inputs of a pass as few_pack lays them out: chunk t of input j at
@@ -760,7 +763,7 @@ FR_AVX512 static FR_INLINE void avx512_pass(const char *w, int f16, int64_t cols
     switch (nb) {
 #define FR_CASE(NB)                                                                          \
     case NB: avx512_pass_t(w, f16, cols, X, packed, NB, B, one_row, Y, ldy, pf); break;
-        FR_CASE(1) FR_CASE(2) FR_CASE(3) FR_CASE(4) FR_CASE(5) FR_CASE(6)
+        FR_CASE(1) FR_CASE(2) FR_CASE(3) FR_CASE(4)
 #undef FR_CASE
     default: break;
     }

@@ -2,7 +2,7 @@
  * stream exactly the tokens and infos free_step gives it alone - greedy and seeded
  * sampling, mixed prompt lengths, streams joining and leaving, mixed exit modes - and one
  * failing stream does not disturb the others. Uses the committed free-llama-22M. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 
@@ -13,14 +13,6 @@
 #define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
 #define MAXS 16
 #define MAXT 96
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
-                  free_last_error());
-    return m;
-}
 
 /* Stream i's settings: exit mode, sampling, threads. */
 typedef struct spec {
@@ -212,7 +204,7 @@ static void compare(const free_model *m, const spec *sp, int ns, const int *join
 
 START_TEST(full_depth_greedy_joins_and_leaves)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     spec sp[6] = {{0}};
     int join[6] = {0, 0, 3, 5, 0, 9}, steps[6] = {40, 12, 30, 25, 1, 20};
     compare(m, sp, 6, join, steps);
@@ -222,7 +214,7 @@ END_TEST
 
 START_TEST(full_depth_seeded_sampling_two_threads)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     spec sp[5];
     for (int i = 0; i < 5; i++)
         sp[i] = (spec){.mode = FREE_EXIT_NONE, .temperature = 0.8f, .seed = 1000u + (uint64_t)i,
@@ -236,7 +228,7 @@ END_TEST
 /* FREE and VERIFY streams beside full-depth ones: one shallow pass, one deep pass. */
 START_TEST(mixed_exit_modes)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     spec sp[6] = {{.mode = FREE_EXIT_NONE},
                   {.mode = FREE_EXIT_FREE},
                   {.mode = FREE_EXIT_VERIFY},
@@ -255,7 +247,7 @@ END_TEST
  * side by side. */
 START_TEST(free_mode_batched)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     const int32_t F = FREE_EXIT_FREE;
     spec sp[10] = {
         {.mode = F, .threshold = 0.3f},
@@ -280,7 +272,7 @@ END_TEST
  * more streams than one pass holds run in several passes. */
 START_TEST(full_context_and_many_streams)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     spec sp[MAXS];
     int join[MAXS], steps[MAXS];
     for (int i = 0; i < MAXS; i++) {
@@ -296,7 +288,7 @@ END_TEST
 
 START_TEST(bad_arguments_and_failing_streams)
 {
-    free_model *m = load(LLAMA22), *m2 = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22), *m2 = fr_test_load(LLAMA22);
     spec s = {0};
     free_ctx *a = make(m, &s), *b = make(m, &s), *c = make(m2, &s);
     int32_t tok[3];
@@ -340,7 +332,7 @@ END_TEST
  * a small n_batch, and an abort callback that stops some steps (undone as alone). */
 START_TEST(verify_and_mixed_exit_layers)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     const int32_t V = FREE_EXIT_VERIFY, F = FREE_EXIT_FREE;
     spec sp[12] = {
         {.mode = V, .threshold = 0.5f},
@@ -368,7 +360,7 @@ END_TEST
  * streams under the sanitizers (FREE_TEST_LIGHT). */
 START_TEST(long_queues_over_several_deep_passes)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     const char *light = getenv("FREE_TEST_LIGHT");
     const int ns = light && *light && *light != '0' ? MAXS / 2 : MAXS;
     spec sp[MAXS] = {{0}};
@@ -390,7 +382,7 @@ END_TEST
  * runs as a full-depth row. */
 START_TEST(auto_mode_with_its_guard)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     spec sp[4] = {{.mode = FREE_EXIT_AUTO},
                   {.mode = FREE_EXIT_AUTO, .exit_layer = 6},
                   {.mode = FREE_EXIT_AUTO, .temperature = 0.8f, .seed = 4},

@@ -3,7 +3,7 @@
  * and the controls through the public API: penalties over the tokens actually emitted,
  * VERIFY exactly equal to full depth under the same controls, stop strings and the finish
  * reason in free_decode, and params structs of the first release's size. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "penalty.h"
 #include "sampler.h"
@@ -211,14 +211,6 @@ static int collect(void *user, int32_t token, const char *piece, size_t len,
     return 0;
 }
 
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
-                  free_last_error());
-    return m;
-}
-
 typedef struct controls {
     float repeat, freq, presence, min_p, temperature;
     int32_t last_n;
@@ -249,7 +241,7 @@ static free_ctx *make(const free_model *m, int32_t mode, float threshold, const 
  * text and the naive rule. */
 START_TEST(penalties_apply_to_the_context)
 {
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     const controls c = {1.6f, 0.4f, 0.3f, 0.0f, 0.0f, 12};
     free_ctx *ctx = make(m, FREE_EXIT_NONE, 0.0f, &c);
     collected got = {0};
@@ -294,7 +286,7 @@ static void run(const free_model *m, int32_t mode, float threshold, const contro
  * FREE with an unreachable threshold too. The committed free-llama-22M. */
 START_TEST(verify_equals_full_depth_under_controls)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     static const char *const prompts[] = {"The President shall", "In the beginning"};
     const controls cs[] = {{1.3f, 0.0f, 0.0f, 0.0f, 0.0f, 64},
                            {1.1f, 0.4f, 0.6f, 0.0f, 0.0f, 16},
@@ -327,7 +319,7 @@ END_TEST
  * a strong presence penalty keeps every emitted token distinct inside its window. */
 START_TEST(free_mode_penalizes_emitted_tokens)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     const controls c = {1.0f, 0.0f, 100.0f, 0.0f, 0.0f, 8};
     collected got;
     run(m, FREE_EXIT_FREE, 0.2f, &c, "The President shall", 40, &got);
@@ -348,7 +340,7 @@ END_TEST
 /* Stop strings: the text stops right before the first stop string, whatever the mode. */
 START_TEST(stop_strings_in_decode)
 {
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     const controls off = {1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 64};
     collected full;
     run(m, FREE_EXIT_NONE, 0.0f, &off, "Once upon a time", 60, &full);
@@ -407,7 +399,7 @@ END_TEST
  * penalty on an end-of-sequence already in the context; nothing is streamed then). */
 START_TEST(finish_reasons)
 {
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx_params p;
     free_ctx *ctx = NULL;
     ck_assert_int_eq(free_ctx_params_init(&p, sizeof p), FREE_OK);
@@ -443,7 +435,7 @@ static int stop_after_three(void *user, int32_t token, const char *piece, size_t
 
 START_TEST(callback_finish_and_bad_values)
 {
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx_params p;
     free_ctx *ctx = NULL;
     ck_assert_int_eq(free_ctx_params_init(&p, sizeof p), FREE_OK);
@@ -480,7 +472,7 @@ END_TEST
 START_TEST(first_release_struct_size)
 {
     const size_t v1 = offsetof(free_ctx_params, min_p);
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     union {
         free_ctx_params p;
         unsigned char bytes[sizeof(free_ctx_params)];

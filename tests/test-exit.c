@@ -1,6 +1,6 @@
 /* FREE early exit: equivalences between the modes (DESIGN.md 5), exactness of the deep
  * caches after synchronization, queue limits, multi-turn, mode switches and reset. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 #include "model.h"
@@ -15,14 +15,6 @@ typedef struct gen {
     float confidence[1024];
     int n;
 } gen;
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s: %s", rel,
-                  free_last_error());
-    return m;
-}
 
 static free_ctx *make_ctx(const free_model *m, int mode, float threshold, int exit_layer)
 {
@@ -70,7 +62,7 @@ static const char *const prompts[] = {"It is a truth universally acknowledged, t
 
 START_TEST(free_threshold_one_equals_none)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
     free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 1.0f, 0);
     gen a, b;
@@ -87,7 +79,7 @@ END_TEST
 
 START_TEST(free_negative_threshold_exits_every_token)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
     gen g;
     generate(fr, prompts[0], 64, &g);
@@ -114,7 +106,7 @@ static void verify_equals_none(const char *model_rel, const int *layers, int n_l
      * 32 tokens. Unset or 0: the full set. */
     const bool light = getenv("FREE_TEST_LIGHT") && atoi(getenv("FREE_TEST_LIGHT")) > 0;
     const int n_prompts = light ? 1 : 2, n_tokens = light ? 32 : 72, t_step = light ? 2 : 1;
-    free_model *m = load(model_rel);
+    free_model *m = fr_test_load(model_rel);
     free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
     for (int p = 0; p < n_prompts; p++) {
         gen ref;
@@ -205,7 +197,7 @@ static void assert_kv_close(const free_ctx *ctx, const free_ctx *ref, const char
  * tokens. The reference context is extended at full depth to the same tokens each time. */
 START_TEST(deep_cache_exact_after_every_sync)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 0.3f, 0);
     free_ctx *ref = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
     int32_t seq[256];
@@ -239,7 +231,7 @@ END_TEST
  * a full-depth prefill of the whole transcript. */
 START_TEST(multi_turn_cache_equals_full_prefill)
 {
-    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_model *m = fr_test_load("free-code-22M/free-code-22M.gguf");
     free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, 0.2f, 0);
     int32_t seq[512];
     size_t n = 0, k = 0;
@@ -270,7 +262,7 @@ END_TEST
 /* A queue bound forces synchronizations: never more than max_queue + 1 rows at once. */
 START_TEST(queue_limit_forces_sync)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     free_ctx_params p;
     free_ctx *ctx = NULL;
     free_ctx_params_init(&p, sizeof p);
@@ -294,7 +286,7 @@ END_TEST
 /* Switching modes between generations keeps the caches exact and the output right. */
 START_TEST(mode_switch_between_generations)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     free_ctx *ctx = make_ctx(m, FREE_EXIT_FREE, 0.2f, 0);
     free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 0);
     gen a, b;
@@ -325,7 +317,7 @@ END_TEST
  * context's. */
 START_TEST(reset_with_queued_tokens)
 {
-    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_model *m = fr_test_load("free-code-22M/free-code-22M.gguf");
     free_ctx *ctx = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
     free_ctx *fresh = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
     gen a, b;
@@ -346,7 +338,7 @@ END_TEST
 /* Sampling with VERIFY: deterministic for a seed, and every token verified. */
 START_TEST(verify_sampling_is_seeded)
 {
-    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_model *m = fr_test_load("free-code-22M/free-code-22M.gguf");
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
     p.exit_mode = FREE_EXIT_VERIFY;
@@ -373,7 +365,7 @@ END_TEST
  * logits are free_eval's. */
 START_TEST(eval_exit_matches_free_steps)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     free_ctx *fr = make_ctx(m, FREE_EXIT_FREE, -1.0f, 0);
     gen g;
     generate(fr, prompts[0], 24, &g);

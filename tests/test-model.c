@@ -1,6 +1,6 @@
 /* End-to-end numerics on real models: reference logits and greedy texts from llama2.c's
  * run.c and llama.cpp (../shared/models), the exit heads of report.json. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "block.h"
 #include "model.h"
@@ -9,14 +9,6 @@
 #include <free/free.h>
 #include <ctype.h>
 #include <math.h>
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    free_status s = free_model_load(fr_test_model_path(rel), NULL, &m);
-    ck_assert_msg(s == FREE_OK, "load %s: %s", rel, free_last_error());
-    return m;
-}
 
 static free_ctx *make_ctx(free_model *m, int threads)
 {
@@ -55,7 +47,7 @@ static int read_ids(const char *rel, const char *label, int32_t *ids, int cap)
 static void check_stories_logits(const char *ids_rel, const char *logits_rel, int rows,
                                  int threads)
 {
-    free_model *m = load("stories260K/stories260K.gguf");
+    free_model *m = fr_test_load("stories260K/stories260K.gguf");
     free_ctx *ctx = make_ctx(m, threads);
     int32_t ids[256];
     int n = read_ids(ids_rel, "all_ids", ids, 256);
@@ -93,7 +85,7 @@ END_TEST
  * it samples BOS; its -n counts the prompt). */
 static void check_stories_greedy(const char *model_rel, const char *ids_rel)
 {
-    free_model *m = load(model_rel);
+    free_model *m = fr_test_load(model_rel);
     free_ctx *ctx = make_ctx(m, 2);
     int32_t prompt[64], all[256];
     int np = read_ids(ids_rel, "prompt_tokens", prompt, 64);
@@ -157,7 +149,7 @@ static int collect(void *user, int32_t token, const char *piece, size_t len,
 
 START_TEST(stories_text_matches_run_c)
 {
-    free_model *m = load("stories260K/stories260K.gguf");
+    free_model *m = fr_test_load("stories260K/stories260K.gguf");
     free_ctx *ctx = make_ctx(m, 1);
     text_buf b = {.len = 0};
     const char *prompt = "Once upon a time";
@@ -180,7 +172,7 @@ END_TEST
 static void check_llamacpp_text(const char *model_rel, const char *prompt,
                                 const char *ref_rel, int threads)
 {
-    free_model *m = load(model_rel);
+    free_model *m = fr_test_load(model_rel);
     free_ctx *ctx = make_ctx(m, threads);
     text_buf b = {.len = 0};
     b.len = (size_t)snprintf(b.data, sizeof b.data, "<s> %s", prompt);
@@ -238,7 +230,7 @@ static void check_logits_bin(const char *model_rel, const char *bin_rel, double 
     float *ref = malloc(4 * (size_t)n * (size_t)nv);
     memcpy(ids, bin + 8, 4 * (size_t)n);
     memcpy(ref, bin + 8 + 4 * (size_t)n, 4 * (size_t)n * (size_t)nv);
-    free_model *m = load(model_rel);
+    free_model *m = fr_test_load(model_rel);
     ck_assert_int_eq(free_model_n_vocab(m), nv);
     free_ctx *ctx = make_ctx(m, 2);
     float *logits = malloc(4 * (size_t)n * (size_t)nv);
@@ -371,7 +363,7 @@ END_TEST
 /* The same tokens give bit-identical logits with 1 and 2 threads. */
 START_TEST(threads_do_not_change_results)
 {
-    free_model *m = load("free-llama-22M/free-llama-22M.gguf");
+    free_model *m = fr_test_load("free-llama-22M/free-llama-22M.gguf");
     int32_t ids[40];
     size_t n = 0;
     ck_assert_int_eq(free_tokenize(m, "The quick brown fox jumps over the lazy dog and then",

@@ -3,7 +3,7 @@
  * stays exact, and its guard falls back to full depth and probes back; min_agreement
  * picks the lowest calibrated threshold whose Wilson lower bound reaches the target.
  * Uses the committed free-code-22M / free-llama-22M (../shared/models) and stories260K. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 #include "exit_policy.h"
@@ -17,14 +17,6 @@
 #define STORIES "stories260K/stories260K.gguf"
 #define CODE22 "free-code-22M/free-code-22M.gguf"
 #define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
-                  free_last_error());
-    return m;
-}
 
 static free_ctx *make(const free_model *m, int32_t mode, float threshold, float min_agree)
 {
@@ -87,7 +79,7 @@ END_TEST
 START_TEST(auto_without_exit_is_none)
 {
     FR_TEST_NEED(STORIES);
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     ck_assert_int_eq(free_model_exit_layer(m), 0);
     free_ctx *ctx = make(m, -1, -1, 0);
     free_stats s = stats_of(ctx);
@@ -107,7 +99,7 @@ END_TEST
 static void auto_is_exact_verify(const char *rel, const char *prompt)
 {
     FR_TEST_NEED(rel);
-    free_model *m = load(rel);
+    free_model *m = fr_test_load(rel);
     free_ctx *ctx = make(m, -1, -1, 0);
     free_stats s = stats_of(ctx);
     ck_assert_int_eq(s.exit_mode, FREE_EXIT_VERIFY);
@@ -159,7 +151,7 @@ END_TEST
 START_TEST(explicit_modes_keep)
 {
     FR_TEST_NEED(CODE22);
-    free_model *m = load(CODE22);
+    free_model *m = fr_test_load(CODE22);
     free_ctx *v = make(m, FREE_EXIT_VERIFY, 0.5f, 0);
     free_stats s = stats_of(v);
     ck_assert_int_eq(s.exit_auto, 0);
@@ -178,7 +170,7 @@ END_TEST
 START_TEST(guard_falls_back_and_probes)
 {
     FR_TEST_NEED(CODE22);
-    free_model *m = load(CODE22);
+    free_model *m = fr_test_load(CODE22);
     free_ctx *ctx = make(m, -1, -1, 0);
     free_stats s = stats_of(ctx);
     ck_assert_int_eq(s.exit_auto, 1);
@@ -270,7 +262,7 @@ END_TEST
 START_TEST(min_agreement_picks)
 {
     FR_TEST_NEED(CODE22);
-    free_model *m = load(CODE22);
+    free_model *m = fr_test_load(CODE22);
     float thr[FR_CALIB_MAX], agree[FR_CALIB_MAX];
     const int n = file_curve(m, thr, agree);
     const double targets[] = {0.9, 0.95, 0.99, 0.999};
@@ -296,7 +288,7 @@ START_TEST(min_agreement_picks)
     free_model_destroy(m);
     /* No curve: refused with the reason. */
     FR_TEST_NEED(STORIES);
-    m = load(STORIES);
+    m = fr_test_load(STORIES);
     p.exit_mode = FREE_EXIT_FREE;
     ck_assert_int_eq(free_ctx_create(m, &p, &ctx), FREE_ERR_INVALID_ARG);
     ck_assert_ptr_nonnull(strstr(free_last_error(), "free.calib"));
@@ -310,7 +302,7 @@ END_TEST
 START_TEST(head_last_row_only)
 {
     FR_TEST_NEED(CODE22);
-    free_model *m = load(CODE22);
+    free_model *m = fr_test_load(CODE22);
     enum { N = 96 };
     int32_t a[N], b[N];
     free_ctx *lean = make(m, FREE_EXIT_FREE, 0.5f, 0);
@@ -348,7 +340,7 @@ END_TEST
 START_TEST(adaptive_refits_within_a_generation)
 {
     FR_TEST_NEED(LLAMA22);
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
     ck_assert_int_eq(p.bmm_refit_every, 64);

@@ -4,7 +4,7 @@
  * each other bit for bit, for every batch size 1..13 and a prefill-size batch, on 1 to 3
  * threads (a row in a batch equals the row alone: VERIFY's losslessness); and the shared
  * quantized models against llama.cpp's logits and greedy texts. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "gguf.h"
 #include "kernels.h"
@@ -502,14 +502,6 @@ static bool have_model(const char *rel)
     return true;
 }
 
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s: %s", rel,
-                  free_last_error());
-    return m;
-}
-
 static free_ctx *make_ctx(const free_model *m, int threads)
 {
     free_ctx_params p;
@@ -560,7 +552,7 @@ START_TEST(test_llama_logits_match_llamacpp)
     float *ref = malloc(4 * (size_t)n * (size_t)nv);
     memcpy(ids, bin + 8, 4 * (size_t)n);
     memcpy(ref, bin + 8 + 4 * (size_t)n, 4 * (size_t)n * (size_t)nv);
-    free_model *m = load(qf->model);
+    free_model *m = fr_test_load(qf->model);
     free_ctx *ctx = make_ctx(m, 2);
     float *logits = malloc(4 * (size_t)n * (size_t)nv);
     ck_assert_int_eq(free_eval(ctx, ids, (size_t)n, logits), FREE_OK);
@@ -627,7 +619,7 @@ static void check_text(const char *model_rel, const char *prompt, const char *re
 {
     if (!have_model(model_rel) || !have_model(ref_rel))
         return;
-    free_model *m = load(model_rel);
+    free_model *m = fr_test_load(model_rel);
     char *ref = fr_test_read_file(fr_test_model_path(ref_rel), NULL);
     ck_assert_ptr_nonnull(ref);
     ck_assert(strncmp(ref, "<s> ", 4) == 0);

@@ -3,7 +3,7 @@
  * and everything it computes - logits, texts in every exit mode - is bit for bit what a
  * fresh context computes; truncation keeps exactly n_keep tokens and continues from them.
  * Uses the committed free-llama-22M (models/) and the stories260K fixture. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 
@@ -13,14 +13,6 @@
 
 #define STORIES "stories260K/stories260K.gguf"
 #define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
-                  free_last_error());
-    return m;
-}
 
 static free_ctx *make(const free_model *m, int32_t mode, float threshold)
 {
@@ -83,7 +75,7 @@ static const char *const text_a =
  * the three exit modes. */
 START_TEST(reuse_equals_fresh)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     static const int32_t modes[] = {FREE_EXIT_NONE, FREE_EXIT_FREE, FREE_EXIT_VERIFY};
     int32_t a[256], b[256];
     const int na = tokenize(m, text_a, a, 256);
@@ -132,7 +124,7 @@ END_TEST
  * tokens, in every mode, with early-exited rows queued at the cut in FREE mode. */
 START_TEST(truncate_continues_like_fresh)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     static const int32_t modes[] = {FREE_EXIT_NONE, FREE_EXIT_FREE, FREE_EXIT_VERIFY};
     int32_t a[256];
     const int na = tokenize(m, "The President shall", a, 256);
@@ -173,7 +165,7 @@ END_TEST
 
 START_TEST(truncate_edges)
 {
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx *ctx = make(m, FREE_EXIT_NONE, 0.9f);
     ck_assert_int_eq(free_ctx_truncate(ctx, 0), FREE_OK);
     ck_assert_int_eq(free_ctx_truncate(ctx, 1), FREE_ERR_INVALID_ARG);
@@ -210,7 +202,7 @@ static double now_ms(void)
  * prefill. Prints the times (the machine may be shared: they are not asserted). */
 START_TEST(one_token_edit_costs_one_token)
 {
-    free_model *m = load("free-code-22M/free-code-22M.gguf");
+    free_model *m = fr_test_load("free-code-22M/free-code-22M.gguf");
     int32_t buf[512];
     buf[0] = free_token_bos(m);
     for (int i = 1; i < 500; i++)

@@ -2,7 +2,7 @@
  * mean what free.h says, interruptible synchronization, default context size, non-finite
  * numbers from the model file, calibration round trips and messages. Each test failed
  * before its fix. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 #include "gguf.h"
@@ -31,14 +31,6 @@ static bool have_models(void)
             return;                                                                      \
         }                                                                                \
     } while (0)
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s: %s", rel,
-                  free_last_error());
-    return m;
-}
 
 static free_ctx *make_ctx(const free_model *m, int mode, float threshold, int n_ctx,
                           int n_batch)
@@ -82,7 +74,7 @@ static int step_until_unseen(free_ctx *ctx, int32_t *out, int max)
 START_TEST(verify_failed_prefill_keeps_state)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx *v = make_ctx(m, FREE_EXIT_VERIFY, 0.0f, 128, 0);
     free_ctx *twin = make_ctx(m, FREE_EXIT_VERIFY, 0.0f, 128, 0);
     int32_t ids[64], a[64], bad[200];
@@ -123,7 +115,7 @@ END_TEST
 START_TEST(verify_empty_prefill_as_free_mode)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx *v = make_ctx(m, FREE_EXIT_VERIFY, 0.0f, 128, 0);
     free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 128, 0);
     int32_t ids[64], a[64];
@@ -174,7 +166,7 @@ START_TEST(set_params_reports_bmm_nomem)
                         "(valgrind ignores address-space limits)\n");
         return;
     }
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
     p.n_threads = 1;
@@ -217,7 +209,7 @@ END_TEST
 START_TEST(stats_count_handed_out_tokens)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     const int L = free_model_n_layers(m);
     free_ctx *v = make_ctx(m, FREE_EXIT_VERIFY, 0.0f, 256, 0);
     int32_t ids[64], a[128];
@@ -266,7 +258,7 @@ static int abort_after(void *user)
 START_TEST(abort_interrupts_free_flush)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
     p.n_threads = 1;
@@ -332,7 +324,7 @@ END_TEST
 START_TEST(verify_stops_after_rejection)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx *v = make_ctx(m, FREE_EXIT_VERIFY, 0.0f, 256, 1);
     int32_t ids[64];
     size_t n = tokenize(m, "Once upon a time", ids, 64);
@@ -371,7 +363,7 @@ START_TEST(portable_f32_verify_equals_none)
 {
     NEED_MODELS();
     ck_assert_int_eq(fr_kernels_set_f16_impl("portable"), 0);
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     const char *prompts[] = {"Once upon a time", "Lily and Tom went to the park"};
     const float thresholds[] = {0.0f, 0.4f, 0.8f};
     free_ctx *none = make_ctx(m, FREE_EXIT_NONE, 0.9f, 256, 0);
@@ -520,7 +512,7 @@ START_TEST(default_n_ctx_is_capped)
     free_model_destroy(m);
 
     /* The real model (512 trained): the default is 512; 1024 is allowed with a warning. */
-    m = load(STORIES);
+    m = fr_test_load(STORIES);
     ck_assert_int_eq(free_ctx_create(m, NULL, &ctx), FREE_OK);
     ck_assert_int_eq(free_ctx_n_ctx(ctx), free_model_n_ctx_train(m));
     free_ctx_destroy(ctx);
@@ -588,7 +580,7 @@ END_TEST
 START_TEST(nan_embedding_row_stops_decoding)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     int32_t ids[16];
     size_t n = tokenize(m, "Once", ids, 16);
     const int64_t d = free_model_n_embd(m), row = ids[n - 1];
@@ -702,7 +694,7 @@ END_TEST
 START_TEST(calibration_round_trip)
 {
     NEED_MODELS();
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx_params p;
     free_ctx_params_init(&p, sizeof p);
     p.n_threads = 1;
@@ -766,7 +758,7 @@ START_TEST(messages_name_the_problem)
     ck_assert_ptr_nonnull(strstr(free_last_error(), "size 8"));
     if (!have_models())
         return;
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     free_ctx *ctx = make_ctx(m, FREE_EXIT_NONE, 0.9f, 2, 0);
     /* "Once upon" is BOS + 2 or more pieces: more than 2 tokens. */
     ck_assert_int_eq(free_decode(ctx, "Once upon", -1, 4, NULL, NULL), FREE_ERR_CONTEXT_FULL);

@@ -3,7 +3,7 @@
  * key rows read as their new positions: at layer 0 (whose rows depend only on the token
  * and its position) they equal a fresh prefill of the kept tokens. Without it, a full
  * context is FREE_ERR_CONTEXT_FULL. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 
@@ -12,14 +12,6 @@
 #include <math.h>
 
 #define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
-                  free_last_error());
-    return m;
-}
 
 static free_ctx *make(const free_model *m, int32_t mode, int32_t shift, int32_t keep)
 {
@@ -38,7 +30,7 @@ static free_ctx *make(const free_model *m, int32_t mode, int32_t shift, int32_t 
 
 START_TEST(generation_runs_past_the_context)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     for (int32_t mode = FREE_EXIT_NONE; mode <= FREE_EXIT_VERIFY; mode++) {
         free_ctx *off = make(m, mode, 0, 0);
         ck_assert_int_eq(free_decode(off, "The President shall", -1, 200, NULL, NULL),
@@ -64,7 +56,7 @@ END_TEST
 
 START_TEST(shifted_keys_read_as_their_new_positions)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     free_ctx *ctx = make(m, FREE_EXIT_NONE, 1, 5);
     int32_t ids[16];
     size_t np = 0;
@@ -102,7 +94,7 @@ END_TEST
 
 START_TEST(keep_is_checked)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     free_ctx_params p;
     free_ctx *ctx = NULL;
     ck_assert_int_eq(free_ctx_params_init(&p, sizeof p), FREE_OK);

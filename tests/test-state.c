@@ -2,7 +2,7 @@
  * exactly as the saved one does (tokens and step infos, in every exit mode, sampling, a
  * queue waiting at the save, VERIFY tokens not handed out yet, the adaptive threshold),
  * and a corrupted, truncated or foreign state is FREE_ERR_FORMAT and changes nothing. */
-#include "test-common.h"
+#include "test-api.h"
 
 #include "context.h"
 
@@ -10,14 +10,6 @@
 
 #define STORIES "stories260K/stories260K.gguf"
 #define LLAMA22 "free-llama-22M/free-llama-22M.gguf"
-
-static free_model *load(const char *rel)
-{
-    free_model *m = NULL;
-    ck_assert_msg(free_model_load(fr_test_model_path(rel), NULL, &m) == FREE_OK, "%s",
-                  free_last_error());
-    return m;
-}
 
 typedef struct cfg {
     int32_t mode;
@@ -90,7 +82,7 @@ static void *save(const free_ctx *ctx, size_t *n)
  * one rewound to it, continue identically. */
 START_TEST(restore_is_exact)
 {
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     const cfg cfgs[] = {{FREE_EXIT_NONE, 0.9f, 0.0f, 0},   {FREE_EXIT_FREE, 0.3f, 0.0f, 0},
                         {FREE_EXIT_FREE, 0.3f, 0.8f, 0},   {FREE_EXIT_VERIFY, 0.3f, 0.0f, 0},
                         {FREE_EXIT_VERIFY, 0.3f, 0.8f, 0}, {FREE_EXIT_FREE, 0.5f, 0.7f, 1}};
@@ -125,7 +117,7 @@ END_TEST
  * hold) and leaves the context as it was. */
 START_TEST(bad_states_are_refused)
 {
-    free_model *m = load(STORIES);
+    free_model *m = fr_test_load(STORIES);
     const cfg c = {FREE_EXIT_FREE, 0.2f, 0.0f, 0};
     free_ctx *a = make(m, &c);
     ck_assert_int_eq(free_decode(a, "Once upon a time", -1, 12, NULL, NULL), FREE_OK);
@@ -158,7 +150,7 @@ START_TEST(bad_states_are_refused)
     ck_assert_int_eq(free_ctx_state_save(a, bad, n - 1, &k), FREE_ERR_BUFFER_TOO_SMALL);
     ck_assert_uint_eq(k, n);
     /* A foreign model's state. */
-    free_model *other = load(LLAMA22);
+    free_model *other = fr_test_load(LLAMA22);
     free_ctx *o = make(other, &c);
     ck_assert_int_eq(free_ctx_state_load(o, state, n), FREE_ERR_FORMAT);
     ck_assert(strstr(free_ctx_last_error(o), "another model"));
@@ -200,7 +192,7 @@ static uint64_t fnv64(const unsigned char *b, size_t n)
 START_TEST(guard_round_trip)
 {
     FR_TEST_NEED(LLAMA22);
-    free_model *m = load(LLAMA22);
+    free_model *m = fr_test_load(LLAMA22);
     const cfg c = {FREE_EXIT_AUTO, 0.0f, 0.0f, 0};
     free_ctx *a = make(m, &c);
     ck_assert(a->guard.on && a->guard.timed);
